@@ -1,0 +1,353 @@
+//! The VM description and its translation into a QEMU command line.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::accel::Accel;
+use crate::error::QemuError;
+
+/// The QEMU binary: `$PETREL_QEMU` if set, else `qemu-system-x86_64` from PATH.
+pub fn default_qemu_binary() -> PathBuf {
+    std::env::var_os("PETREL_QEMU").map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from)
+}
+
+/// Image format of a drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// A virtio-blk drive. The first drive of a [`VmConfig`] is `/dev/vda`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+    pub read_only: bool,
+}
+
+impl Drive {
+    /// A writable raw image or block device.
+    pub fn raw(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: DiskFormat::Raw,
+            read_only: false,
+        }
+    }
+
+    /// A writable qcow2 image (typically an overlay on a template's base).
+    pub fn qcow2(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: DiskFormat::Qcow2,
+            read_only: false,
+        }
+    }
+}
+
+/// One host-to-guest TCP forward of QEMU's user-mode network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    pub host: SocketAddr,
+    pub guest_port: u16,
+}
+
+/// The guest's network device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetConfig {
+    /// No network device at all.
+    None,
+    /// QEMU's user-mode (slirp) network: guest 10.0.2.15/24, gateway
+    /// 10.0.2.2, DNS 10.0.2.3, with TCP forwards from host addresses.
+    User { forwards: Vec<PortForward> },
+    /// An existing TAP device (`ip tuntap add ... mode tap`) in QEMU's
+    /// network namespace.
+    Tap { ifname: String, mac: String },
+}
+
+/// Everything QEMU needs to run one guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Names the VM in logs and errors.
+    pub id: String,
+    pub binary: PathBuf,
+    pub accel: Accel,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// An uncompressed ELF `vmlinux` with a PVH note.
+    pub kernel: PathBuf,
+    pub kernel_args: String,
+    pub drives: Vec<Drive>,
+    pub net: NetConfig,
+    /// Guest RAM backed by this file (`share=on`), so the RAM can outlive the
+    /// process (pause to disk with `x-ignore-shared`). `None`: anonymous RAM.
+    pub memory_file: Option<PathBuf>,
+    /// Start with `-incoming defer`, waiting for a migration stream.
+    pub incoming: bool,
+    /// Holds the QMP socket, the console log and QEMU's own log.
+    pub run_dir: PathBuf,
+}
+
+impl VmConfig {
+    /// A configuration with sane defaults (1 vCPU, 512 MiB, no drives, no
+    /// network); fill in the kernel, drives and network.
+    pub fn new(id: impl Into<String>, run_dir: impl Into<PathBuf>, accel: Accel) -> Self {
+        Self {
+            id: id.into(),
+            binary: default_qemu_binary(),
+            accel,
+            vcpus: 1,
+            memory_mib: 512,
+            kernel: PathBuf::new(),
+            kernel_args: String::new(),
+            drives: Vec::new(),
+            net: NetConfig::None,
+            memory_file: None,
+            incoming: false,
+            run_dir: run_dir.into(),
+        }
+    }
+
+    /// QMP's Unix socket.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run_dir.join("qmp.sock")
+    }
+
+    /// The guest's serial console, as written by QEMU.
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+
+    /// QEMU's own stdout and stderr.
+    pub fn qemu_log(&self) -> PathBuf {
+        self.run_dir.join("qemu.log")
+    }
+
+    /// Checks what QEMU would otherwise reject with a less helpful message.
+    pub fn validate(&self) -> Result<(), QemuError> {
+        if self.vcpus == 0 {
+            return Err(QemuError::Config(format!("vm {}: vcpus must be at least 1", self.id)));
+        }
+        if self.memory_mib < 64 {
+            return Err(QemuError::Config(format!(
+                "vm {}: memory_mib {} is below the 64 MiB minimum",
+                self.id, self.memory_mib
+            )));
+        }
+        if self.kernel.as_os_str().is_empty() {
+            return Err(QemuError::Config(format!("vm {}: no kernel given", self.id)));
+        }
+        for path in std::iter::once(&self.kernel).chain(self.drives.iter().map(|d| &d.path)) {
+            check_exists(path)?;
+        }
+        Ok(())
+    }
+
+    /// The full argument list (without the binary).
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args = Args::default();
+        let mut machine = String::from("microvm,acpi=off");
+        if self.memory_file.is_some() {
+            machine.push_str(",memory-backend=mem0");
+        }
+        args.push("-M").push(machine);
+        match self.accel {
+            Accel::Kvm => args.push("-accel").push("kvm").push("-cpu").push("host"),
+            Accel::Tcg => {
+                let tcg = if self.vcpus > 1 { "tcg,thread=multi" } else { "tcg" };
+                args.push("-accel").push(tcg).push("-cpu").push("max")
+            }
+        };
+        args.push("-smp").push(self.vcpus.to_string());
+        args.push("-m").push(format!("{}M", self.memory_mib));
+        if let Some(mem) = &self.memory_file {
+            args.push("-object").push(format!(
+                "memory-backend-file,id=mem0,size={}M,mem-path={},share=on",
+                self.memory_mib,
+                mem.display()
+            ));
+        }
+        args.push("-nodefaults")
+            .push("-no-user-config")
+            .push("-nographic")
+            .push("-no-reboot");
+        args.push("-chardev")
+            .push(format!("file,id=console,path={}", self.console_log().display()))
+            .push("-serial")
+            .push("chardev:console");
+        args.push("-qmp")
+            .push(format!("unix:{},server=on,wait=off", self.qmp_socket().display()));
+        args.push("-kernel").push(self.kernel.as_os_str());
+        args.push("-append").push(self.kernel_args.as_str());
+        for (index, drive) in self.drives.iter().enumerate() {
+            let mut spec = format!(
+                "id=drive{index},file={},format={},if=none,cache=unsafe,discard=unmap",
+                drive.path.display(),
+                drive.format.as_str()
+            );
+            if drive.read_only {
+                spec.push_str(",readonly=on");
+            }
+            args.push("-drive").push(spec);
+            args.push("-device").push(format!("virtio-blk-device,drive=drive{index}"));
+        }
+        match &self.net {
+            NetConfig::None => {}
+            NetConfig::User { forwards } => {
+                let mut netdev = String::from("user,id=net0");
+                for forward in forwards {
+                    netdev.push_str(&format!(
+                        ",hostfwd=tcp:{}:{}-:{}",
+                        forward.host.ip(),
+                        forward.host.port(),
+                        forward.guest_port
+                    ));
+                }
+                args.push("-netdev").push(netdev);
+                args.push("-device").push("virtio-net-device,netdev=net0");
+            }
+            NetConfig::Tap { ifname, mac } => {
+                args.push("-netdev")
+                    .push(format!("tap,id=net0,ifname={ifname},script=no,downscript=no"));
+                args.push("-device").push(format!("virtio-net-device,netdev=net0,mac={mac}"));
+            }
+        }
+        args.push("-device").push("virtio-rng-device");
+        if self.incoming {
+            args.push("-incoming").push("defer");
+        }
+        args.0
+    }
+}
+
+fn check_exists(path: &Path) -> Result<(), QemuError> {
+    std::fs::metadata(path).map(|_| ()).map_err(|source| QemuError::Io {
+        what: "cannot use",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn push(&mut self, arg: impl Into<OsString>) -> &mut Self {
+        self.0.push(arg.into());
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(config: &VmConfig) -> String {
+        config
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: "/k/vmlinux".into(),
+            kernel_args: "console=ttyS0 root=/dev/vda".into(),
+            drives: vec![Drive::qcow2("/d/root.qcow2")],
+            ..VmConfig::new("vm1", "/run/vm1", Accel::Tcg)
+        }
+    }
+
+    #[test]
+    fn args_use_microvm_without_acpi_and_tcg() {
+        let args = joined(&config());
+
+        assert!(args.starts_with("-M microvm,acpi=off -accel tcg -cpu max -smp 1 -m 512M"));
+    }
+
+    #[test]
+    fn args_put_qmp_and_console_in_run_dir() {
+        let args = joined(&config());
+
+        assert!(args.contains("-qmp unix:/run/vm1/qmp.sock,server=on,wait=off"));
+        assert!(args.contains("-chardev file,id=console,path=/run/vm1/console.log -serial chardev:console"));
+    }
+
+    #[test]
+    fn args_attach_drives_as_virtio_mmio_block_devices() {
+        let args = joined(&config());
+
+        assert!(args.contains(
+            "-drive id=drive0,file=/d/root.qcow2,format=qcow2,if=none,cache=unsafe,discard=unmap -device virtio-blk-device,drive=drive0"
+        ));
+    }
+
+    #[test]
+    fn args_forward_user_network_ports() {
+        let forward = PortForward {
+            host: "127.0.0.1:4000".parse().unwrap(),
+            guest_port: 49983,
+        };
+        let config = VmConfig {
+            net: NetConfig::User { forwards: vec![forward] },
+            ..config()
+        };
+
+        let args = joined(&config);
+
+        assert!(args.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:4000-:49983 -device virtio-net-device,netdev=net0"));
+    }
+
+    #[test]
+    fn args_with_memory_file_use_shared_backend() {
+        let config = VmConfig {
+            memory_file: Some("/run/vm1/ram".into()),
+            ..config()
+        };
+
+        let args = joined(&config);
+
+        assert!(args.starts_with("-M microvm,acpi=off,memory-backend=mem0"));
+        assert!(args.contains("-object memory-backend-file,id=mem0,size=512M,mem-path=/run/vm1/ram,share=on"));
+    }
+
+    #[test]
+    fn args_with_kvm_use_host_cpu_and_multi_vcpu_tcg_uses_threads() {
+        let kvm = VmConfig { accel: Accel::Kvm, ..config() };
+        let tcg = VmConfig { vcpus: 2, ..config() };
+
+        assert!(joined(&kvm).contains("-accel kvm -cpu host"));
+        assert!(joined(&tcg).contains("-accel tcg,thread=multi -cpu max -smp 2"));
+    }
+
+    #[test]
+    fn validate_rejects_zero_vcpus() {
+        let config = VmConfig { vcpus: 0, ..config() };
+
+        let err = config.validate().unwrap_err();
+
+        assert!(err.to_string().contains("vcpus must be at least 1"));
+    }
+
+    #[test]
+    fn validate_rejects_missing_kernel_naming_the_path() {
+        let config = config();
+
+        let err = config.validate().unwrap_err();
+
+        assert!(err.to_string().contains("/k/vmlinux"));
+    }
+}

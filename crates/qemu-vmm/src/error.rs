@@ -1,0 +1,49 @@
+use std::path::PathBuf;
+
+/// What went wrong while running QEMU, naming the resource involved.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("failed to start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QEMU for vm {vm} exited early ({status}); its log ends with:\n{log_tail}")]
+    ExitedEarly {
+        vm: String,
+        status: String,
+        log_tail: String,
+    },
+    #[error("QMP socket {path} did not come up within {waited_ms} ms")]
+    QmpTimeout { path: PathBuf, waited_ms: u128 },
+    #[error("QMP I/O on {path}: {source}")]
+    QmpIo {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP protocol error on {path}: {message}")]
+    QmpProtocol { path: PathBuf, message: String },
+    #[error("QMP command {command} failed: {class}: {desc}")]
+    QmpCommand {
+        command: String,
+        class: String,
+        desc: String,
+    },
+    #[error("{what} on {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to signal QEMU pid {pid}: {source}")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+}

@@ -1,0 +1,242 @@
+//! A running QEMU process and its lifecycle.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use crate::config::VmConfig;
+use crate::error::QemuError;
+use crate::qmp::QmpClient;
+
+/// How long QEMU gets to create its QMP socket after the process started.
+const QMP_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A QEMU process we started. Dropping it kills the process (by its pid)
+/// unless [`QemuVm::detach`] was called.
+#[derive(Debug)]
+pub struct QemuVm {
+    config: VmConfig,
+    child: Child,
+    pid: u32,
+    qmp: QmpClient,
+    armed: bool,
+}
+
+impl QemuVm {
+    /// Starts QEMU and returns once QMP answers. The guest is already
+    /// booting unless the config asked for `-incoming defer`.
+    pub async fn spawn(config: VmConfig) -> Result<Self, QemuError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.run_dir).map_err(|source| QemuError::Io {
+            what: "create run dir",
+            path: config.run_dir.clone(),
+            source,
+        })?;
+        remove_if_exists(&config.qmp_socket())?;
+        let log = File::create(config.qemu_log()).map_err(|source| QemuError::Io {
+            what: "create log",
+            path: config.qemu_log(),
+            source,
+        })?;
+        let log_err = log.try_clone().map_err(|source| QemuError::Io {
+            what: "duplicate log handle",
+            path: config.qemu_log(),
+            source,
+        })?;
+        let started = Instant::now();
+        let mut child = Command::new(&config.binary)
+            .args(config.args())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| QemuError::Spawn {
+                binary: config.binary.clone(),
+                source,
+            })?;
+        let Some(pid) = child.id() else {
+            return Err(early_exit(&config, &mut child).await);
+        };
+        tracing::debug!(vm = %config.id, pid, "qemu started");
+        let qmp = match wait_for_qmp(&config, &mut child).await {
+            Ok(qmp) => qmp,
+            Err(err) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(err);
+            }
+        };
+        tracing::info!(vm = %config.id, pid, qmp_ms = started.elapsed().as_millis() as u64, "qemu ready");
+        Ok(Self {
+            config,
+            child,
+            pid,
+            qmp,
+            armed: true,
+        })
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The configuration the VM was started with.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// The QMP session.
+    pub fn qmp(&mut self) -> &mut QmpClient {
+        &mut self.qmp
+    }
+
+    /// `Some(description)` once the QEMU process has exited.
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(err) => Some(format!("unknown ({err})")),
+        }
+    }
+
+    /// Waits until the guest's console shows `marker`; returns the time spent.
+    pub async fn wait_for_console(&mut self, marker: &str, timeout: Duration) -> Result<Duration, QemuError> {
+        let start = Instant::now();
+        let path = self.config.console_log();
+        loop {
+            if console_contains(&path, marker) {
+                return Ok(start.elapsed());
+            }
+            if let Some(status) = self.exit_status() {
+                return Err(QemuError::ExitedEarly {
+                    vm: self.config.id.clone(),
+                    status,
+                    log_tail: tail(&path, 20),
+                });
+            }
+            if start.elapsed() > timeout {
+                return Err(QemuError::Config(format!(
+                    "vm {}: console did not show {marker:?} within {} ms; console ends with:\n{}",
+                    self.config.id,
+                    timeout.as_millis(),
+                    tail(&path, 20)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Asks QEMU to quit through QMP and waits up to `grace` for it to exit;
+    /// kills it when it does not.
+    pub async fn shutdown(&mut self, grace: Duration) -> Result<(), QemuError> {
+        if self.exit_status().is_none() {
+            // QEMU may close the socket before it answers; the wait decides.
+            let _ = self.qmp.execute("quit", None).await;
+            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+                tracing::warn!(vm = %self.config.id, pid = self.pid, "qemu ignored quit, killing it");
+                return self.kill().await;
+            }
+        }
+        self.armed = false;
+        Ok(())
+    }
+
+    /// Kills QEMU with SIGKILL (by its pid) and reaps it.
+    pub async fn kill(&mut self) -> Result<(), QemuError> {
+        if self.exit_status().is_none() {
+            kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL)
+                .map_err(|source| QemuError::Signal { pid: self.pid, source })?;
+            let _ = self.child.wait().await;
+        }
+        self.armed = false;
+        Ok(())
+    }
+
+    /// Leaves the process running when this handle is dropped (for an
+    /// orderly agent shutdown whose sandboxes keep running).
+    pub fn detach(mut self) -> u32 {
+        self.armed = false;
+        self.pid
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if self.armed && matches!(self.child.try_wait(), Ok(None)) {
+            tracing::warn!(vm = %self.config.id, pid = self.pid, "dropping a running VM: killing qemu");
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            let _ = self.child.try_wait();
+        }
+    }
+}
+
+async fn wait_for_qmp(config: &VmConfig, child: &mut Child) -> Result<QmpClient, QemuError> {
+    let socket = config.qmp_socket();
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Err(early_exit(config, child).await);
+        }
+        if socket.exists() {
+            match QmpClient::connect(&socket).await {
+                Ok(client) => return Ok(client),
+                Err(QemuError::QmpIo { .. }) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        if start.elapsed() > QMP_STARTUP_TIMEOUT {
+            return Err(QemuError::QmpTimeout {
+                path: socket,
+                waited_ms: start.elapsed().as_millis(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn early_exit(config: &VmConfig, child: &mut Child) -> QemuError {
+    let status = match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(err) => format!("unknown ({err})"),
+    };
+    QemuError::ExitedEarly {
+        vm: config.id.clone(),
+        status,
+        log_tail: tail(&config.qemu_log(), 20),
+    }
+}
+
+fn console_contains(path: &Path, marker: &str) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(marker))
+}
+
+/// The last `lines` lines of a text file, or a note that it could not be read.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(err) => format!("(cannot read {}: {err})", path.display()),
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), QemuError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(QemuError::Io {
+            what: "remove stale socket",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}

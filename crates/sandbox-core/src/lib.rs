@@ -1,0 +1,41 @@
+//! Petrel's orchestrator core: boots guests from a template's kernel and root
+//! image on a VMM backend, waits for the in-guest agent (envd) and runs
+//! commands and file operations through it.
+//!
+//! - [`vmm`]: the [`Hypervisor`]/[`Vm`] traits every backend implements, and
+//!   the backend-neutral [`VmSpec`].
+//! - [`qemu`]: the QEMU `microvm` backend (KVM when a probe shows it works,
+//!   TCG otherwise).
+//! - [`disk`]: per-sandbox copy-on-write root disks.
+//! - [`sandbox`]: one sandbox's cold boot, exec and teardown, with rollback of
+//!   everything it made when a step fails.
+//!
+//! It does not do networking namespaces, pause/resume or persistence yet; it
+//! has no HTTP API (that is `bins/host-agent`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sandbox_core::SandboxError> {
+//! use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
+//! let images = GuestImages::from_env()?;
+//! let backend = QemuBackend::new(qemu_vmm::Accel::Tcg);
+//! let sandbox = Sandbox::boot(&backend, SandboxConfig::new("sbx1", images, "/tmp/petrel")).await?;
+//! let out = sandbox.exec_shell("echo hello").await?;
+//! assert_eq!(out.stdout, b"hello\n");
+//! sandbox.destroy().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod disk;
+mod error;
+
+mod images;
+pub mod qemu;
+pub mod sandbox;
+pub mod vmm;
+
+pub use error::SandboxError;
+
+pub use images::GuestImages;
+pub use qemu::QemuBackend;
+pub use sandbox::{BootTimings, Sandbox, SandboxConfig};
+pub use vmm::{BackendKind, Hypervisor, Vm, VmNetwork, VmSpec};

@@ -1,0 +1,326 @@
+//! One sandbox: a guest booted from a template's images, reachable through
+//! envd, torn down with every resource it made.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use envd_client::{EnvdClient, ExecOutput, ExecRequest, InitRequest};
+
+use crate::disk;
+use crate::error::SandboxError;
+use crate::images::GuestImages;
+use crate::qemu::TCG_BOOT_TIMEOUT;
+use crate::vmm::{BackendKind, Hypervisor, Vm, VmNetwork, VmSpec};
+
+/// The guest's address on QEMU's user-mode network, and what it routes to.
+const USER_NET_KERNEL_ARGS: &str = "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off petrel.dns=10.0.2.3";
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Names the sandbox (hostname, run directory, logs).
+    pub id: String,
+    pub images: GuestImages,
+    /// The sandbox's own directory is `data_dir/sandboxes/<id>`.
+    pub data_dir: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// How long the guest gets to answer on envd.
+    pub boot_timeout: Duration,
+    /// Default environment of every process in the guest.
+    pub env_vars: BTreeMap<String, String>,
+}
+
+impl SandboxConfig {
+    /// 1 vCPU, 512 MiB, the TCG boot timeout, no extra env.
+    pub fn new(id: impl Into<String>, images: GuestImages, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id: id.into(),
+            images,
+            data_dir: data_dir.into(),
+            vcpus: 1,
+            memory_mib: 512,
+            boot_timeout: TCG_BOOT_TIMEOUT,
+            env_vars: BTreeMap::new(),
+        }
+    }
+}
+
+/// How long each step of a cold boot took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootTimings {
+    /// Disk overlay and run directory.
+    pub prepare: Duration,
+    /// VMM process started (QMP or API answering).
+    pub vm_started: Duration,
+    /// From VMM start until envd answered `/health`.
+    pub envd_ready: Duration,
+    /// `/init` (token, env, clock).
+    pub init: Duration,
+    pub total: Duration,
+}
+
+/// A running sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    run_dir: PathBuf,
+    vm: Box<dyn Vm>,
+    envd: EnvdClient,
+    timings: BootTimings,
+}
+
+impl Sandbox {
+    /// Cold-boots a sandbox: run directory, copy-on-write root disk, VM,
+    /// envd ready, `/init`. When a step fails, everything made so far is
+    /// removed and the step's error returned.
+    pub async fn boot(hypervisor: &dyn Hypervisor, config: SandboxConfig) -> Result<Self, SandboxError> {
+        let start = Instant::now();
+        config.images.check()?;
+        let run_dir = config.data_dir.join("sandboxes").join(&config.id);
+        if run_dir.exists() {
+            return Err(SandboxError::Io {
+                what: "sandbox directory already exists:",
+                path: run_dir,
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            });
+        }
+        std::fs::create_dir_all(&run_dir).map_err(|source| SandboxError::Io {
+            what: "create sandbox directory",
+            path: run_dir.clone(),
+            source,
+        })?;
+        let mut vm = None;
+        match boot_steps(hypervisor, &config, &run_dir, &mut vm, start).await {
+            Ok((envd, timings)) => {
+                let vm = vm.ok_or_else(|| SandboxError::Unsupported {
+                    backend: hypervisor.kind().as_str(),
+                    what: "return a VM".to_string(),
+                })?;
+                tracing::info!(
+                    sandbox = %config.id,
+                    backend = hypervisor.kind().as_str(),
+                    pid = vm.pid(),
+                    prepare_ms = timings.prepare.as_millis() as u64,
+                    vm_started_ms = timings.vm_started.as_millis() as u64,
+                    envd_ready_ms = timings.envd_ready.as_millis() as u64,
+                    total_ms = timings.total.as_millis() as u64,
+                    "sandbox created"
+                );
+                Ok(Self {
+                    id: config.id,
+                    run_dir,
+                    vm,
+                    envd,
+                    timings,
+                })
+            }
+            Err(err) => {
+                let undo = teardown(&config.id, vm, &run_dir).await;
+                if let Err(undo_err) = undo {
+                    tracing::error!(sandbox = %config.id, %undo_err, "rollback after a failed boot was incomplete");
+                }
+                tracing::warn!(sandbox = %config.id, %err, "sandbox boot failed; rolled back");
+                Err(err)
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The client of this sandbox's envd (token already set).
+    pub fn envd(&self) -> &EnvdClient {
+        &self.envd
+    }
+
+    pub fn timings(&self) -> BootTimings {
+        self.timings
+    }
+
+    /// The VMM process id.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.vm.pid()
+    }
+
+    /// The sandbox's directory (disk, sockets, logs).
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Runs a command in the guest and collects its output.
+    pub async fn exec(&self, request: ExecRequest) -> Result<ExecOutput, SandboxError> {
+        self.envd.exec(request).await.map_err(|source| SandboxError::Envd {
+            sandbox: self.id.clone(),
+            source,
+        })
+    }
+
+    /// Runs `bash -l -c <command>` in the guest as the default user.
+    pub async fn exec_shell(&self, command: &str) -> Result<ExecOutput, SandboxError> {
+        self.exec(ExecRequest::shell(command)).await
+    }
+
+    /// Stops the VM and removes the sandbox's files. Every step is tried; the
+    /// error lists all that failed.
+    pub async fn destroy(self) -> Result<(), SandboxError> {
+        let start = Instant::now();
+        let result = teardown(&self.id, Some(self.vm), &self.run_dir).await;
+        tracing::info!(sandbox = %self.id, ok = result.is_ok(), took_ms = start.elapsed().as_millis() as u64, "sandbox destroyed");
+        result
+    }
+}
+
+async fn boot_steps(
+    hypervisor: &dyn Hypervisor,
+    config: &SandboxConfig,
+    run_dir: &Path,
+    made: &mut Option<Box<dyn Vm>>,
+    start: Instant,
+) -> Result<(EnvdClient, BootTimings), SandboxError> {
+    let root_disk = match hypervisor.kind() {
+        BackendKind::Qemu => disk::create_qcow2_overlay(&config.id, &config.images.rootfs, &run_dir.join("root.qcow2")).await?,
+        BackendKind::Firecracker => {
+            return Err(SandboxError::Unsupported {
+                backend: "firecracker",
+                what: "boot a sandbox before per-sandbox TAP networking exists".to_string(),
+            });
+        }
+    };
+    let prepare = start.elapsed();
+    let token = random_token()?;
+    // A host port for envd; QEMU may lose a race for it, so retry a few times.
+    let mut attempt = 0;
+    let (envd_addr, vm_started) = loop {
+        attempt += 1;
+        let host = free_local_port()?;
+        let spec = VmSpec {
+            id: config.id.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            kernel: config.images.kernel.clone(),
+            kernel_args: kernel_args(&config.id),
+            root_disk: root_disk.clone(),
+            root_disk_qcow2: true,
+            network: VmNetwork::UserForward { host },
+            run_dir: run_dir.to_path_buf(),
+        };
+        let vm_start = Instant::now();
+        let vm = made.insert(hypervisor.create(spec).await?);
+        match vm.start().await {
+            Ok(()) => break (host, vm_start.elapsed()),
+            Err(err) if attempt < 3 && err.to_string().contains("host forwarding") => {
+                tracing::debug!(sandbox = %config.id, %host, "host port taken, retrying");
+                if let Some(vm) = made.take() {
+                    vm.destroy().await?;
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    };
+    let ready_start = Instant::now();
+    let envd = EnvdClient::new(envd_addr);
+    if let Err(err) = envd.wait_healthy(config.boot_timeout).await {
+        let console = made
+            .as_ref()
+            .map(|vm| console_tail(&vm.console_log(), 30))
+            .unwrap_or_default();
+        return Err(SandboxError::EnvdNotReady {
+            sandbox: config.id.clone(),
+            message: err.to_string(),
+            console,
+        });
+    }
+    let envd_ready = vm_started + ready_start.elapsed();
+    let init_start = Instant::now();
+    let init = InitRequest {
+        access_token: Some(token.clone()),
+        env_vars: config.env_vars.clone(),
+        timestamp: Some(SystemTime::now()),
+        ..InitRequest::default()
+    };
+    envd.init(&init).await.map_err(|source| SandboxError::Envd {
+        sandbox: config.id.clone(),
+        source,
+    })?;
+    let envd = envd.with_access_token(token);
+    let timings = BootTimings {
+        prepare,
+        vm_started,
+        envd_ready,
+        init: init_start.elapsed(),
+        total: start.elapsed(),
+    };
+    Ok((envd, timings))
+}
+
+/// Stops the VM (if any) and removes the run directory, collecting errors.
+async fn teardown(id: &str, vm: Option<Box<dyn Vm>>, run_dir: &Path) -> Result<(), SandboxError> {
+    let mut errors = Vec::new();
+    if let Some(vm) = vm
+        && let Err(err) = vm.destroy().await
+    {
+        errors.push(err.to_string());
+    }
+    match std::fs::remove_dir_all(run_dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => errors.push(format!("remove {}: {err}", run_dir.display())),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(SandboxError::Teardown {
+            resource: format!("sandbox {id}"),
+            errors,
+        })
+    }
+}
+
+fn kernel_args(hostname: &str) -> String {
+    format!(
+        "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet \
+         {USER_NET_KERNEL_ARGS} petrel.hostname={hostname}"
+    )
+}
+
+fn free_local_port() -> Result<SocketAddr, SandboxError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| SandboxError::Io {
+        what: "reserve a local port on",
+        path: PathBuf::from("127.0.0.1"),
+        source,
+    })?;
+    listener.local_addr().map_err(|source| SandboxError::Io {
+        what: "read the local port of",
+        path: PathBuf::from("127.0.0.1"),
+        source,
+    })
+}
+
+/// A fresh 128-bit access token for the sandbox's envd, in hex.
+fn random_token() -> Result<String, SandboxError> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| SandboxError::Io {
+            what: "read",
+            path: PathBuf::from("/dev/urandom"),
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn console_tail(path: &Path, lines: usize) -> String {
+    std::fs::read(path).map_or_else(
+        |err| format!("(cannot read {}: {err})", path.display()),
+        |bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        },
+    )
+}

@@ -1,0 +1,92 @@
+//! The VMM abstraction: one trait over QEMU and Firecracker.
+//!
+//! A [`Hypervisor`] turns a backend-neutral [`VmSpec`] into a [`Vm`]; the
+//! [`Vm`] is started, stopped and destroyed. Pause and resume arrive with the
+//! lifecycle work and will be added here as further trait methods.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::error::SandboxError;
+
+/// Which VMM runs a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Qemu,
+    Firecracker,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::Firecracker => "firecracker",
+        }
+    }
+}
+
+/// How the host reaches the guest's network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmNetwork {
+    /// The VMM's user-mode network forwarding `host` to the guest's envd
+    /// port (QEMU only; needs no privileges or namespaces).
+    UserForward { host: SocketAddr },
+    /// A TAP device that already exists (in the VMM's namespace).
+    Tap { ifname: String, mac: String },
+}
+
+/// A backend-neutral description of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub id: String,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub kernel_args: String,
+    /// The root disk: a qcow2 overlay for QEMU, a raw image or block device
+    /// for Firecracker.
+    pub root_disk: PathBuf,
+    pub root_disk_qcow2: bool,
+    pub network: VmNetwork,
+    /// Per-VM directory for sockets and logs (owned by the caller).
+    pub run_dir: PathBuf,
+}
+
+impl VmSpec {
+    /// The guest's serial console log inside `run_dir`.
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+}
+
+/// A VMM backend.
+#[async_trait]
+pub trait Hypervisor: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> BackendKind;
+
+    /// Prepares a VM from `spec`; nothing runs the guest before [`Vm::start`].
+    async fn create(&self, spec: VmSpec) -> Result<Box<dyn Vm>, SandboxError>;
+}
+
+/// One VM of a backend.
+#[async_trait]
+pub trait Vm: Send + Sync + std::fmt::Debug {
+    fn id(&self) -> &str;
+
+    /// The VMM process id, once started.
+    fn pid(&self) -> Option<u32>;
+
+    /// The guest's serial console log.
+    fn console_log(&self) -> PathBuf;
+
+    /// Boots the guest.
+    async fn start(&mut self) -> Result<(), SandboxError>;
+
+    /// Stops the guest and its VMM process (idempotent).
+    async fn stop(&mut self) -> Result<(), SandboxError>;
+
+    /// Stops the VM if needed and removes what the backend made for it.
+    async fn destroy(self: Box<Self>) -> Result<(), SandboxError>;
+}

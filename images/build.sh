@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Build (or find in the cache) one guest image and print its path on the last
+# line of stdout. Progress goes to stderr.
+#
+#   images/build.sh kernel                 -> .../kernel-<hash>/vmlinux
+#   images/build.sh rootfs-base            -> .../rootfs-base-<hash>/tree
+#   images/build.sh rootfs ENVD_BINARY     -> .../rootfs-<hash>.ext4
+#
+# Every output lives in $PETREL_CACHE_DIR (default /var/cache/petrel/images),
+# under a name keyed by the SHA-256 of its recipe (the files of this folder
+# that it is built from), so an unchanged recipe is never built twice. Outputs
+# appear atomically (built under a temporary name, then renamed).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${PETREL_CACHE_DIR:-/var/cache/petrel/images}
+mkdir -p "$cache"
+
+# The temporary build directory of this run, removed on exit whatever happens.
+work=
+cleanup() { [ -z "$work" ] || rm -rf "$work"; }
+trap cleanup EXIT
+
+log() { printf '[images] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# Bump a recipe version when the steps below change what they build; the
+# inputs named in each key (config fragment, package list, scripts) count on
+# their own.
+KERNEL_RECIPE=kernel-v1
+ROOTFS_BASE_RECIPE=rootfs-base-v1
+ROOTFS_RECIPE=rootfs-v1
+
+# Runs a long command with its output in LOG, printing a progress line every
+# 20 seconds, and shows the end of the log when it fails.
+run_logged() {
+    local what=$1 logfile=$2; shift 2
+    local start=$SECONDS
+    "$@" >"$logfile" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 2
+        if (( (SECONDS - start) % 20 < 2 )); then
+            log "$what: $((SECONDS - start)) s, $(wc -l <"$logfile") log lines"
+        fi
+    done
+    if ! wait "$pid"; then
+        tail -n 40 "$logfile" >&2
+        die "$what failed (log: $logfile)"
+    fi
+    log "$what: done in $((SECONDS - start)) s"
+}
+
+kernel() {
+    local src=/usr/src/linux-source-6.12.tar.xz
+    [ -f "$src" ] || die "$src missing: install linux-source-6.12 (cargo xtask setup)"
+    local version
+    version=$(dpkg-query -W -f='${Version}' linux-source-6.12)
+    local key
+    key=$(printf '%s %s\n' "$KERNEL_RECIPE" "$version" | hash_of - "$here/kernel/petrel.config")
+    local out=$cache/kernel-$key
+    if [ -f "$out/vmlinux" ]; then
+        log "kernel: cached ($out)"
+        echo "$out/vmlinux"; return
+    fi
+    log "kernel: building linux $version with images/kernel/petrel.config (about 6 minutes on 2 cores)"
+    work=$(mktemp -d "$cache/.kernel-build.XXXXXX")
+    tar -xJf "$src" -C "$work"
+    local tree=$work/linux-source-6.12
+    (
+        cd "$tree"
+        make -s ARCH=x86_64 tinyconfig >/dev/null
+        scripts/kconfig/merge_config.sh -m .config "$here/kernel/petrel.config" >/dev/null
+        make -s ARCH=x86_64 olddefconfig >/dev/null
+    )
+    # Every option the fragment asks for must have survived olddefconfig.
+    local missing=0
+    while IFS= read -r line; do
+        case "$line" in CONFIG_*=y) grep -qx "$line" "$tree/.config" || { log "kernel: config lost $line"; missing=1; } ;; esac
+    done <"$here/kernel/petrel.config"
+    [ "$missing" = 0 ] || die "the config fragment asks for options the kernel does not take"
+    run_logged "kernel: make vmlinux" "$work/make.log" make -C "$tree" ARCH=x86_64 -j"$(nproc)" vmlinux
+    mkdir -p "$work/out"
+    cp "$tree/vmlinux" "$tree/.config" "$work/out/"
+    rm -rf "$out"
+    mv "$work/out" "$out"
+    echo "$out/vmlinux"
+}
+
+rootfs_base_key() {
+    echo "$ROOTFS_BASE_RECIPE" | hash_of - "$here/rootfs/packages" "$here/rootfs/setup-chroot.sh"
+}
+
+rootfs_base() {
+    command -v debootstrap >/dev/null || die "debootstrap missing (cargo xtask setup)"
+    local key out
+    key=$(rootfs_base_key)
+    out=$cache/rootfs-base-$key
+    if [ -d "$out/tree" ]; then
+        log "rootfs-base: cached ($out)"
+        echo "$out/tree"; return
+    fi
+    work=$(mktemp -d "$cache/.rootfs-build.XXXXXX")
+    local include
+    include=$(grep -v '^#' "$here/rootfs/packages" | xargs | tr ' ' ',')
+    log "rootfs-base: debootstrap bookworm with $include (1-3 minutes)"
+    run_logged "rootfs-base: debootstrap" "$work/debootstrap.log" \
+        debootstrap --variant=minbase --include="$include" bookworm "$work/tree" http://deb.debian.org/debian
+    cp "$here/rootfs/setup-chroot.sh" "$work/tree/setup-chroot.sh"
+    chroot "$work/tree" /bin/bash /setup-chroot.sh >&2
+    rm -f "$work/tree/setup-chroot.sh"
+    rm -rf "$out"
+    mkdir -p "$out"
+    mv "$work/tree" "$out/tree"
+    echo "$out/tree"
+}
+
+rootfs() {
+    local envd=${1:-}
+    [ -n "$envd" ] && [ -x "$envd" ] || die "usage: build.sh rootfs ENVD_BINARY"
+    local base
+    base=$(rootfs_base | tail -n 1)
+    [ -d "$base" ] || die "rootfs-base missing"
+    local key
+    key=$( { echo "$ROOTFS_RECIPE"; rootfs_base_key; sha256sum <"$envd"; } | hash_of - "$here/rootfs/init")
+    local out=$cache/rootfs-$key.ext4
+    if [ -f "$out" ]; then
+        log "rootfs: cached ($out)"
+        echo "$out"; return
+    fi
+    work=$(mktemp -d "$cache/.rootfs-image.XXXXXX")
+    # Hard links make the staging copy cheap; the files we add are new inodes.
+    cp -al "$base" "$work/tree"
+    install -m 0755 "$envd" "$work/tree/usr/local/bin/envd"
+    install -m 0755 "$here/rootfs/init" "$work/tree/sbin/petrel-init"
+    log "rootfs: mkfs.ext4 (2 GiB, sparse)"
+    truncate -s 2G "$work/rootfs.ext4"
+    mkfs.ext4 -q -F -L petrel-root -d "$work/tree" "$work/rootfs.ext4"
+    mv "$work/rootfs.ext4" "$out"
+    echo "$out"
+}
+
+case "${1:-}" in
+    kernel) kernel ;;
+    rootfs-base) rootfs_base ;;
+    rootfs) shift; rootfs "$@" ;;
+    *) die "usage: build.sh kernel | rootfs-base | rootfs ENVD_BINARY" ;;
+esac

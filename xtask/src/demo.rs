@@ -1,0 +1,152 @@
+//! `cargo xtask demo` and `cargo xtask doctor`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use qemu_vmm::{Accel, AccelProbe, ProbeOutcome, probe_accelerator};
+use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
+
+use crate::{VmmChoice, env, images, setup};
+
+/// Boots a VM, runs `echo hello` in it through envd, prints the output and
+/// the time of each step, and removes everything it made.
+pub fn run(vmm: VmmChoice) -> Result<()> {
+    setup::run()?;
+    let images = images::build()?;
+    if matches!(vmm, VmmChoice::Firecracker) {
+        bail!(
+            "--vmm firecracker: the Firecracker backend cannot boot sandboxes yet (it needs per-sandbox TAP \
+             networking, issue 3); use the default --vmm qemu"
+        );
+    }
+    runtime()?.block_on(async {
+        let outcome = probe(&images).await;
+        env::step(&format!("booting a {} VM ({}: {})", outcome.accel, if outcome.cached { "cached probe" } else { "probe" }, outcome.reason));
+        let work = tempdir("petrel-demo")?;
+        let result = demo(&images, outcome.accel, &work).await;
+        let cleanup = std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()));
+        let output = result?;
+        cleanup?;
+        Ok::<_, anyhow::Error>(output)
+    })
+}
+
+async fn demo(images: &GuestImages, accel: Accel, work: &Path) -> Result<()> {
+    let backend = QemuBackend::new(accel);
+    let sandbox = Sandbox::boot(&backend, SandboxConfig::new("demo", images.clone(), work))
+        .await
+        .context("booting the demo sandbox")?;
+    let timings = sandbox.timings();
+    let exec_start = Instant::now();
+    let exec = sandbox.exec_shell("echo hello").await;
+    let exec_time = exec_start.elapsed();
+    let destroy_start = Instant::now();
+    let destroyed = sandbox.destroy().await;
+    let destroy_time = destroy_start.elapsed();
+    let output = exec.context("running `echo hello` in the guest")?;
+    destroyed.context("destroying the demo sandbox")?;
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    eprintln!("exit code {}", output.exit_code);
+    eprintln!(
+        "timings: prepare {} | vm start {} | envd ready {} (from vm start) | init {} | exec {} | destroy {}",
+        ms(timings.prepare),
+        ms(timings.vm_started),
+        ms(timings.envd_ready),
+        ms(timings.init),
+        ms(exec_time),
+        ms(destroy_time)
+    );
+    if output.exit_code != 0 || output.stdout != b"hello\n" {
+        bail!("unexpected output from the guest: {output:?}");
+    }
+    Ok(())
+}
+
+/// The accelerator: `PETREL_ACCEL=kvm|tcg` forces one, otherwise the cached
+/// outcome of a real KVM probe.
+pub async fn probe(images: &GuestImages) -> ProbeOutcome {
+    let probe = AccelProbe {
+        qemu: qemu_vmm::default_qemu_binary(),
+        kernel: images.kernel.clone(),
+        rootfs: images.rootfs.clone(),
+        timeout: Duration::from_secs(20),
+        cache_file: Some(env::cache_dir().join("accel-probe.json")),
+        work_dir: std::env::temp_dir(),
+    };
+    let mut outcome = probe_accelerator(&probe).await;
+    match std::env::var("PETREL_ACCEL").as_deref() {
+        Ok("kvm") => {
+            outcome.accel = Accel::Kvm;
+            outcome.reason = "forced by PETREL_ACCEL=kvm".into();
+        }
+        Ok("tcg") => {
+            outcome.accel = Accel::Tcg;
+            outcome.reason = "forced by PETREL_ACCEL=tcg".into();
+        }
+        _ => {}
+    }
+    outcome
+}
+
+/// Prints what this host can do and what Petrel chose.
+pub fn doctor() -> Result<()> {
+    setup::run()?;
+    let images = images::build()?;
+    let outcome = runtime()?.block_on(probe(&images));
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let kvm_module = ["kvm_pvm", "kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|m| Path::new("/sys/module").join(m).exists())
+        .unwrap_or("none");
+    println!("host kernel:       {}", command_line("uname", &["-r"]));
+    println!("/dev/kvm:          {} (module {kvm_module})", yes(Path::new("/dev/kvm").exists()));
+    println!("accelerator:       {} ({}{})", outcome.accel, outcome.reason, if outcome.cached { ", cached" } else { "" });
+    println!("qemu:              {}", outcome.qemu_version);
+    println!(
+        "firecracker:       {}",
+        which("firecracker").map_or_else(|| "not found".to_string(), |p| command_line(&p, &["--version"]))
+    );
+    println!("device-mapper:     {}", yes(std::fs::read_to_string("/proc/misc").is_ok_and(|m| m.contains("device-mapper"))));
+    println!("userfaultfd:       {}", yes(Path::new("/proc/sys/vm/unprivileged_userfaultfd").exists() || Path::new("/dev/userfaultfd").exists()));
+    println!("nftables:          {}", command_line("nft", &["--version"]));
+    println!("guest kernel:      {}", images.kernel.display());
+    println!("guest rootfs:      {}", images.rootfs.display());
+    println!("vmm backend:       qemu ({} on this host)", outcome.accel);
+    println!("rootfs provider:   qcow2 overlay on the template's raw base image");
+    Ok(())
+}
+
+fn which(name: &str) -> Option<String> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program).args(args).output().map_or_else(
+        |err| format!("not runnable ({err})"),
+        |o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string(),
+    )
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// A fresh directory under the system temp dir (removed by the caller).
+pub fn tempdir(prefix: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}

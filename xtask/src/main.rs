@@ -1,0 +1,107 @@
+//! `cargo xtask`: Petrel's developer tasks.
+//!
+//! - `setup`: installs the host packages Petrel needs (apt, QEMU 10 from
+//!   bookworm-backports, the kernel source, debootstrap, ...), when missing.
+//! - `images`: builds envd and the guest kernel and rootfs (cached by recipe).
+//! - `doctor`: shows the host's capabilities and the accelerator probe.
+//! - `demo`: boots a VM, runs `echo hello` in it through envd, cleans up.
+//! - `test`: fmt, clippy and every test, VM tests included.
+//! - `bench boot`: boot and exec timings as JSON.
+
+mod bench;
+mod demo;
+mod env;
+mod images;
+mod setup;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Petrel developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum VmmChoice {
+    Qemu,
+    Firecracker,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install missing host packages (needs root).
+    Setup,
+    /// Build envd, the guest kernel and the rootfs; print their paths.
+    Images,
+    /// Show host capabilities and the accelerator choice.
+    Doctor,
+    /// Boot a VM, run `echo hello` through envd, print it, clean up.
+    Demo {
+        #[arg(long, value_enum, default_value = "qemu")]
+        vmm: VmmChoice,
+    },
+    /// fmt check, clippy, and all tests including VM tests.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Benchmarks; the last line of stdout is one JSON object.
+    Bench {
+        #[arg(value_enum, default_value = "boot")]
+        which: bench::Which,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Images => {
+            setup::run()?;
+            let images = images::build()?;
+            println!("PETREL_KERNEL={}", images.kernel.display());
+            println!("PETREL_ROOTFS={}", images.rootfs.display());
+            Ok(())
+        }
+        Command::Doctor => demo::doctor(),
+        Command::Demo { vmm } => demo::run(vmm),
+        Command::Test { cargo_args } => test(&cargo_args),
+        Command::Bench { which, runs } => bench::run(which, runs),
+    }
+}
+
+fn test(cargo_args: &[String]) -> Result<()> {
+    setup::run()?;
+    let images = images::build()?;
+    env::step("cargo fmt --check");
+    env::cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    env::step("cargo clippy");
+    env::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    env::step("cargo test (VM tests boot real guests)");
+    let mut args = vec!["test", "--workspace"];
+    args.extend(cargo_args.iter().map(String::as_str));
+    let kernel = images.kernel.display().to_string();
+    let rootfs = images.rootfs.display().to_string();
+    env::cargo(
+        &args,
+        &[
+            ("PETREL_KERNEL", kernel.as_str()),
+            ("PETREL_ROOTFS", rootfs.as_str()),
+            ("PETREL_REQUIRE_VM", "1"),
+        ],
+    )?;
+    env::step("all checks passed");
+    Ok(())
+}
