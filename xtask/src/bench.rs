@@ -47,30 +47,51 @@ async fn boot(images: &GuestImages, runs: usize) -> Result<()> {
 
 type Samples = Vec<Duration>;
 
-async fn boot_runs(images: &GuestImages, accel: Accel, runs: usize, work: &std::path::Path) -> Result<(Samples, Samples, Samples)> {
+async fn boot_runs(
+    images: &GuestImages,
+    accel: Accel,
+    runs: usize,
+    work: &std::path::Path,
+) -> Result<(Samples, Samples, Samples)> {
     let (mut raw, mut cold, mut exec) = (Vec::new(), Vec::new(), Vec::new());
     let backend = QemuBackend::new(accel);
     for run in 0..runs {
         raw.push(raw_boot(images, accel, &work.join(format!("raw-{run}"))).await?);
         let start = Instant::now();
-        let sandbox = Sandbox::boot(&backend, SandboxConfig::new(format!("bench-{run}"), images.clone(), work)).await?;
+        let sandbox = Sandbox::boot(
+            &backend,
+            SandboxConfig::new(format!("bench-{run}"), images.clone(), work),
+        )
+        .await?;
         cold.push(start.elapsed());
         let exec_start = Instant::now();
         let output = sandbox.exec_shell("true").await;
         exec.push(exec_start.elapsed());
         sandbox.destroy().await?;
         output?;
-        eprintln!("[bench] run {}/{runs}: raw {:?}, cold {:?}, exec {:?}", run + 1, raw[run], cold[run], exec[run]);
+        eprintln!(
+            "[bench] run {}/{runs}: raw {:?}, cold {:?}, exec {:?}",
+            run + 1,
+            raw[run],
+            cold[run],
+            exec[run]
+        );
     }
     Ok((raw, cold, exec))
 }
 
 /// QEMU with the same kernel and rootfs (read-only, no network, no envd):
 /// process start until init's first output on the console.
-async fn raw_boot(images: &GuestImages, accel: Accel, run_dir: &std::path::Path) -> Result<Duration> {
+async fn raw_boot(
+    images: &GuestImages,
+    accel: Accel,
+    run_dir: &std::path::Path,
+) -> Result<Duration> {
     let config = VmConfig {
         kernel: images.kernel.clone(),
-        kernel_args: "console=ttyS0 root=/dev/vda ro panic=-1 init=/usr/bin/printf PETREL%sINIT\\n _AT_".into(),
+        kernel_args:
+            "console=ttyS0 root=/dev/vda ro panic=-1 init=/usr/bin/printf PETREL%sINIT\\n _AT_"
+                .into(),
         drives: vec![Drive {
             read_only: true,
             ..Drive::raw(&images.rootfs)
@@ -80,7 +101,9 @@ async fn raw_boot(images: &GuestImages, accel: Accel, run_dir: &std::path::Path)
     };
     let start = Instant::now();
     let mut vm = QemuVm::spawn(config).await?;
-    let reached = vm.wait_for_console("PETREL_AT_INIT", Duration::from_secs(60)).await;
+    let reached = vm
+        .wait_for_console("PETREL_AT_INIT", Duration::from_mins(1))
+        .await;
     let took = start.elapsed();
     vm.kill().await?;
     std::fs::remove_dir_all(run_dir).with_context(|| format!("removing {}", run_dir.display()))?;

@@ -22,13 +22,23 @@ pub fn run(vmm: VmmChoice) -> Result<()> {
     }
     runtime()?.block_on(async {
         let outcome = probe(&images).await;
-        env::step(&format!("booting a {} VM ({}: {})", outcome.accel, if outcome.cached { "cached probe" } else { "probe" }, outcome.reason));
+        env::step(&format!(
+            "booting a {} VM ({}: {})",
+            outcome.accel,
+            if outcome.cached {
+                "cached probe"
+            } else {
+                "probe"
+            },
+            outcome.reason
+        ));
         let work = tempdir("petrel-demo")?;
         let result = demo(&images, outcome.accel, &work).await;
-        let cleanup = std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()));
-        let output = result?;
+        let cleanup =
+            std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()));
+        result?;
         cleanup?;
-        Ok::<_, anyhow::Error>(output)
+        Ok::<_, anyhow::Error>(())
     })
 }
 
@@ -100,15 +110,33 @@ pub fn doctor() -> Result<()> {
         .find(|m| Path::new("/sys/module").join(m).exists())
         .unwrap_or("none");
     println!("host kernel:       {}", command_line("uname", &["-r"]));
-    println!("/dev/kvm:          {} (module {kvm_module})", yes(Path::new("/dev/kvm").exists()));
-    println!("accelerator:       {} ({}{})", outcome.accel, outcome.reason, if outcome.cached { ", cached" } else { "" });
+    println!(
+        "/dev/kvm:          {} (module {kvm_module})",
+        yes(Path::new("/dev/kvm").exists())
+    );
+    println!(
+        "accelerator:       {} ({}{})",
+        outcome.accel,
+        outcome.reason,
+        if outcome.cached { ", cached" } else { "" }
+    );
     println!("qemu:              {}", outcome.qemu_version);
     println!(
         "firecracker:       {}",
-        which("firecracker").map_or_else(|| "not found".to_string(), |p| command_line(&p, &["--version"]))
+        which("firecracker").map_or_else(
+            || "not found".to_string(),
+            |p| command_line(&p, &["--version"])
+        )
     );
-    println!("device-mapper:     {}", yes(std::fs::read_to_string("/proc/misc").is_ok_and(|m| m.contains("device-mapper"))));
-    println!("userfaultfd:       {}", yes(Path::new("/proc/sys/vm/unprivileged_userfaultfd").exists() || Path::new("/dev/userfaultfd").exists()));
+    println!(
+        "device-mapper:     {}",
+        yes(std::fs::read_to_string("/proc/misc").is_ok_and(|m| m.contains("device-mapper")))
+    );
+    println!(
+        "userfaultfd:       {}",
+        yes(Path::new("/proc/sys/vm/unprivileged_userfaultfd").exists()
+            || Path::new("/dev/userfaultfd").exists())
+    );
     println!("nftables:          {}", command_line("nft", &["--version"]));
     println!("guest kernel:      {}", images.kernel.display());
     println!("guest rootfs:      {}", images.rootfs.display());
@@ -127,10 +155,20 @@ fn which(name: &str) -> Option<String> {
 }
 
 fn command_line(program: &str, args: &[&str]) -> String {
-    std::process::Command::new(program).args(args).output().map_or_else(
-        |err| format!("not runnable ({err})"),
-        |o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string(),
-    )
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_or_else(
+            |err| format!("not runnable ({err})"),
+            |o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            },
+        )
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

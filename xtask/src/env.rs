@@ -18,7 +18,8 @@ pub fn target_dir() -> PathBuf {
 
 /// Where built images and probe results are cached (outside the work tree).
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("PETREL_CACHE_DIR").map_or_else(|| PathBuf::from("/var/cache/petrel/images"), PathBuf::from)
+    std::env::var_os("PETREL_CACHE_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/petrel/images"), PathBuf::from)
 }
 
 /// Prints a step header on stderr.

@@ -10,7 +10,10 @@ use crate::env;
 /// Builds (or finds cached) guest images with the current envd in them.
 pub fn build() -> Result<GuestImages> {
     env::step("building envd");
-    env::cargo(&["build", "--quiet", "--package", "envd", "--bin", "envd"], &[])?;
+    env::cargo(
+        &["build", "--quiet", "--package", "envd", "--bin", "envd"],
+        &[],
+    )?;
     let envd = env::target_dir().join("debug/envd");
     env::step("guest kernel");
     let kernel = build_sh(&["kernel"])?;
@@ -20,7 +23,9 @@ pub fn build() -> Result<GuestImages> {
         kernel: kernel.into(),
         rootfs: rootfs.into(),
     };
-    images.check().context("images/build.sh printed a path that does not exist")?;
+    images
+        .check()
+        .context("images/build.sh printed a path that does not exist")?;
     Ok(images)
 }
 
@@ -36,7 +41,12 @@ fn build_sh(args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !output.status.success() {
-        bail!("{} {} failed ({})", script.display(), args.join(" "), output.status);
+        bail!(
+            "{} {} failed ({})",
+            script.display(),
+            args.join(" "),
+            output.status
+        );
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout

@@ -88,7 +88,17 @@ fn test(cargo_args: &[String]) -> Result<()> {
     env::step("cargo fmt --check");
     env::cargo(&["fmt", "--all", "--", "--check"], &[])?;
     env::step("cargo clippy");
-    env::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
+    env::cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     env::step("cargo test (VM tests boot real guests)");
     let mut args = vec!["test", "--workspace"];
     args.extend(cargo_args.iter().map(String::as_str));

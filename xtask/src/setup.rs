@@ -39,25 +39,42 @@ const MAIN: &[&str] = &[
 
 /// Installs what is missing (needs root) and checks QEMU's major version.
 pub fn run() -> Result<()> {
-    let missing: Vec<&str> = BACKPORTS.iter().chain(MAIN).copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = BACKPORTS
+        .iter()
+        .chain(MAIN)
+        .copied()
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
-        eprintln!("[setup] all {} host packages present", BACKPORTS.len() + MAIN.len());
+        eprintln!(
+            "[setup] all {} host packages present",
+            BACKPORTS.len() + MAIN.len()
+        );
     } else {
         env::step(&format!("installing host packages: {}", missing.join(" ")));
         if !is_root() {
             bail!("missing packages {missing:?}; run `cargo xtask setup` as root to install them");
         }
         if std::fs::read_to_string(BACKPORTS_LIST).ok().as_deref() != Some(BACKPORTS_LINE) {
-            std::fs::write(BACKPORTS_LIST, BACKPORTS_LINE).with_context(|| format!("writing {BACKPORTS_LIST}"))?;
+            std::fs::write(BACKPORTS_LIST, BACKPORTS_LINE)
+                .with_context(|| format!("writing {BACKPORTS_LIST}"))?;
         }
         apt(&["update", "-q"])?;
-        let backports: Vec<&str> = missing.iter().copied().filter(|p| BACKPORTS.contains(p)).collect();
+        let backports: Vec<&str> = missing
+            .iter()
+            .copied()
+            .filter(|p| BACKPORTS.contains(p))
+            .collect();
         if !backports.is_empty() {
             let mut args = vec!["install", "-y", "-q", "-t", "bookworm-backports"];
             args.extend(&backports);
             apt(&args)?;
         }
-        let main: Vec<&str> = missing.iter().copied().filter(|p| MAIN.contains(p)).collect();
+        let main: Vec<&str> = missing
+            .iter()
+            .copied()
+            .filter(|p| MAIN.contains(p))
+            .collect();
         if !main.is_empty() {
             let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
             args.extend(&main);
@@ -106,7 +123,10 @@ fn check_qemu_version() -> Result<()> {
         .and_then(|m| m.parse::<u32>().ok())
         .unwrap_or(0);
     if major < 8 {
-        bail!("QEMU 8 or newer is needed (microvm with PVH boot); found {:?}", text.lines().next());
+        bail!(
+            "QEMU 8 or newer is needed (microvm with PVH boot); found {:?}",
+            text.lines().next()
+        );
     }
     Ok(())
 }

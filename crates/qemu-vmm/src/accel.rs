@@ -73,7 +73,9 @@ const MARKER: &str = "PETREL_PROBE_OK";
 /// reaches init under KVM within the bound. The result is cached per QEMU
 /// version and kernel.
 pub async fn probe_accelerator(probe: &AccelProbe) -> ProbeOutcome {
-    let qemu_version = qemu_version(&probe.qemu).await.unwrap_or_else(|err| format!("unknown ({err})"));
+    let qemu_version = qemu_version(&probe.qemu)
+        .await
+        .unwrap_or_else(|err| format!("unknown ({err})"));
     let kernel_size = std::fs::metadata(&probe.kernel).map_or(0, |m| m.len());
     if let Some(cached) = read_cache(probe, &qemu_version, kernel_size) {
         return cached;
@@ -103,7 +105,10 @@ pub async fn probe_accelerator(probe: &AccelProbe) -> ProbeOutcome {
 
 /// The first line of `qemu-system-x86_64 --version`.
 pub async fn qemu_version(qemu: &Path) -> Result<String, std::io::Error> {
-    let output = tokio::process::Command::new(qemu).arg("--version").output().await?;
+    let output = tokio::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .await?;
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
         .next()
@@ -113,17 +118,25 @@ pub async fn qemu_version(qemu: &Path) -> Result<String, std::io::Error> {
 }
 
 async fn kvm_usable(probe: &AccelProbe) -> Result<(), String> {
-    if let Err(err) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(err) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         return Err(format!("/dev/kvm cannot be opened ({err})"));
     }
-    let run_dir = probe.work_dir.join(format!("accel-probe-{}", std::process::id()));
+    let run_dir = probe
+        .work_dir
+        .join(format!("accel-probe-{}", std::process::id()));
     let config = VmConfig {
         binary: probe.qemu.clone(),
         kernel: probe.kernel.clone(),
         // Words without `=` that the kernel does not know become init's
         // arguments (`--` cannot be used: QEMU appends its virtio-mmio
         // device list after our command line).
-        kernel_args: "console=ttyS0 root=/dev/vda ro panic=-1 init=/usr/bin/printf PETREL%sOK\\n _PROBE_".to_string(),
+        kernel_args:
+            "console=ttyS0 root=/dev/vda ro panic=-1 init=/usr/bin/printf PETREL%sOK\\n _PROBE_"
+                .to_string(),
         drives: vec![Drive {
             read_only: true,
             ..Drive::raw(&probe.rootfs)
@@ -136,7 +149,9 @@ async fn kvm_usable(probe: &AccelProbe) -> Result<(), String> {
         Ok(mut vm) => {
             let reached = vm.wait_for_console(MARKER, probe.timeout).await;
             let _ = vm.kill().await;
-            reached.map(|_| ()).map_err(|err| format!("the KVM probe VM did not reach init: {err}"))
+            reached
+                .map(|_| ())
+                .map_err(|err| format!("the KVM probe VM did not reach init: {err}"))
         }
         Err(err) => Err(format!("QEMU could not start a KVM guest: {err}")),
     };
@@ -148,7 +163,9 @@ fn read_cache(probe: &AccelProbe, qemu_version: &str, kernel_size: u64) -> Optio
     let path = probe.cache_file.as_ref()?;
     let text = std::fs::read_to_string(path).ok()?;
     let mut outcome: ProbeOutcome = serde_json::from_str(&text).ok()?;
-    let same = outcome.qemu_version == qemu_version && outcome.kernel == probe.kernel && outcome.kernel_size == kernel_size;
+    let same = outcome.qemu_version == qemu_version
+        && outcome.kernel == probe.kernel
+        && outcome.kernel_size == kernel_size;
     same.then(|| {
         outcome.cached = true;
         outcome
@@ -156,7 +173,9 @@ fn read_cache(probe: &AccelProbe, qemu_version: &str, kernel_size: u64) -> Optio
 }
 
 fn write_cache(probe: &AccelProbe, outcome: &ProbeOutcome) {
-    let Some(path) = &probe.cache_file else { return };
+    let Some(path) = &probe.cache_file else {
+        return;
+    };
     let written = path
         .parent()
         .map_or(Ok(()), std::fs::create_dir_all)

@@ -1,6 +1,7 @@
 //! The VM description and its translation into a QEMU command line.
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,8 @@ use crate::error::QemuError;
 
 /// The QEMU binary: `$PETREL_QEMU` if set, else `qemu-system-x86_64` from PATH.
 pub fn default_qemu_binary() -> PathBuf {
-    std::env::var_os("PETREL_QEMU").map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from)
+    std::env::var_os("PETREL_QEMU")
+        .map_or_else(|| PathBuf::from("qemu-system-x86_64"), PathBuf::from)
 }
 
 /// Image format of a drive.
@@ -137,7 +139,10 @@ impl VmConfig {
     /// Checks what QEMU would otherwise reject with a less helpful message.
     pub fn validate(&self) -> Result<(), QemuError> {
         if self.vcpus == 0 {
-            return Err(QemuError::Config(format!("vm {}: vcpus must be at least 1", self.id)));
+            return Err(QemuError::Config(format!(
+                "vm {}: vcpus must be at least 1",
+                self.id
+            )));
         }
         if self.memory_mib < 64 {
             return Err(QemuError::Config(format!(
@@ -146,7 +151,10 @@ impl VmConfig {
             )));
         }
         if self.kernel.as_os_str().is_empty() {
-            return Err(QemuError::Config(format!("vm {}: no kernel given", self.id)));
+            return Err(QemuError::Config(format!(
+                "vm {}: no kernel given",
+                self.id
+            )));
         }
         for path in std::iter::once(&self.kernel).chain(self.drives.iter().map(|d| &d.path)) {
             check_exists(path)?;
@@ -165,7 +173,11 @@ impl VmConfig {
         match self.accel {
             Accel::Kvm => args.push("-accel").push("kvm").push("-cpu").push("host"),
             Accel::Tcg => {
-                let tcg = if self.vcpus > 1 { "tcg,thread=multi" } else { "tcg" };
+                let tcg = if self.vcpus > 1 {
+                    "tcg,thread=multi"
+                } else {
+                    "tcg"
+                };
                 args.push("-accel").push(tcg).push("-cpu").push("max")
             }
         };
@@ -183,11 +195,16 @@ impl VmConfig {
             .push("-nographic")
             .push("-no-reboot");
         args.push("-chardev")
-            .push(format!("file,id=console,path={}", self.console_log().display()))
+            .push(format!(
+                "file,id=console,path={}",
+                self.console_log().display()
+            ))
             .push("-serial")
             .push("chardev:console");
-        args.push("-qmp")
-            .push(format!("unix:{},server=on,wait=off", self.qmp_socket().display()));
+        args.push("-qmp").push(format!(
+            "unix:{},server=on,wait=off",
+            self.qmp_socket().display()
+        ));
         args.push("-kernel").push(self.kernel.as_os_str());
         args.push("-append").push(self.kernel_args.as_str());
         for (index, drive) in self.drives.iter().enumerate() {
@@ -200,27 +217,32 @@ impl VmConfig {
                 spec.push_str(",readonly=on");
             }
             args.push("-drive").push(spec);
-            args.push("-device").push(format!("virtio-blk-device,drive=drive{index}"));
+            args.push("-device")
+                .push(format!("virtio-blk-device,drive=drive{index}"));
         }
         match &self.net {
             NetConfig::None => {}
             NetConfig::User { forwards } => {
                 let mut netdev = String::from("user,id=net0");
-                for forward in forwards {
-                    netdev.push_str(&format!(
+                for f in forwards {
+                    // Writing to a String cannot fail.
+                    let _ = write!(
+                        netdev,
                         ",hostfwd=tcp:{}:{}-:{}",
-                        forward.host.ip(),
-                        forward.host.port(),
-                        forward.guest_port
-                    ));
+                        f.host.ip(),
+                        f.host.port(),
+                        f.guest_port
+                    );
                 }
                 args.push("-netdev").push(netdev);
                 args.push("-device").push("virtio-net-device,netdev=net0");
             }
             NetConfig::Tap { ifname, mac } => {
-                args.push("-netdev")
-                    .push(format!("tap,id=net0,ifname={ifname},script=no,downscript=no"));
-                args.push("-device").push(format!("virtio-net-device,netdev=net0,mac={mac}"));
+                args.push("-netdev").push(format!(
+                    "tap,id=net0,ifname={ifname},script=no,downscript=no"
+                ));
+                args.push("-device")
+                    .push(format!("virtio-net-device,netdev=net0,mac={mac}"));
             }
         }
         args.push("-device").push("virtio-rng-device");
@@ -232,11 +254,13 @@ impl VmConfig {
 }
 
 fn check_exists(path: &Path) -> Result<(), QemuError> {
-    std::fs::metadata(path).map(|_| ()).map_err(|source| QemuError::Io {
-        what: "cannot use",
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|source| QemuError::Io {
+            what: "cannot use",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[derive(Default)]
@@ -283,7 +307,9 @@ mod tests {
         let args = joined(&config());
 
         assert!(args.contains("-qmp unix:/run/vm1/qmp.sock,server=on,wait=off"));
-        assert!(args.contains("-chardev file,id=console,path=/run/vm1/console.log -serial chardev:console"));
+        assert!(args.contains(
+            "-chardev file,id=console,path=/run/vm1/console.log -serial chardev:console"
+        ));
     }
 
     #[test]
@@ -302,7 +328,9 @@ mod tests {
             guest_port: 49983,
         };
         let config = VmConfig {
-            net: NetConfig::User { forwards: vec![forward] },
+            net: NetConfig::User {
+                forwards: vec![forward],
+            },
             ..config()
         };
 
@@ -321,13 +349,21 @@ mod tests {
         let args = joined(&config);
 
         assert!(args.starts_with("-M microvm,acpi=off,memory-backend=mem0"));
-        assert!(args.contains("-object memory-backend-file,id=mem0,size=512M,mem-path=/run/vm1/ram,share=on"));
+        assert!(args.contains(
+            "-object memory-backend-file,id=mem0,size=512M,mem-path=/run/vm1/ram,share=on"
+        ));
     }
 
     #[test]
     fn args_with_kvm_use_host_cpu_and_multi_vcpu_tcg_uses_threads() {
-        let kvm = VmConfig { accel: Accel::Kvm, ..config() };
-        let tcg = VmConfig { vcpus: 2, ..config() };
+        let kvm = VmConfig {
+            accel: Accel::Kvm,
+            ..config()
+        };
+        let tcg = VmConfig {
+            vcpus: 2,
+            ..config()
+        };
 
         assert!(joined(&kvm).contains("-accel kvm -cpu host"));
         assert!(joined(&tcg).contains("-accel tcg,thread=multi -cpu max -smp 2"));
@@ -335,7 +371,10 @@ mod tests {
 
     #[test]
     fn validate_rejects_zero_vcpus() {
-        let config = VmConfig { vcpus: 0, ..config() };
+        let config = VmConfig {
+            vcpus: 0,
+            ..config()
+        };
 
         let err = config.validate().unwrap_err();
 

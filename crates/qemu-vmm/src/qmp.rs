@@ -21,10 +21,12 @@ pub struct QmpClient {
 impl QmpClient {
     /// Connects, reads the greeting and negotiates capabilities.
     pub async fn connect(path: &Path) -> Result<Self, QemuError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| QemuError::QmpIo {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| QemuError::QmpIo {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let (read, writer) = stream.into_split();
         let mut client = Self {
             path: path.to_path_buf(),
@@ -60,7 +62,11 @@ impl QmpClient {
     }
 
     /// Runs one command and returns its `return` value.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QemuError> {
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QemuError> {
         let request = match arguments {
             Some(arguments) => json!({ "execute": command, "arguments": arguments }),
             None => json!({ "execute": command }),
@@ -100,9 +106,9 @@ impl QmpClient {
                 }
             }
         };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| self.protocol(format!("no {name} event within {} ms", timeout.as_millis())))?
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            self.protocol(format!("no {name} event within {} ms", timeout.as_millis()))
+        })?
     }
 
     /// `query-status`'s `status` (`running`, `paused`, `inmigrate`, ...).

@@ -107,7 +107,11 @@ impl QemuVm {
     }
 
     /// Waits until the guest's console shows `marker`; returns the time spent.
-    pub async fn wait_for_console(&mut self, marker: &str, timeout: Duration) -> Result<Duration, QemuError> {
+    pub async fn wait_for_console(
+        &mut self,
+        marker: &str,
+        timeout: Duration,
+    ) -> Result<Duration, QemuError> {
         let start = Instant::now();
         let path = self.config.console_log();
         loop {
@@ -139,7 +143,10 @@ impl QemuVm {
         if self.exit_status().is_none() {
             // QEMU may close the socket before it answers; the wait decides.
             let _ = self.qmp.execute("quit", None).await;
-            if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
                 tracing::warn!(vm = %self.config.id, pid = self.pid, "qemu ignored quit, killing it");
                 return self.kill().await;
             }
@@ -151,8 +158,12 @@ impl QemuVm {
     /// Kills QEMU with SIGKILL (by its pid) and reaps it.
     pub async fn kill(&mut self) -> Result<(), QemuError> {
         if self.exit_status().is_none() {
-            kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL)
-                .map_err(|source| QemuError::Signal { pid: self.pid, source })?;
+            kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL).map_err(|source| {
+                QemuError::Signal {
+                    pid: self.pid,
+                    source,
+                }
+            })?;
             let _ = self.child.wait().await;
         }
         self.armed = false;

@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use crate::error::SandboxError;
 
 /// Creates `overlay` (qcow2) backed by the raw image `base`.
-pub async fn create_qcow2_overlay(sandbox: &str, base: &Path, overlay: &Path) -> Result<PathBuf, SandboxError> {
+pub async fn create_qcow2_overlay(
+    sandbox: &str,
+    base: &Path,
+    overlay: &Path,
+) -> Result<PathBuf, SandboxError> {
     let base = base.canonicalize().map_err(|source| SandboxError::Io {
         what: "resolve base image",
         path: base.to_path_buf(),

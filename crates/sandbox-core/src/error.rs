@@ -24,7 +24,9 @@ pub enum SandboxError {
     Firecracker { vm: String, message: String },
     #[error("backend {backend} cannot {what}")]
     Unsupported { backend: &'static str, what: String },
-    #[error("sandbox {sandbox}: envd did not become ready: {message}\nguest console ends with:\n{console}")]
+    #[error(
+        "sandbox {sandbox}: envd did not become ready: {message}\nguest console ends with:\n{console}"
+    )]
     EnvdNotReady {
         sandbox: String,
         message: String,
@@ -34,8 +36,11 @@ pub enum SandboxError {
     Envd {
         sandbox: String,
         #[source]
-        source: envd_client::EnvdError,
+        source: Box<envd_client::EnvdError>,
     },
     #[error("teardown of {resource} left {} error(s): {}", .errors.len(), .errors.join("; "))]
-    Teardown { resource: String, errors: Vec<String> },
+    Teardown {
+        resource: String,
+        errors: Vec<String>,
+    },
 }

@@ -17,7 +17,9 @@ impl GuestImages {
     pub fn from_env() -> Result<Self, SandboxError> {
         let var = |name: &str| {
             std::env::var_os(name).map(PathBuf::from).ok_or_else(|| {
-                SandboxError::Images(format!("{name} is not set (cargo xtask images builds the images and prints it)"))
+                SandboxError::Images(format!(
+                    "{name} is not set (cargo xtask images builds the images and prints it)"
+                ))
             })
         };
         let images = Self {
@@ -32,7 +34,10 @@ impl GuestImages {
     pub fn check(&self) -> Result<(), SandboxError> {
         for path in [&self.kernel, &self.rootfs] {
             if !path.is_file() {
-                return Err(SandboxError::Images(format!("{} does not exist", path.display())));
+                return Err(SandboxError::Images(format!(
+                    "{} does not exist",
+                    path.display()
+                )));
             }
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! - [`vmm`]: the [`Hypervisor`]/[`Vm`] traits every backend implements, and
 //!   the backend-neutral [`VmSpec`].
 //! - [`qemu`]: the QEMU `microvm` backend (KVM when a probe shows it works,
-//!   TCG otherwise).
+//!   TCG otherwise); [`firecracker`]: the Firecracker backend.
 //! - [`disk`]: per-sandbox copy-on-write root disks.
 //! - [`sandbox`]: one sandbox's cold boot, exec and teardown, with rollback of
 //!   everything it made when a step fails.
@@ -27,14 +27,14 @@
 
 pub mod disk;
 mod error;
-
+pub mod firecracker;
 mod images;
 pub mod qemu;
 pub mod sandbox;
 pub mod vmm;
 
 pub use error::SandboxError;
-
+pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
 pub use qemu::QemuBackend;
 pub use sandbox::{BootTimings, Sandbox, SandboxConfig};

@@ -143,4 +143,4 @@ impl Vm for QemuInstance {
 }
 
 /// How long a TCG guest gets to answer on envd after QEMU started.
-pub const TCG_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const TCG_BOOT_TIMEOUT: Duration = Duration::from_mins(1);

@@ -16,7 +16,8 @@ use crate::qemu::TCG_BOOT_TIMEOUT;
 use crate::vmm::{BackendKind, Hypervisor, Vm, VmNetwork, VmSpec};
 
 /// The guest's address on QEMU's user-mode network, and what it routes to.
-const USER_NET_KERNEL_ARGS: &str = "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off petrel.dns=10.0.2.3";
+const USER_NET_KERNEL_ARGS: &str =
+    "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off petrel.dns=10.0.2.3";
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -77,7 +78,10 @@ impl Sandbox {
     /// Cold-boots a sandbox: run directory, copy-on-write root disk, VM,
     /// envd ready, `/init`. When a step fails, everything made so far is
     /// removed and the step's error returned.
-    pub async fn boot(hypervisor: &dyn Hypervisor, config: SandboxConfig) -> Result<Self, SandboxError> {
+    pub async fn boot(
+        hypervisor: &dyn Hypervisor,
+        config: SandboxConfig,
+    ) -> Result<Self, SandboxError> {
         let start = Instant::now();
         config.images.check()?;
         let run_dir = config.data_dir.join("sandboxes").join(&config.id);
@@ -154,10 +158,13 @@ impl Sandbox {
 
     /// Runs a command in the guest and collects its output.
     pub async fn exec(&self, request: ExecRequest) -> Result<ExecOutput, SandboxError> {
-        self.envd.exec(request).await.map_err(|source| SandboxError::Envd {
-            sandbox: self.id.clone(),
-            source,
-        })
+        self.envd
+            .exec(request)
+            .await
+            .map_err(|source| SandboxError::Envd {
+                sandbox: self.id.clone(),
+                source: Box::new(source),
+            })
     }
 
     /// Runs `bash -l -c <command>` in the guest as the default user.
@@ -183,7 +190,14 @@ async fn boot_steps(
     start: Instant,
 ) -> Result<(EnvdClient, BootTimings), SandboxError> {
     let root_disk = match hypervisor.kind() {
-        BackendKind::Qemu => disk::create_qcow2_overlay(&config.id, &config.images.rootfs, &run_dir.join("root.qcow2")).await?,
+        BackendKind::Qemu => {
+            disk::create_qcow2_overlay(
+                &config.id,
+                &config.images.rootfs,
+                &run_dir.join("root.qcow2"),
+            )
+            .await?
+        }
         BackendKind::Firecracker => {
             return Err(SandboxError::Unsupported {
                 backend: "firecracker",
@@ -243,10 +257,12 @@ async fn boot_steps(
         timestamp: Some(SystemTime::now()),
         ..InitRequest::default()
     };
-    envd.init(&init).await.map_err(|source| SandboxError::Envd {
-        sandbox: config.id.clone(),
-        source,
-    })?;
+    envd.init(&init)
+        .await
+        .map_err(|source| SandboxError::Envd {
+            sandbox: config.id.clone(),
+            source: Box::new(source),
+        })?;
     let envd = envd.with_access_token(token);
     let timings = BootTimings {
         prepare,
@@ -289,11 +305,12 @@ fn kernel_args(hostname: &str) -> String {
 }
 
 fn free_local_port() -> Result<SocketAddr, SandboxError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| SandboxError::Io {
-        what: "reserve a local port on",
-        path: PathBuf::from("127.0.0.1"),
-        source,
-    })?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| SandboxError::Io {
+            what: "reserve a local port on",
+            path: PathBuf::from("127.0.0.1"),
+            source,
+        })?;
     listener.local_addr().map_err(|source| SandboxError::Io {
         what: "read the local port of",
         path: PathBuf::from("127.0.0.1"),

@@ -5,6 +5,8 @@
 //! Without the images they print why they were skipped, unless
 //! `PETREL_REQUIRE_VM=1` (set by `cargo xtask test`), where that is a failure.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 
 use envd_client::ExecRequest;
@@ -16,7 +18,9 @@ fn images() -> Option<GuestImages> {
     match GuestImages::from_env() {
         Ok(images) => Some(images),
         Err(err) if std::env::var("PETREL_REQUIRE_VM").as_deref() != Ok("1") => {
-            eprintln!("skipped: {err}; run `cargo xtask test` to build the images and run VM tests");
+            eprintln!(
+                "skipped: {err}; run `cargo xtask test` to build the images and run VM tests"
+            );
             None
         }
         Err(err) => panic!("VM tests required but images are missing: {err}"),
@@ -49,7 +53,11 @@ impl Drop for TestDir {
 async fn boot(name: &str, dir: &TestDir) -> Option<Sandbox> {
     let images = images()?;
     let backend = QemuBackend::new(accel());
-    Some(Sandbox::boot(&backend, SandboxConfig::new(name, images, &dir.0)).await.unwrap())
+    Some(
+        Sandbox::boot(&backend, SandboxConfig::new(name, images, &dir.0))
+            .await
+            .unwrap(),
+    )
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -83,7 +91,10 @@ async fn exec_separates_stderr_and_reports_exit_code() {
     let dir = TestDir::new("stderr");
     let sandbox = sandbox!("stderr", &dir);
 
-    let out = sandbox.exec_shell("echo out; echo err >&2; exit 3").await.unwrap();
+    let out = sandbox
+        .exec_shell("echo out; echo err >&2; exit 3")
+        .await
+        .unwrap();
 
     sandbox.destroy().await.unwrap();
     assert_eq!(out.stdout, b"out\n");
@@ -95,7 +106,9 @@ async fn exec_separates_stderr_and_reports_exit_code() {
 async fn exec_honours_env_and_cwd() {
     let dir = TestDir::new("envcwd");
     let sandbox = sandbox!("envcwd", &dir);
-    let request = ExecRequest::shell("echo \"$GREETING\"; pwd").env("GREETING", "hi there").cwd("/tmp");
+    let request = ExecRequest::shell("echo \"$GREETING\"; pwd")
+        .env("GREETING", "hi there")
+        .cwd("/tmp");
 
     let out = sandbox.exec(request).await.unwrap();
 
@@ -108,11 +121,20 @@ async fn exec_runs_as_user_by_default_and_as_root_on_request() {
     let dir = TestDir::new("users");
     let sandbox = sandbox!("users", &dir);
 
-    let default = sandbox.exec_shell("id -un; echo $HOME; pwd; sudo -n id -u").await.unwrap();
-    let root = sandbox.exec(ExecRequest::shell("id -u; echo $HOME").user("root")).await.unwrap();
+    let default = sandbox
+        .exec_shell("id -un; echo $HOME; pwd; sudo -n id -u")
+        .await
+        .unwrap();
+    let root = sandbox
+        .exec(ExecRequest::shell("id -u; echo $HOME").user("root"))
+        .await
+        .unwrap();
 
     sandbox.destroy().await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&default.stdout), "user\n/home/user\n/home/user\n0\n");
+    assert_eq!(
+        String::from_utf8_lossy(&default.stdout),
+        "user\n/home/user\n/home/user\n0\n"
+    );
     assert_eq!(String::from_utf8_lossy(&root.stdout), "0\n/root\n");
 }
 
@@ -122,15 +144,28 @@ async fn file_written_through_files_is_read_back_and_seen_by_commands() {
     let sandbox = sandbox!("files", &dir);
     let envd = sandbox.envd();
 
-    envd.write_file("/home/user/notes/hello.txt", Some("user"), &b"written from the host\n"[..])
+    envd.write_file(
+        "/home/user/notes/hello.txt",
+        Some("user"),
+        &b"written from the host\n"[..],
+    )
+    .await
+    .unwrap();
+    let read = envd
+        .read_file("/home/user/notes/hello.txt", Some("user"))
         .await
         .unwrap();
-    let read = envd.read_file("/home/user/notes/hello.txt", Some("user")).await.unwrap();
-    let seen = sandbox.exec_shell("cat ~/notes/hello.txt; stat -c %U ~/notes/hello.txt").await.unwrap();
+    let seen = sandbox
+        .exec_shell("cat ~/notes/hello.txt; stat -c %U ~/notes/hello.txt")
+        .await
+        .unwrap();
 
     sandbox.destroy().await.unwrap();
     assert_eq!(read, b"written from the host\n");
-    assert_eq!(String::from_utf8_lossy(&seen.stdout), "written from the host\nuser\n");
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout),
+        "written from the host\nuser\n"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +173,11 @@ async fn stat_of_missing_path_is_not_found() {
     let dir = TestDir::new("stat");
     let sandbox = sandbox!("stat", &dir);
 
-    let err = sandbox.envd().stat("/no/such/file", None).await.unwrap_err();
+    let err = sandbox
+        .envd()
+        .stat("/no/such/file", None)
+        .await
+        .unwrap_err();
 
     sandbox.destroy().await.unwrap();
     assert_eq!(err.code(), Some("not_found"));
@@ -180,9 +219,14 @@ async fn failed_boot_rolls_back_the_sandbox_directory() {
         accel: accel(),
     };
 
-    let err = Sandbox::boot(&backend, SandboxConfig::new("rollback", images, &dir.0)).await.unwrap_err();
+    let err = Sandbox::boot(&backend, SandboxConfig::new("rollback", images, &dir.0))
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, SandboxError::Qemu { .. }), "{err}");
-    assert!(err.to_string().contains("/nonexistent/qemu-system-x86_64"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/qemu-system-x86_64"),
+        "{err}"
+    );
     assert!(!dir.0.join("sandboxes/rollback").exists());
 }
