@@ -175,7 +175,12 @@ impl FcClient {
     }
 
     /// Sends `body` as JSON and expects a success answer without content.
-    async fn send<B: Serialize>(&self, method: Method, path: &str, body: &B) -> Result<(), FcError> {
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<(), FcError> {
         let json = serde_json::to_vec(body).map_err(|source| FcError::Encode {
             method: method.clone(),
             path: path.to_owned(),
@@ -196,7 +201,12 @@ impl FcClient {
     }
 
     /// One exchange; a non-success status becomes [`FcError::Api`].
-    async fn call(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Bytes, FcError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Bytes, FcError> {
         let answer = exchange(&self.socket, &method, path, body).await?;
         if answer.status.is_success() {
             return Ok(answer.body);
@@ -233,11 +243,10 @@ mod tests {
 
     use super::*;
     use crate::models::{
-        CacheType, HugePages, InstanceState, IoEngine, LogLevel, MemoryBackend,
-        MemoryBackendType, NetworkOverride, RateLimiter, SnapshotType, TokenBucket,
-        VsockOverride,
+        CacheType, HugePages, InstanceState, IoEngine, LogLevel, MemoryBackend, MemoryBackendType,
+        NetworkOverride, RateLimiter, SnapshotType, TokenBucket, VsockOverride,
     };
-    use crate::testing::{Reply, TestServer};
+    use crate::testing::{Recorded, Reply, TestServer};
 
     const INSTANCE_INFO: &str =
         r#"{"app_name":"Firecracker","id":"vm-1","state":"Not started","vmm_version":"1.12.0"}"#;
@@ -286,10 +295,7 @@ mod tests {
 
         let request = server.single_request();
         assert_eq!(request.content_type.as_deref(), Some("application/json"));
-        assert_eq!(
-            request.content_length,
-            Some(request.body.len().to_string())
-        );
+        assert_eq!(request.content_length, Some(request.body.len().to_string()));
         assert_eq!(request.host.as_deref(), Some("localhost"));
     }
 
@@ -568,7 +574,7 @@ mod tests {
         client.action(ActionType::SendCtrlAltDel).await.unwrap();
         client.action(ActionType::FlushMetrics).await.unwrap();
 
-        let bodies: Vec<_> = server.requests().iter().map(|r| r.json()).collect();
+        let bodies: Vec<_> = server.requests().iter().map(Recorded::json).collect();
         assert_eq!(
             bodies,
             vec![
@@ -586,7 +592,10 @@ mod tests {
         client.pause().await.unwrap();
 
         let request = server.single_request();
-        assert_eq!((&request.method, request.path.as_str()), (&Method::PATCH, "/vm"));
+        assert_eq!(
+            (&request.method, request.path.as_str()),
+            (&Method::PATCH, "/vm")
+        );
         assert_eq!(request.json(), json!({"state": "Paused"}));
     }
 
@@ -598,7 +607,10 @@ mod tests {
         client.resume().await.unwrap();
 
         let request = server.single_request();
-        assert_eq!((&request.method, request.path.as_str()), (&Method::PATCH, "/vm"));
+        assert_eq!(
+            (&request.method, request.path.as_str()),
+            (&Method::PATCH, "/vm")
+        );
         assert_eq!(request.json(), json!({"state": "Resumed"}));
     }
 
@@ -697,9 +709,16 @@ mod tests {
         let info = client.describe_instance().await.unwrap();
 
         let request = server.single_request();
-        assert_eq!((&request.method, request.path.as_str()), (&Method::GET, "/"));
         assert_eq!(
-            (request.body.len(), request.content_length, request.content_type),
+            (&request.method, request.path.as_str()),
+            (&Method::GET, "/")
+        );
+        assert_eq!(
+            (
+                request.body.len(),
+                request.content_length,
+                request.content_type
+            ),
             (0, None, None)
         );
         assert_eq!(
@@ -887,8 +906,8 @@ mod tests {
 
     #[test]
     fn checked_id_rejects_url_metacharacters() {
-        let rejected = ["a/b", "a?b", "a#b", "a%20", "a b", "é"]
-            .map(|id| checked_id("drive", id).is_err());
+        let rejected =
+            ["a/b", "a?b", "a#b", "a%20", "a b", "é"].map(|id| checked_id("drive", id).is_err());
 
         assert_eq!(rejected, [true; 6]);
     }

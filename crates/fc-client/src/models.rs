@@ -458,7 +458,11 @@ mod tests {
 
     #[test]
     fn huge_pages_use_swagger_names() {
-        let values = [HugePages::Disabled, HugePages::Transparent, HugePages::Hugetlbfs2M];
+        let values = [
+            HugePages::Disabled,
+            HugePages::Transparent,
+            HugePages::Hugetlbfs2M,
+        ];
 
         let encoded = serde_json::to_value(values).unwrap();
 
@@ -476,7 +480,8 @@ mod tests {
 
     #[test]
     fn instance_info_ignores_unknown_fields() {
-        let body = r#"{"app_name":"Firecracker","id":"a","state":"Paused","vmm_version":"1","extra":1}"#;
+        let body =
+            r#"{"app_name":"Firecracker","id":"a","state":"Paused","vmm_version":"1","extra":1}"#;
 
         let info: InstanceInfo = serde_json::from_str(body).unwrap();
 

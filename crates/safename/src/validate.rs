@@ -14,7 +14,8 @@ pub const MAX_LEN: usize = 64;
 /// up to 63 ASCII letters, digits, `.`, `_` or `-`.
 ///
 /// The `regex` crate has no look-around, so "no `..` anywhere" is a separate
-/// rule that [`validate`] applies on top of this pattern.
+/// rule that [`SafeName::new`](crate::SafeName::new) applies on top of this
+/// pattern.
 pub const ALLOWLIST_PATTERN: &str = r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\z";
 
 /// The compiled allowlist; `None` if the pattern failed to compile, in which
