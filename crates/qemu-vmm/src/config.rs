@@ -95,6 +95,10 @@ pub struct VmConfig {
     /// Guest RAM backed by this file (`share=on`), so the RAM can outlive the
     /// process (pause to disk with `x-ignore-shared`). `None`: anonymous RAM.
     pub memory_file: Option<PathBuf>,
+    /// Map `memory_file` shared (guest writes reach the file: the VM's own
+    /// RAM) or private (copy-on-write over a snapshot's RAM that many VMs
+    /// map at once).
+    pub memory_shared: bool,
     /// Start with `-incoming defer`, waiting for a migration stream.
     pub incoming: bool,
     /// Holds the QMP socket, the console log and QEMU's own log.
@@ -116,6 +120,7 @@ impl VmConfig {
             drives: Vec::new(),
             net: NetConfig::None,
             memory_file: None,
+            memory_shared: true,
             incoming: false,
             run_dir: run_dir.into(),
         }
@@ -185,9 +190,10 @@ impl VmConfig {
         args.push("-m").push(format!("{}M", self.memory_mib));
         if let Some(mem) = &self.memory_file {
             args.push("-object").push(format!(
-                "memory-backend-file,id=mem0,size={}M,mem-path={},share=on",
+                "memory-backend-file,id=mem0,size={}M,mem-path={},share={}",
                 self.memory_mib,
-                mem.display()
+                mem.display(),
+                if self.memory_shared { "on" } else { "off" }
             ));
         }
         args.push("-nodefaults")

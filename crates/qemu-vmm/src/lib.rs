@@ -5,7 +5,9 @@
 //! net and rng devices, serial console to a file, QMP on a Unix socket,
 //! optional guest RAM in a shared `memory-backend-file`), runs and stops the
 //! process ([`QemuVm`]), talks QMP ([`QmpClient`]), and decides by a real probe
-//! whether KVM can be used or QEMU must fall back to TCG ([`probe_accelerator`]).
+//! whether KVM can be used or QEMU must fall back to TCG ([`probe_accelerator`]),
+//! and saves and restores a VM's state to and from files
+//! ([`QemuVm::save_state`], [`QemuVm::restore_state`]).
 //!
 //! It does not build disks, networks or guest images, and knows nothing about
 //! sandboxes or envd: `sandbox-core` composes those.
@@ -30,10 +32,12 @@ mod accel;
 mod config;
 mod error;
 mod qmp;
+mod snapshot;
 mod vm;
 
 pub use accel::{Accel, AccelProbe, ProbeOutcome, probe_accelerator, qemu_version};
 pub use config::{DiskFormat, Drive, NetConfig, PortForward, VmConfig, default_qemu_binary};
 pub use error::QemuError;
 pub use qmp::QmpClient;
+pub use snapshot::MigrationStats;
 pub use vm::QemuVm;

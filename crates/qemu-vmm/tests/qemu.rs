@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qemu_vmm::{Accel, AccelProbe, Drive, NetConfig, QemuError, QemuVm, VmConfig, probe_accelerator};
+use qemu_vmm::{
+    Accel, AccelProbe, Drive, NetConfig, QemuError, QemuVm, VmConfig, probe_accelerator,
+};
 
 struct Images {
     kernel: PathBuf,
@@ -33,7 +35,9 @@ fn images() -> Option<Images> {
 fn printf_vm(images: &Images, run_dir: &Path) -> VmConfig {
     VmConfig {
         kernel: images.kernel.clone(),
-        kernel_args: "console=ttyS0 root=/dev/vda ro panic=-1 init=/usr/bin/printf PETREL_TEST%sINIT\\n _".into(),
+        kernel_args:
+            "console=ttyS0 root=/dev/vda ro panic=-1 init=/usr/bin/printf PETREL_TEST%sINIT\\n _"
+                .into(),
         drives: vec![Drive {
             read_only: true,
             ..Drive::raw(&images.rootfs)
@@ -50,7 +54,9 @@ async fn spawned_vm_answers_qmp_and_reaches_init() {
     let mut vm = QemuVm::spawn(printf_vm(&images, dir.path())).await.unwrap();
 
     let status = vm.qmp().status().await.unwrap();
-    let reached = vm.wait_for_console("PETREL_TEST_INIT", Duration::from_secs(60)).await;
+    let reached = vm
+        .wait_for_console("PETREL_TEST_INIT", Duration::from_secs(60))
+        .await;
     let pid = vm.pid();
     vm.kill().await.unwrap();
 
@@ -109,4 +115,65 @@ async fn probe_outcome_is_cached_and_reused() {
     assert!(second.cached);
     assert_eq!(first.accel, second.accel);
     assert!(dir.path().join("probe.json").is_file());
+}
+
+/// A VM whose init sleeps, with guest RAM in `dir/ram`.
+fn sleeping_vm(images: &Images, dir: &Path, incoming: bool) -> VmConfig {
+    VmConfig {
+        kernel_args: "console=ttyS0 root=/dev/vda ro panic=-1 init=/bin/sleep 3600".into(),
+        memory_file: Some(dir.join("ram")),
+        memory_mib: 256,
+        incoming,
+        ..printf_vm(
+            images,
+            &dir.join(if incoming { "restored" } else { "original" }),
+        )
+    }
+}
+
+#[tokio::test]
+async fn state_saved_with_shared_ram_restores_into_a_new_qemu() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut original = QemuVm::spawn(sleeping_vm(&images, dir.path(), false))
+        .await
+        .unwrap();
+    original
+        .wait_for_console("Run /bin/sleep as init process", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let state = dir.path().join("state");
+
+    let saved = original.save_state(&state).await.unwrap();
+    original.kill().await.unwrap();
+    let mut restored = QemuVm::spawn(sleeping_vm(&images, dir.path(), true))
+        .await
+        .unwrap();
+    restored.restore_state(&state).await.unwrap();
+    let status = restored.qmp().status().await.unwrap();
+    restored.kill().await.unwrap();
+
+    assert_eq!(status, "running");
+    assert!(
+        saved.state_bytes < 4 << 20,
+        "state holds RAM: {} bytes",
+        saved.state_bytes
+    );
+}
+
+#[tokio::test]
+async fn restore_without_incoming_is_rejected() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = QemuVm::spawn(sleeping_vm(&images, dir.path(), false))
+        .await
+        .unwrap();
+
+    let err = vm
+        .restore_state(&dir.path().join("state"))
+        .await
+        .unwrap_err();
+    vm.kill().await.unwrap();
+
+    assert!(err.to_string().contains("incoming"), "{err}");
 }

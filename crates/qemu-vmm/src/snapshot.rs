@@ -1,0 +1,166 @@
+//! Saving a VM's state to a file and restoring it (QMP migration to and from
+//! `file:`), the QEMU half of pause/resume and snapshots.
+//!
+//! With guest RAM in a `memory-backend-file` and the `x-ignore-shared`
+//! capability, the state file holds only device state (tens of KB): the RAM
+//! stays in its own file. Without a memory file, the RAM goes into the state
+//! file too.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::error::QemuError;
+use crate::qmp::QmpClient;
+use crate::vm::QemuVm;
+
+/// No bandwidth cap: the default 128 MiB/s applies even to a paused VM
+/// saving to a local file.
+const MAX_BANDWIDTH: u64 = 1 << 40;
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What a save or restore took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationStats {
+    pub took: Duration,
+    /// Size of the state file.
+    pub state_bytes: u64,
+}
+
+impl QemuVm {
+    /// Pauses the guest (QMP `stop`) and writes its state to `state_file`.
+    /// The guest stays paused; the caller decides whether to kill QEMU.
+    pub async fn save_state(&mut self, state_file: &Path) -> Result<MigrationStats, QemuError> {
+        let start = Instant::now();
+        let ignore_shared = self.config().memory_file.is_some() && self.config().memory_shared;
+        let uri = file_uri(state_file)?;
+        let qmp = self.qmp();
+        qmp.execute("stop", None).await?;
+        prepare_migration(qmp, ignore_shared).await?;
+        qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        wait_migration(qmp, "migrate to file").await?;
+        let state_bytes = std::fs::metadata(state_file).map_or(0, |m| m.len());
+        Ok(MigrationStats {
+            took: start.elapsed(),
+            state_bytes,
+        })
+    }
+
+    /// Loads `state_file` into a QEMU started with `incoming: true` (and the
+    /// same devices and memory backend as the saved VM), then resumes the
+    /// guest.
+    pub async fn restore_state(&mut self, state_file: &Path) -> Result<MigrationStats, QemuError> {
+        let start = Instant::now();
+        if !self.config().incoming {
+            return Err(QemuError::Config(format!(
+                "vm {}: restore needs a QEMU started with incoming: true",
+                self.config().id
+            )));
+        }
+        let ignore_shared = self.config().memory_file.is_some();
+        let uri = file_uri(state_file)?;
+        let qmp = self.qmp();
+        prepare_migration(qmp, ignore_shared).await?;
+        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
+        wait_incoming(qmp).await?;
+        qmp.execute("cont", None).await?;
+        let state_bytes = std::fs::metadata(state_file).map_or(0, |m| m.len());
+        Ok(MigrationStats {
+            took: start.elapsed(),
+            state_bytes,
+        })
+    }
+
+    /// Pauses the guest's vCPUs (QMP `stop`), keeping the process.
+    pub async fn stop_vcpus(&mut self) -> Result<(), QemuError> {
+        self.qmp().execute("stop", None).await.map(drop)
+    }
+
+    /// Resumes the guest's vCPUs (QMP `cont`).
+    pub async fn cont_vcpus(&mut self) -> Result<(), QemuError> {
+        self.qmp().execute("cont", None).await.map(drop)
+    }
+}
+
+fn file_uri(path: &Path) -> Result<String, QemuError> {
+    let text = path.to_str().ok_or_else(|| {
+        QemuError::Config(format!("state file path {} is not UTF-8", path.display()))
+    })?;
+    Ok(format!("file:{text}"))
+}
+
+async fn prepare_migration(qmp: &mut QmpClient, ignore_shared: bool) -> Result<(), QemuError> {
+    if ignore_shared {
+        qmp.execute(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+        )
+        .await?;
+    }
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-bandwidth": MAX_BANDWIDTH })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn wait_migration(qmp: &mut QmpClient, what: &str) -> Result<(), QemuError> {
+    let start = Instant::now();
+    loop {
+        let info = qmp.execute("query-migrate", None).await?;
+        match info.get("status").and_then(Value::as_str) {
+            Some("completed") => return Ok(()),
+            Some(status @ ("failed" | "cancelled")) => {
+                return Err(QemuError::QmpCommand {
+                    command: what.to_string(),
+                    class: status.to_string(),
+                    desc: info
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                });
+            }
+            _ if start.elapsed() > MIGRATION_TIMEOUT => {
+                return Err(QemuError::QmpCommand {
+                    command: what.to_string(),
+                    class: "timeout".to_string(),
+                    desc: format!("not completed after {} s", MIGRATION_TIMEOUT.as_secs()),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// After `migrate-incoming` the guest stays paused once the load is done.
+async fn wait_incoming(qmp: &mut QmpClient) -> Result<(), QemuError> {
+    let start = Instant::now();
+    loop {
+        let status = qmp.status().await?;
+        match status.as_str() {
+            "paused" | "postmigrate" | "prelaunch" => return Ok(()),
+            "inmigrate" if start.elapsed() < MIGRATION_TIMEOUT => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            other => {
+                let info = qmp
+                    .execute("query-migrate", None)
+                    .await
+                    .unwrap_or(Value::Null);
+                return Err(QemuError::QmpCommand {
+                    command: "migrate-incoming".to_string(),
+                    class: other.to_string(),
+                    desc: info
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                });
+            }
+        }
+    }
+}
