@@ -38,6 +38,12 @@ pub enum SandboxError {
         #[source]
         source: Box<envd_client::EnvdError>,
     },
+    #[error("sandbox {sandbox} cannot {operation} while {state:?}")]
+    InvalidState {
+        sandbox: String,
+        operation: String,
+        state: crate::sandbox::SandboxState,
+    },
     #[error("teardown of {resource} left {} error(s): {}", .errors.len(), .errors.join("; "))]
     Teardown {
         resource: String,

@@ -4,7 +4,7 @@
 //! as a raw image or block device and their network through a TAP device;
 //! Firecracker has no user-mode network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +14,7 @@ use fc_client::{
 };
 
 use crate::error::SandboxError;
-use crate::vmm::{BackendKind, Hypervisor, Vm, VmNetwork, VmSpec};
+use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
 /// Runs guests with Firecracker.
 #[derive(Debug, Clone)]
@@ -135,6 +135,25 @@ impl Vm for FirecrackerInstance {
         }
         self.process = Some(process);
         Ok(())
+    }
+
+    async fn pause(&mut self, _state_dir: &Path) -> Result<PauseStats, SandboxError> {
+        Err(SandboxError::Unsupported {
+            backend: "firecracker",
+            what: "pause yet (snapshot/create + Uffd restore come with the lifecycle work)"
+                .to_string(),
+        })
+    }
+
+    async fn resume(
+        &mut self,
+        _state_dir: &Path,
+        _network: VmNetwork,
+    ) -> Result<Duration, SandboxError> {
+        Err(SandboxError::Unsupported {
+            backend: "firecracker",
+            what: "resume yet".to_string(),
+        })
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {

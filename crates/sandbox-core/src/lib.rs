@@ -10,7 +10,9 @@
 //! - [`sandbox`]: one sandbox's cold boot, exec and teardown, with rollback of
 //!   everything it made when a step fails.
 //!
-//! It does not do networking namespaces, pause/resume or persistence yet; it
+//! - pause to disk and resume ([`Sandbox::pause`], [`Sandbox::resume`]).
+//!
+//! It does not do networking namespaces or persistence yet; it
 //! has no HTTP API (that is `bins/host-agent`).
 //!
 //! ```no_run
@@ -37,5 +39,5 @@ pub use error::SandboxError;
 pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
 pub use qemu::QemuBackend;
-pub use sandbox::{BootTimings, Sandbox, SandboxConfig};
-pub use vmm::{BackendKind, Hypervisor, Vm, VmNetwork, VmSpec};
+pub use sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxState};
+pub use vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};

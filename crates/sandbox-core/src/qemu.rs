@@ -1,13 +1,13 @@
 //! The QEMU `microvm` backend.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use qemu_vmm::{Accel, Drive, NetConfig, PortForward, QemuVm, VmConfig};
 
 use crate::error::SandboxError;
-use crate::vmm::{BackendKind, Hypervisor, Vm, VmNetwork, VmSpec};
+use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
 /// The guest port envd listens on.
 pub const ENVD_PORT: u16 = 49983;
@@ -35,18 +35,6 @@ impl QemuBackend {
         } else {
             Drive::raw(&spec.root_disk)
         };
-        let net = match &spec.network {
-            VmNetwork::UserForward { host } => NetConfig::User {
-                forwards: vec![PortForward {
-                    host: *host,
-                    guest_port: ENVD_PORT,
-                }],
-            },
-            VmNetwork::Tap { ifname, mac } => NetConfig::Tap {
-                ifname: ifname.clone(),
-                mac: mac.clone(),
-            },
-        };
         VmConfig {
             binary: self.binary.clone(),
             vcpus: spec.vcpus,
@@ -54,9 +42,28 @@ impl QemuBackend {
             kernel: spec.kernel.clone(),
             kernel_args: spec.kernel_args.clone(),
             drives: vec![drive],
-            net,
+            net: net_config(&spec.network),
+            // Guest RAM lives in a file of the VM's own, so a pause saves
+            // only device state and the RAM file stays for resume.
+            memory_file: Some(spec.run_dir.join("ram")),
+            memory_shared: true,
             ..VmConfig::new(&spec.id, &spec.run_dir, self.accel)
         }
+    }
+}
+
+fn net_config(network: &VmNetwork) -> NetConfig {
+    match network {
+        VmNetwork::UserForward { host } => NetConfig::User {
+            forwards: vec![PortForward {
+                host: *host,
+                guest_port: ENVD_PORT,
+            }],
+        },
+        VmNetwork::Tap { ifname, mac } => NetConfig::Tap {
+            ifname: ifname.clone(),
+            mac: mac.clone(),
+        },
     }
 }
 
@@ -109,6 +116,79 @@ impl Vm for QemuInstance {
             })?;
         self.vm = Some(vm);
         Ok(())
+    }
+
+    async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError> {
+        let start = Instant::now();
+        let id = self.config.id.clone();
+        let qemu_err = |source| SandboxError::Qemu {
+            vm: id.clone(),
+            source,
+        };
+        let Some(vm) = self.vm.as_mut() else {
+            return Err(SandboxError::Unsupported {
+                backend: "qemu",
+                what: format!("pause vm {}: it is not running", self.config.id),
+            });
+        };
+        std::fs::create_dir_all(state_dir).map_err(|source| SandboxError::Io {
+            what: "create state directory",
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let saved = vm.save_state(&state_dir.join("vmstate")).await;
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(err) => {
+                // Leave a running guest running when the save failed.
+                let _ = vm.cont_vcpus().await;
+                return Err(qemu_err(err));
+            }
+        };
+        // The VMM must let go of the disk and RAM file before they are
+        // handed to anyone else.
+        if let Some(mut vm) = self.vm.take() {
+            vm.kill().await.map_err(qemu_err)?;
+        }
+        Ok(PauseStats {
+            took: start.elapsed(),
+            state_bytes: saved.state_bytes,
+        })
+    }
+
+    async fn resume(
+        &mut self,
+        state_dir: &Path,
+        network: VmNetwork,
+    ) -> Result<Duration, SandboxError> {
+        let start = Instant::now();
+        if self.vm.is_some() {
+            return Err(SandboxError::Unsupported {
+                backend: "qemu",
+                what: format!("resume vm {}: it is running", self.config.id),
+            });
+        }
+        let config = VmConfig {
+            net: net_config(&network),
+            incoming: true,
+            ..self.config.clone()
+        };
+        let id = config.id.clone();
+        let qemu_err = |source| SandboxError::Qemu {
+            vm: id.clone(),
+            source,
+        };
+        let mut vm = QemuVm::spawn(config.clone()).await.map_err(qemu_err)?;
+        if let Err(err) = vm.restore_state(&state_dir.join("vmstate")).await {
+            let _ = vm.kill().await;
+            return Err(qemu_err(err));
+        }
+        self.config = VmConfig {
+            incoming: false,
+            ..config
+        };
+        self.vm = Some(vm);
+        Ok(start.elapsed())
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {

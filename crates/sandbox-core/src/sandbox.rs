@@ -13,7 +13,7 @@ use crate::disk;
 use crate::error::SandboxError;
 use crate::images::GuestImages;
 use crate::qemu::TCG_BOOT_TIMEOUT;
-use crate::vmm::{BackendKind, Hypervisor, Vm, VmNetwork, VmSpec};
+use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
 /// The guest's address on QEMU's user-mode network, and what it routes to.
 const USER_NET_KERNEL_ARGS: &str =
@@ -64,13 +64,25 @@ pub struct BootTimings {
     pub total: Duration,
 }
 
-/// A running sandbox.
+/// Whether the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Running,
+    /// Saved to disk; no VMM process.
+    Paused,
+}
+
+/// A booted sandbox.
 #[derive(Debug)]
 pub struct Sandbox {
     id: String,
     run_dir: PathBuf,
     vm: Box<dyn Vm>,
     envd: EnvdClient,
+    token: String,
+    env_vars: BTreeMap<String, String>,
+    boot_timeout: Duration,
+    state: SandboxState,
     timings: BootTimings,
 }
 
@@ -99,7 +111,7 @@ impl Sandbox {
         })?;
         let mut vm = None;
         match boot_steps(hypervisor, &config, &run_dir, &mut vm, start).await {
-            Ok((envd, timings)) => {
+            Ok((envd, token, timings)) => {
                 let vm = vm.ok_or_else(|| SandboxError::Unsupported {
                     backend: hypervisor.kind().as_str(),
                     what: "return a VM".to_string(),
@@ -119,6 +131,10 @@ impl Sandbox {
                     run_dir,
                     vm,
                     envd,
+                    token,
+                    env_vars: config.env_vars,
+                    boot_timeout: config.boot_timeout,
+                    state: SandboxState::Running,
                     timings,
                 })
             }
@@ -142,6 +158,11 @@ impl Sandbox {
         &self.envd
     }
 
+    /// The envd access token `/init` gave the guest.
+    pub fn access_token(&self) -> &str {
+        &self.token
+    }
+
     pub fn timings(&self) -> BootTimings {
         self.timings
     }
@@ -156,8 +177,79 @@ impl Sandbox {
         &self.run_dir
     }
 
+    pub fn state(&self) -> SandboxState {
+        self.state
+    }
+
+    /// Saves the guest to disk and ends its VMM process; the sandbox keeps
+    /// its disk, memory and identity for [`Sandbox::resume`].
+    pub async fn pause(&mut self) -> Result<PauseStats, SandboxError> {
+        self.require(SandboxState::Running, "pause")?;
+        let stats = self.vm.pause(&self.run_dir.join("state")).await?;
+        self.state = SandboxState::Paused;
+        tracing::info!(sandbox = %self.id, took_ms = stats.took.as_millis() as u64, state_bytes = stats.state_bytes, "sandbox paused");
+        Ok(stats)
+    }
+
+    /// Continues a paused sandbox in a new VMM process: memory, processes
+    /// and files as they were; the guest clock is set to now.
+    pub async fn resume(&mut self) -> Result<Duration, SandboxError> {
+        self.require(SandboxState::Paused, "resume")?;
+        let start = Instant::now();
+        let host = free_local_port()?;
+        let vm_took = self
+            .vm
+            .resume(&self.run_dir.join("state"), VmNetwork::UserForward { host })
+            .await?;
+        let envd = EnvdClient::new(host);
+        let ready = match envd.wait_healthy(self.boot_timeout).await {
+            Ok(ready) => ready,
+            Err(err) => {
+                let _ = self.vm.stop().await;
+                return Err(SandboxError::EnvdNotReady {
+                    sandbox: self.id.clone(),
+                    message: err.to_string(),
+                    console: console_tail(&self.vm.console_log(), 30),
+                });
+            }
+        };
+        let envd = envd.with_access_token(self.token.clone());
+        let init = init_request(&self.token, &self.env_vars);
+        if let Err(source) = envd.init(&init).await {
+            let _ = self.vm.stop().await;
+            return Err(SandboxError::Envd {
+                sandbox: self.id.clone(),
+                source: Box::new(source),
+            });
+        }
+        self.envd = envd;
+        self.state = SandboxState::Running;
+        let took = start.elapsed();
+        tracing::info!(
+            sandbox = %self.id,
+            vm_restore_ms = vm_took.as_millis() as u64,
+            envd_ready_ms = ready.as_millis() as u64,
+            took_ms = took.as_millis() as u64,
+            "sandbox resumed"
+        );
+        Ok(took)
+    }
+
+    fn require(&self, state: SandboxState, operation: &str) -> Result<(), SandboxError> {
+        if self.state == state {
+            Ok(())
+        } else {
+            Err(SandboxError::InvalidState {
+                sandbox: self.id.clone(),
+                operation: operation.to_string(),
+                state: self.state,
+            })
+        }
+    }
+
     /// Runs a command in the guest and collects its output.
     pub async fn exec(&self, request: ExecRequest) -> Result<ExecOutput, SandboxError> {
+        self.require(SandboxState::Running, "exec")?;
         self.envd
             .exec(request)
             .await
@@ -188,7 +280,7 @@ async fn boot_steps(
     run_dir: &Path,
     made: &mut Option<Box<dyn Vm>>,
     start: Instant,
-) -> Result<(EnvdClient, BootTimings), SandboxError> {
+) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
     let root_disk = match hypervisor.kind() {
         BackendKind::Qemu => {
             disk::create_qcow2_overlay(
@@ -251,19 +343,14 @@ async fn boot_steps(
     }
     let envd_ready = vm_started + ready_start.elapsed();
     let init_start = Instant::now();
-    let init = InitRequest {
-        access_token: Some(token.clone()),
-        env_vars: config.env_vars.clone(),
-        timestamp: Some(SystemTime::now()),
-        ..InitRequest::default()
-    };
+    let init = init_request(&token, &config.env_vars);
     envd.init(&init)
         .await
         .map_err(|source| SandboxError::Envd {
             sandbox: config.id.clone(),
             source: Box::new(source),
         })?;
-    let envd = envd.with_access_token(token);
+    let envd = envd.with_access_token(token.clone());
     let timings = BootTimings {
         prepare,
         vm_started,
@@ -271,7 +358,16 @@ async fn boot_steps(
         init: init_start.elapsed(),
         total: start.elapsed(),
     };
-    Ok((envd, timings))
+    Ok((envd, token, timings))
+}
+
+fn init_request(token: &str, env_vars: &BTreeMap<String, String>) -> InitRequest {
+    InitRequest {
+        access_token: Some(token.to_string()),
+        env_vars: env_vars.clone(),
+        timestamp: Some(SystemTime::now()),
+        ..InitRequest::default()
+    }
 }
 
 /// Stops the VM (if any) and removes the run directory, collecting errors.

@@ -1,11 +1,11 @@
 //! The VMM abstraction: one trait over QEMU and Firecracker.
 //!
 //! A [`Hypervisor`] turns a backend-neutral [`VmSpec`] into a [`Vm`]; the
-//! [`Vm`] is started, stopped and destroyed. Pause and resume arrive with the
-//! lifecycle work and will be added here as further trait methods.
+//! [`Vm`] is started, paused to disk, resumed, stopped and destroyed.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -84,9 +84,32 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     /// Boots the guest.
     async fn start(&mut self) -> Result<(), SandboxError>;
 
+    /// Saves the guest's state (vCPUs, devices and memory) under `state_dir`
+    /// and ends the VMM process. The root disk (and any memory file the
+    /// backend keeps in the VM's run directory) stays in place for
+    /// [`Vm::resume`].
+    async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError>;
+
+    /// Starts a new VMM process that continues the guest saved by
+    /// [`Vm::pause`], reachable through `network`.
+    async fn resume(
+        &mut self,
+        state_dir: &Path,
+        network: VmNetwork,
+    ) -> Result<Duration, SandboxError>;
+
     /// Stops the guest and its VMM process (idempotent).
     async fn stop(&mut self) -> Result<(), SandboxError>;
 
     /// Stops the VM if needed and removes what the backend made for it.
     async fn destroy(self: Box<Self>) -> Result<(), SandboxError>;
+}
+
+/// What a pause wrote and took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PauseStats {
+    pub took: Duration,
+    /// Bytes of the state files on disk (device state, and memory when the
+    /// backend does not keep it in a separate file).
+    pub state_bytes: u64,
 }

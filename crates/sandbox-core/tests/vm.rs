@@ -230,3 +230,135 @@ async fn failed_boot_rolls_back_the_sandbox_directory() {
     );
     assert!(!dir.0.join("sandboxes/rollback").exists());
 }
+
+#[tokio::test]
+async fn pause_and_resume_keep_files_and_running_processes() {
+    let dir = TestDir::new("pause");
+    let mut sandbox = sandbox!("pause", &dir);
+    sandbox
+        .exec_shell(
+            "echo kept > ~/file.txt; \
+             nohup bash -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' >/dev/null 2>&1 &",
+        )
+        .await
+        .unwrap();
+    let mut counters = Vec::new();
+    let mut paused_pids_alive = Vec::new();
+
+    for _ in 0..3 {
+        counters.push(read_counter(&sandbox).await);
+        let pid = sandbox.vmm_pid().unwrap();
+        sandbox.pause().await.unwrap();
+        paused_pids_alive.push(process_alive(pid) || sandbox.vmm_pid().is_some());
+        sandbox.resume().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    counters.push(read_counter(&sandbox).await);
+    let file = sandbox.exec_shell("cat ~/file.txt").await.unwrap();
+    sandbox.destroy().await.unwrap();
+
+    assert_eq!(
+        paused_pids_alive,
+        [false, false, false],
+        "a paused sandbox kept a VMM process"
+    );
+    assert!(
+        counters.windows(2).all(|w| w[1] > w[0]),
+        "counter did not continue: {counters:?}"
+    );
+    assert_eq!(file.stdout, b"kept\n");
+}
+
+#[tokio::test]
+async fn exec_on_a_paused_sandbox_is_refused() {
+    let dir = TestDir::new("pausedexec");
+    let mut sandbox = sandbox!("pausedexec", &dir);
+    sandbox.pause().await.unwrap();
+
+    let err = sandbox.exec_shell("true").await.unwrap_err();
+    let again = sandbox.pause().await.unwrap_err();
+    sandbox.destroy().await.unwrap();
+
+    assert!(matches!(err, SandboxError::InvalidState { .. }), "{err}");
+    assert!(
+        matches!(again, SandboxError::InvalidState { .. }),
+        "{again}"
+    );
+}
+
+async fn read_counter(sandbox: &Sandbox) -> u64 {
+    let out = sandbox.exec_shell("cat /tmp/counter").await.unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Splits a Connect streaming body into (flags, JSON) envelopes.
+fn envelopes(mut body: &[u8]) -> Vec<(u8, serde_json::Value)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        out.push((body[0], serde_json::from_slice(&body[5..5 + len]).unwrap()));
+        body = &body[5 + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn connect_json_start_streams_pid_data_and_end_frame() {
+    let dir = TestDir::new("connectjson");
+    let sandbox = sandbox!("connectjson", &dir);
+    let request = serde_json::json!({
+        "process": { "cmd": "/bin/bash", "args": ["-l", "-c", "echo hello; echo oops >&2; exit 4"] },
+        "stdin": false
+    })
+    .to_string();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    body.extend_from_slice(request.as_bytes());
+    std::fs::write(dir.0.join("request"), &body).unwrap();
+
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail-with-body",
+            "-H",
+            "Content-Type: application/connect+json",
+        ])
+        .args([
+            "-H",
+            "Connect-Protocol-Version: 1",
+            "-H",
+            "Authorization: Basic dXNlcjo=",
+        ])
+        .arg("-H")
+        .arg(format!("X-Access-Token: {}", sandbox.access_token()))
+        .arg("--data-binary")
+        .arg(format!("@{}", dir.0.join("request").display()))
+        .arg(format!(
+            "http://{}/process.Process/Start",
+            sandbox.envd().addr()
+        ))
+        .output()
+        .await
+        .unwrap();
+    sandbox.destroy().await.unwrap();
+    let frames = envelopes(&output.stdout);
+
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        frames[0].1["event"]["start"]["pid"].as_u64().unwrap() > 1,
+        "{frames:?}"
+    );
+    let data: Vec<&serde_json::Value> = frames
+        .iter()
+        .filter_map(|(_, f)| f["event"].get("data"))
+        .collect();
+    assert!(data.iter().any(|d| d["stdout"] == "aGVsbG8K"), "{frames:?}");
+    assert!(data.iter().any(|d| d["stderr"] == "b29wcwo="), "{frames:?}");
+    let end = &frames[frames.len() - 2].1["event"]["end"];
+    assert_eq!(end["exitCode"], 4);
+    assert_eq!(frames.last().unwrap().0, 2);
+}
