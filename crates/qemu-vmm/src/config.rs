@@ -99,6 +99,9 @@ pub struct VmConfig {
     /// RAM) or private (copy-on-write over a snapshot's RAM that many VMs
     /// map at once).
     pub memory_shared: bool,
+    /// Run QEMU inside this network namespace (`/run/netns/NAME`), where its
+    /// TAP device lives.
+    pub netns: Option<PathBuf>,
     /// Start with `-incoming defer`, waiting for a migration stream.
     pub incoming: bool,
     /// Holds the QMP socket, the console log and QEMU's own log.
@@ -121,6 +124,7 @@ impl VmConfig {
             net: NetConfig::None,
             memory_file: None,
             memory_shared: true,
+            netns: None,
             incoming: false,
             run_dir: run_dir.into(),
         }

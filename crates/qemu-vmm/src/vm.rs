@@ -49,17 +49,20 @@ impl QemuVm {
             source,
         })?;
         let started = Instant::now();
-        let mut child = Command::new(&config.binary)
+        let mut command = Command::new(&config.binary);
+        command
             .args(config.args())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|source| QemuError::Spawn {
-                binary: config.binary.clone(),
-                source,
-            })?;
+            .kill_on_drop(false);
+        if let Some(netns) = &config.netns {
+            enter_netns_on_exec(&mut command, netns)?;
+        }
+        let mut child = command.spawn().map_err(|source| QemuError::Spawn {
+            binary: config.binary.clone(),
+            source,
+        })?;
         let Some(pid) = child.id() else {
             return Err(early_exit(&config, &mut child).await);
         };
@@ -186,6 +189,24 @@ impl Drop for QemuVm {
             let _ = self.child.try_wait();
         }
     }
+}
+
+/// Makes the child join the network namespace at `path` before it execs.
+fn enter_netns_on_exec(command: &mut Command, path: &Path) -> Result<(), QemuError> {
+    let netns = File::open(path).map_err(|source| QemuError::Io {
+        what: "open network namespace",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setns(2), which is async-signal-safe, on a descriptor opened
+    // (and kept alive by the closure) in the parent.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    Ok(())
 }
 
 async fn wait_for_qmp(config: &VmConfig, child: &mut Child) -> Result<QmpClient, QemuError> {
