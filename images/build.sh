@@ -138,6 +138,8 @@ rootfs() {
     truncate -s 2G "$work/rootfs.ext4"
     mkfs.ext4 -q -F -L petrel-root -d "$work/tree" "$work/rootfs.ext4"
     mv "$work/rootfs.ext4" "$out"
+    # Keep the three newest images; older ones only held older envd builds.
+    ls -1t "$cache"/rootfs-*.ext4 | tail -n +4 | xargs -r rm -f
     echo "$out"
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Drive, NetConfig, VmConfig};
+use crate::error::QemuError;
 use crate::vm::QemuVm;
 
 /// The CPU accelerator QEMU runs a guest with.
@@ -149,9 +150,13 @@ async fn kvm_usable(probe: &AccelProbe) -> Result<(), String> {
         Ok(mut vm) => {
             let reached = vm.wait_for_console(MARKER, probe.timeout).await;
             let _ = vm.kill().await;
-            reached
-                .map(|_| ())
-                .map_err(|err| format!("the KVM probe VM did not reach init: {err}"))
+            reached.map(|_| ()).map_err(|err| match err {
+                QemuError::ConsoleTimeout { waited_ms, log_tail, .. } => format!(
+                    "the KVM probe VM did not reach init within {waited_ms} ms (its console ends with {:?})",
+                    log_tail.lines().last().unwrap_or("")
+                ),
+                other => format!("the KVM probe VM failed: {other}"),
+            })
         }
         Err(err) => Err(format!("QEMU could not start a KVM guest: {err}")),
     };

@@ -44,6 +44,15 @@ pub enum QemuError {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "vm {vm}: the console did not show {marker:?} within {waited_ms} ms; it ends with:\n{log_tail}"
+    )]
+    ConsoleTimeout {
+        vm: String,
+        marker: String,
+        waited_ms: u128,
+        log_tail: String,
+    },
     #[error("invalid VM configuration: {0}")]
     Config(String),
 }

@@ -129,12 +129,12 @@ impl QemuVm {
                 });
             }
             if start.elapsed() > timeout {
-                return Err(QemuError::Config(format!(
-                    "vm {}: console did not show {marker:?} within {} ms; console ends with:\n{}",
-                    self.config.id,
-                    timeout.as_millis(),
-                    tail(&path, 20)
-                )));
+                return Err(QemuError::ConsoleTimeout {
+                    vm: self.config.id.clone(),
+                    marker: marker.to_string(),
+                    waited_ms: timeout.as_millis(),
+                    log_tail: tail(&path, 20),
+                });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -203,7 +203,8 @@ fn enter_netns_on_exec(command: &mut Command, path: &Path) -> Result<(), QemuErr
     // (and kept alive by the closure) in the parent.
     unsafe {
         command.pre_exec(move || {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
         });
     }
     Ok(())
