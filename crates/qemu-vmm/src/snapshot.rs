@@ -26,6 +26,9 @@ pub struct MigrationStats {
     pub took: Duration,
     /// Size of the state file.
     pub state_bytes: u64,
+    /// Whether guest RAM is in the state file (it is not when the RAM was a
+    /// shared memory file, which then holds it).
+    pub ram_in_state: bool,
 }
 
 impl QemuVm {
@@ -44,13 +47,20 @@ impl QemuVm {
         Ok(MigrationStats {
             took: start.elapsed(),
             state_bytes,
+            ram_in_state: !ignore_shared,
         })
     }
 
     /// Loads `state_file` into a QEMU started with `incoming: true` (and the
-    /// same devices and memory backend as the saved VM), then resumes the
-    /// guest.
-    pub async fn restore_state(&mut self, state_file: &Path) -> Result<MigrationStats, QemuError> {
+    /// same devices and memory size as the saved VM), then resumes the
+    /// guest. `ram_in_state` is what [`QemuVm::save_state`] reported: when
+    /// false, the RAM comes from this VM's memory file (which must hold the
+    /// saved RAM: the same file, or a private mapping of it).
+    pub async fn restore_state(
+        &mut self,
+        state_file: &Path,
+        ram_in_state: bool,
+    ) -> Result<MigrationStats, QemuError> {
         let start = Instant::now();
         if !self.config().incoming {
             return Err(QemuError::Config(format!(
@@ -58,7 +68,13 @@ impl QemuVm {
                 self.config().id
             )));
         }
-        let ignore_shared = self.config().memory_file.is_some();
+        if !ram_in_state && self.config().memory_file.is_none() {
+            return Err(QemuError::Config(format!(
+                "vm {}: the state has no RAM and the VM has no memory file to take it from",
+                self.config().id
+            )));
+        }
+        let ignore_shared = !ram_in_state;
         let uri = file_uri(state_file)?;
         let qmp = self.qmp();
         prepare_migration(qmp, ignore_shared).await?;
@@ -70,6 +86,7 @@ impl QemuVm {
         Ok(MigrationStats {
             took: start.elapsed(),
             state_bytes,
+            ram_in_state,
         })
     }
 
@@ -92,13 +109,13 @@ fn file_uri(path: &Path) -> Result<String, QemuError> {
 }
 
 async fn prepare_migration(qmp: &mut QmpClient, ignore_shared: bool) -> Result<(), QemuError> {
-    if ignore_shared {
-        qmp.execute(
-            "migrate-set-capabilities",
-            Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
-        )
-        .await?;
-    }
+    // Set explicitly every time: a capability set for an incoming
+    // migration stays set for the next outgoing one.
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": ignore_shared }] })),
+    )
+    .await?;
     qmp.execute(
         "migrate-set-parameters",
         Some(json!({ "max-bandwidth": MAX_BANDWIDTH })),

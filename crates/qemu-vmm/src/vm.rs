@@ -1,7 +1,7 @@
 //! A running QEMU process and its lifecycle.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -16,12 +16,14 @@ use crate::qmp::QmpClient;
 /// How long QEMU gets to create its QMP socket after the process started.
 const QMP_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A QEMU process we started. Dropping it kills the process (by its pid)
-/// unless [`QemuVm::detach`] was called.
+/// A QEMU process we started (or adopted after an agent restart). Dropping
+/// it kills the process (by its pid) unless [`QemuVm::detach`] was called.
 #[derive(Debug)]
 pub struct QemuVm {
     config: VmConfig,
-    child: Child,
+    /// `None` for a process adopted from an earlier agent run: not our
+    /// child, so it is watched through `/proc` instead.
+    child: Option<Child>,
     pid: u32,
     qmp: QmpClient,
     armed: bool,
@@ -78,7 +80,37 @@ impl QemuVm {
         tracing::info!(vm = %config.id, pid, qmp_ms = started.elapsed().as_millis() as u64, "qemu ready");
         Ok(Self {
             config,
-            child,
+            child: Some(child),
+            pid,
+            qmp,
+            armed: true,
+        })
+    }
+
+    /// Takes over a QEMU process started by an earlier run (e.g. before an
+    /// agent restart): checks that `pid` is the QEMU of `config` (its
+    /// command line names the QMP socket) and reconnects QMP.
+    pub async fn adopt(config: VmConfig, pid: u32) -> Result<Self, QemuError> {
+        let socket = config.qmp_socket();
+        let cmdline =
+            std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|source| QemuError::Io {
+                what: "read the command line of adopted pid",
+                path: PathBuf::from(format!("/proc/{pid}")),
+                source,
+            })?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if !cmdline.contains(&*socket.to_string_lossy()) {
+            return Err(QemuError::Config(format!(
+                "pid {pid} is not the QEMU of vm {} (its command line does not name {})",
+                config.id,
+                socket.display()
+            )));
+        }
+        let qmp = QmpClient::connect(&socket).await?;
+        tracing::info!(vm = %config.id, pid, "adopted running qemu");
+        Ok(Self {
+            config,
+            child: None,
             pid,
             qmp,
             armed: true,
@@ -102,10 +134,13 @@ impl QemuVm {
 
     /// `Some(description)` once the QEMU process has exited.
     pub fn exit_status(&mut self) -> Option<String> {
-        match self.child.try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
-            Ok(None) => None,
-            Err(err) => Some(format!("unknown ({err})")),
+        match &mut self.child {
+            Some(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(err) => Some(format!("unknown ({err})")),
+            },
+            None => (!pid_alive(self.pid)).then(|| "exited (adopted process)".to_string()),
         }
     }
 
@@ -146,10 +181,7 @@ impl QemuVm {
         if self.exit_status().is_none() {
             // QEMU may close the socket before it answers; the wait decides.
             let _ = self.qmp.execute("quit", None).await;
-            if tokio::time::timeout(grace, self.child.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, self.wait_exit()).await.is_err() {
                 tracing::warn!(vm = %self.config.id, pid = self.pid, "qemu ignored quit, killing it");
                 return self.kill().await;
             }
@@ -167,10 +199,24 @@ impl QemuVm {
                     source,
                 }
             })?;
-            let _ = self.child.wait().await;
+            self.wait_exit().await;
         }
         self.armed = false;
         Ok(())
+    }
+
+    /// Waits until the process is gone (reaped when it is our child).
+    async fn wait_exit(&mut self) {
+        match &mut self.child {
+            Some(child) => {
+                let _ = child.wait().await;
+            }
+            None => {
+                while pid_alive(self.pid) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
     }
 
     /// Leaves the process running when this handle is dropped (for an
@@ -183,10 +229,12 @@ impl QemuVm {
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
-        if self.armed && matches!(self.child.try_wait(), Ok(None)) {
+        if self.armed && self.exit_status().is_none() {
             tracing::warn!(vm = %self.config.id, pid = self.pid, "dropping a running VM: killing qemu");
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-            let _ = self.child.try_wait();
+            if let Some(child) = &mut self.child {
+                let _ = child.try_wait();
+            }
         }
     }
 }
@@ -208,6 +256,15 @@ fn enter_netns_on_exec(command: &mut Command, path: &Path) -> Result<(), QemuErr
         });
     }
     Ok(())
+}
+
+/// Whether `pid` runs (a zombie counts as gone).
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state letter follows the parenthesised command name.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 async fn wait_for_qmp(config: &VmConfig, child: &mut Child) -> Result<QmpClient, QemuError> {

@@ -149,7 +149,10 @@ async fn state_saved_with_shared_ram_restores_into_a_new_qemu() {
     let mut restored = QemuVm::spawn(sleeping_vm(&images, dir.path(), true))
         .await
         .unwrap();
-    restored.restore_state(&state).await.unwrap();
+    restored
+        .restore_state(&state, saved.ram_in_state)
+        .await
+        .unwrap();
     let status = restored.qmp().status().await.unwrap();
     restored.kill().await.unwrap();
 
@@ -170,7 +173,7 @@ async fn restore_without_incoming_is_rejected() {
         .unwrap();
 
     let err = vm
-        .restore_state(&dir.path().join("state"))
+        .restore_state(&dir.path().join("state"), true)
         .await
         .unwrap_err();
     vm.kill().await.unwrap();

@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::SandboxError;
 
-/// Creates `overlay` (qcow2) backed by the raw image `base`.
+/// Creates `overlay` (qcow2) backed by `base`: a raw image (a template) or,
+/// when `base_is_qcow2`, a qcow2 image (a snapshot's disk).
 pub async fn create_qcow2_overlay(
     sandbox: &str,
     base: &Path,
     overlay: &Path,
+    base_is_qcow2: bool,
 ) -> Result<PathBuf, SandboxError> {
     let base = base.canonicalize().map_err(|source| SandboxError::Io {
         what: "resolve base image",
@@ -20,7 +22,9 @@ pub async fn create_qcow2_overlay(
         source,
     })?;
     let output = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .args(["create", "-q", "-f", "qcow2", "-F"])
+        .arg(if base_is_qcow2 { "qcow2" } else { "raw" })
+        .arg("-b")
         .arg(&base)
         .arg(overlay)
         .output()

@@ -137,6 +137,24 @@ impl Vm for FirecrackerInstance {
         Ok(())
     }
 
+    async fn start_from_snapshot(
+        &mut self,
+        _snapshot_dir: &Path,
+        _network: VmNetwork,
+    ) -> Result<Duration, SandboxError> {
+        Err(SandboxError::Unsupported {
+            backend: "firecracker",
+            what: "start from a snapshot yet".to_string(),
+        })
+    }
+
+    async fn snapshot(&mut self, _snapshot_dir: &Path) -> Result<PauseStats, SandboxError> {
+        Err(SandboxError::Unsupported {
+            backend: "firecracker",
+            what: "snapshot yet".to_string(),
+        })
+    }
+
     async fn pause(&mut self, _state_dir: &Path) -> Result<PauseStats, SandboxError> {
         Err(SandboxError::Unsupported {
             backend: "firecracker",

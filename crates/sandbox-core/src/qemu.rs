@@ -90,6 +90,99 @@ struct QemuInstance {
     vm: Option<QemuVm>,
 }
 
+/// Written beside a saved `vmstate`: how to load it again.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedState {
+    /// Guest RAM is inside `vmstate` (the VM mapped its RAM privately);
+    /// otherwise it is in the VM's own memory file (or a snapshot's `ram`).
+    ram_in_state: bool,
+}
+
+impl QemuInstance {
+    fn err(&self, source: qemu_vmm::QemuError) -> SandboxError {
+        SandboxError::Qemu {
+            vm: self.config.id.clone(),
+            source,
+        }
+    }
+
+    fn running(&mut self, operation: &str) -> Result<&mut QemuVm, SandboxError> {
+        let id = self.config.id.clone();
+        self.vm.as_mut().ok_or_else(|| SandboxError::Unsupported {
+            backend: "qemu",
+            what: format!("{operation} vm {id}: it is not running"),
+        })
+    }
+
+    /// Stops the vCPUs and writes `dir/vmstate` (+ `vmstate.json`); the
+    /// process stays, paused, and the disk image is flushed and released.
+    async fn save(&mut self, dir: &Path, operation: &str) -> Result<PauseStats, SandboxError> {
+        let start = Instant::now();
+        create_dir(dir)?;
+        let vm = self.running(operation)?;
+        let saved = match vm.save_state(&dir.join("vmstate")).await {
+            Ok(saved) => saved,
+            Err(err) => {
+                // Leave a running guest running when the save failed.
+                let _ = vm.cont_vcpus().await;
+                return Err(self.err(err));
+            }
+        };
+        write_json(
+            &dir.join("vmstate.json"),
+            &SavedState {
+                ram_in_state: saved.ram_in_state,
+            },
+        )?;
+        Ok(PauseStats {
+            took: start.elapsed(),
+            state_bytes: saved.state_bytes,
+        })
+    }
+
+    /// Starts QEMU waiting for a migration and loads `dir/vmstate` into it,
+    /// with guest RAM from `memory_file` when it is not in the state.
+    async fn load(
+        &mut self,
+        dir: &Path,
+        network: &VmNetwork,
+        memory_file: PathBuf,
+        memory_shared: bool,
+    ) -> Result<Duration, SandboxError> {
+        let start = Instant::now();
+        if self.vm.is_some() {
+            return Err(SandboxError::Unsupported {
+                backend: "qemu",
+                what: format!("restore vm {}: it is running", self.config.id),
+            });
+        }
+        let saved: SavedState = read_json(&dir.join("vmstate.json"))?;
+        let config = VmConfig {
+            net: net_config(network),
+            incoming: true,
+            memory_file: Some(memory_file),
+            memory_shared,
+            ..self.config.clone()
+        };
+        let mut vm = QemuVm::spawn(config.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        if let Err(err) = vm
+            .restore_state(&dir.join("vmstate"), saved.ram_in_state)
+            .await
+        {
+            let _ = vm.kill().await;
+            return Err(self.err(err));
+        }
+        self.config = VmConfig {
+            incoming: false,
+            ..config
+        };
+        self.vm = Some(vm);
+        Ok(start.elapsed())
+    }
+}
+
 #[async_trait]
 impl Vm for QemuInstance {
     fn id(&self) -> &str {
@@ -110,50 +203,39 @@ impl Vm for QemuInstance {
         }
         let vm = QemuVm::spawn(self.config.clone())
             .await
-            .map_err(|source| SandboxError::Qemu {
-                vm: self.config.id.clone(),
-                source,
-            })?;
+            .map_err(|e| self.err(e))?;
         self.vm = Some(vm);
         Ok(())
     }
 
+    async fn start_from_snapshot(
+        &mut self,
+        snapshot_dir: &Path,
+        network: VmNetwork,
+    ) -> Result<Duration, SandboxError> {
+        // A private mapping of the snapshot's RAM: every sandbox started
+        // from it shares the page cache and writes only to its own pages.
+        self.load(snapshot_dir, &network, snapshot_dir.join("ram"), false)
+            .await
+    }
+
+    async fn snapshot(&mut self, snapshot_dir: &Path) -> Result<PauseStats, SandboxError> {
+        let stats = self.save(snapshot_dir, "snapshot").await?;
+        let copied = copy_ram_and_disk(&self.config, snapshot_dir).await;
+        let resumed = self.running("snapshot")?.cont_vcpus().await;
+        copied?;
+        resumed.map_err(|e| self.err(e))?;
+        Ok(stats)
+    }
+
     async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError> {
-        let start = Instant::now();
-        let id = self.config.id.clone();
-        let qemu_err = |source| SandboxError::Qemu {
-            vm: id.clone(),
-            source,
-        };
-        let Some(vm) = self.vm.as_mut() else {
-            return Err(SandboxError::Unsupported {
-                backend: "qemu",
-                what: format!("pause vm {}: it is not running", self.config.id),
-            });
-        };
-        std::fs::create_dir_all(state_dir).map_err(|source| SandboxError::Io {
-            what: "create state directory",
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
-        let saved = vm.save_state(&state_dir.join("vmstate")).await;
-        let saved = match saved {
-            Ok(saved) => saved,
-            Err(err) => {
-                // Leave a running guest running when the save failed.
-                let _ = vm.cont_vcpus().await;
-                return Err(qemu_err(err));
-            }
-        };
+        let stats = self.save(state_dir, "pause").await?;
         // The VMM must let go of the disk and RAM file before they are
         // handed to anyone else.
         if let Some(mut vm) = self.vm.take() {
-            vm.kill().await.map_err(qemu_err)?;
+            vm.kill().await.map_err(|e| self.err(e))?;
         }
-        Ok(PauseStats {
-            took: start.elapsed(),
-            state_bytes: saved.state_bytes,
-        })
+        Ok(stats)
     }
 
     async fn resume(
@@ -161,34 +243,11 @@ impl Vm for QemuInstance {
         state_dir: &Path,
         network: VmNetwork,
     ) -> Result<Duration, SandboxError> {
-        let start = Instant::now();
-        if self.vm.is_some() {
-            return Err(SandboxError::Unsupported {
-                backend: "qemu",
-                what: format!("resume vm {}: it is running", self.config.id),
-            });
-        }
-        let config = VmConfig {
-            net: net_config(&network),
-            incoming: true,
-            ..self.config.clone()
-        };
-        let id = config.id.clone();
-        let qemu_err = |source| SandboxError::Qemu {
-            vm: id.clone(),
-            source,
-        };
-        let mut vm = QemuVm::spawn(config.clone()).await.map_err(qemu_err)?;
-        if let Err(err) = vm.restore_state(&state_dir.join("vmstate")).await {
-            let _ = vm.kill().await;
-            return Err(qemu_err(err));
-        }
-        self.config = VmConfig {
-            incoming: false,
-            ..config
-        };
-        self.vm = Some(vm);
-        Ok(start.elapsed())
+        // The sandbox's own RAM file: the one it ran on, or (after a start
+        // from a snapshot, whose pause put the RAM in the state) a new one
+        // the restore fills.
+        let own_ram = self.config.run_dir.join("ram");
+        self.load(state_dir, &network, own_ram, true).await
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {
@@ -197,29 +256,104 @@ impl Vm for QemuInstance {
         };
         // The guest's disk is a throwaway overlay or is flushed by the
         // lifecycle layer before this: no need for a clean guest shutdown.
-        vm.kill().await.map_err(|source| SandboxError::Qemu {
-            vm: self.config.id.clone(),
-            source,
-        })
+        vm.kill().await.map_err(|e| self.err(e))
     }
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {
         self.stop().await?;
-        for path in [self.config.qmp_socket()] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(SandboxError::Io {
-                        what: "remove",
-                        path,
-                        source,
-                    });
-                }
-            }
+        let path = self.config.qmp_socket();
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SandboxError::Io {
+                what: "remove",
+                path,
+                source,
+            }),
         }
-        Ok(())
     }
+}
+
+/// Copies the (paused, flushed) VM's RAM file and root disk into a snapshot.
+async fn copy_ram_and_disk(config: &VmConfig, dir: &Path) -> Result<(), SandboxError> {
+    let ram = config
+        .memory_file
+        .clone()
+        .ok_or_else(|| SandboxError::Unsupported {
+            backend: "qemu",
+            what: format!("snapshot vm {}: it has no memory file", config.id),
+        })?;
+    let disk = config
+        .drives
+        .first()
+        .map(|d| d.path.clone())
+        .ok_or_else(|| SandboxError::Unsupported {
+            backend: "qemu",
+            what: format!("snapshot vm {}: it has no disk", config.id),
+        })?;
+    sparse_copy(&ram, &dir.join("ram")).await?;
+    sparse_copy(&disk, &dir.join("disk.qcow2")).await
+}
+
+/// `cp --sparse=always --reflink=auto`: constant time on reflink
+/// filesystems, holes kept elsewhere.
+pub(crate) async fn sparse_copy(from: &Path, to: &Path) -> Result<(), SandboxError> {
+    let output = tokio::process::Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .map_err(|source| SandboxError::Io {
+            what: "run cp for",
+            path: to.to_path_buf(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(SandboxError::Io {
+            what: "copy into",
+            path: to.to_path_buf(),
+            source: std::io::Error::other(
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ),
+        })
+    }
+}
+
+fn create_dir(dir: &Path) -> Result<(), SandboxError> {
+    std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
+        what: "create directory",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), SandboxError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| SandboxError::Io {
+        what: "encode",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    std::fs::write(path, text).map_err(|source| SandboxError::Io {
+        what: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, SandboxError> {
+    let text = std::fs::read(path).map_err(|source| SandboxError::Io {
+        what: "read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|e| SandboxError::Io {
+        what: "decode",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })
 }
 
 /// How long a TCG guest gets to answer on envd after QEMU started.

@@ -33,6 +33,9 @@ pub struct SandboxConfig {
     pub boot_timeout: Duration,
     /// Default environment of every process in the guest.
     pub env_vars: BTreeMap<String, String>,
+    /// Start from this snapshot (made by [`Sandbox::snapshot`]) instead of
+    /// a cold boot; `images` must be the snapshot's template images.
+    pub snapshot: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -46,6 +49,7 @@ impl SandboxConfig {
             memory_mib: 512,
             boot_timeout: TCG_BOOT_TIMEOUT,
             env_vars: BTreeMap::new(),
+            snapshot: None,
         }
     }
 }
@@ -181,6 +185,15 @@ impl Sandbox {
         self.state
     }
 
+    /// Saves the running guest (memory, devices, disk) into `dir` as a
+    /// snapshot that new sandboxes can start from; the sandbox keeps running.
+    pub async fn snapshot(&mut self, dir: &Path) -> Result<PauseStats, SandboxError> {
+        self.require(SandboxState::Running, "snapshot")?;
+        let stats = self.vm.snapshot(dir).await?;
+        tracing::info!(sandbox = %self.id, dir = %dir.display(), took_ms = stats.took.as_millis() as u64, "sandbox snapshotted");
+        Ok(stats)
+    }
+
     /// Saves the guest to disk and ends its VMM process; the sandbox keeps
     /// its disk, memory and identity for [`Sandbox::resume`].
     pub async fn pause(&mut self) -> Result<PauseStats, SandboxError> {
@@ -283,12 +296,12 @@ async fn boot_steps(
 ) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
     let root_disk = match hypervisor.kind() {
         BackendKind::Qemu => {
-            disk::create_qcow2_overlay(
-                &config.id,
-                &config.images.rootfs,
-                &run_dir.join("root.qcow2"),
-            )
-            .await?
+            let (base, base_is_qcow2) = match &config.snapshot {
+                Some(snapshot) => (snapshot.join("disk.qcow2"), true),
+                None => (config.images.rootfs.clone(), false),
+            };
+            let overlay = run_dir.join("root.qcow2");
+            disk::create_qcow2_overlay(&config.id, &base, &overlay, base_is_qcow2).await?
         }
         BackendKind::Firecracker => {
             return Err(SandboxError::Unsupported {
@@ -317,7 +330,14 @@ async fn boot_steps(
         };
         let vm_start = Instant::now();
         let vm = made.insert(hypervisor.create(spec).await?);
-        match vm.start().await {
+        let started = match &config.snapshot {
+            Some(snapshot) => vm
+                .start_from_snapshot(snapshot, VmNetwork::UserForward { host })
+                .await
+                .map(drop),
+            None => vm.start().await,
+        };
+        match started {
             Ok(()) => break (host, vm_start.elapsed()),
             Err(err) if attempt < 3 && err.to_string().contains("host forwarding") => {
                 tracing::debug!(sandbox = %config.id, %host, "host port taken, retrying");

@@ -84,6 +84,19 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     /// Boots the guest.
     async fn start(&mut self) -> Result<(), SandboxError>;
 
+    /// Boots by loading a snapshot made by [`Vm::snapshot`] (instead of
+    /// [`Vm::start`]); the spec's root disk must be an overlay of the
+    /// snapshot's disk.
+    async fn start_from_snapshot(
+        &mut self,
+        snapshot_dir: &Path,
+        network: VmNetwork,
+    ) -> Result<Duration, SandboxError>;
+
+    /// Saves the running guest (state, memory, disk) into `snapshot_dir`
+    /// and lets it continue.
+    async fn snapshot(&mut self, snapshot_dir: &Path) -> Result<PauseStats, SandboxError>;
+
     /// Saves the guest's state (vCPUs, devices and memory) under `state_dir`
     /// and ends the VMM process. The root disk (and any memory file the
     /// backend keeps in the VM's run directory) stays in place for

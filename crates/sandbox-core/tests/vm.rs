@@ -46,7 +46,10 @@ impl TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // PETREL_KEEP_TEST_DIRS=1 keeps logs and disks for debugging.
+        if std::env::var_os("PETREL_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -361,4 +364,91 @@ async fn connect_json_start_streams_pid_data_and_end_frame() {
     let end = &frames[frames.len() - 2].1["event"]["end"];
     assert_eq!(end["exitCode"], 4);
     assert_eq!(frames.last().unwrap().0, 2);
+}
+
+#[tokio::test]
+async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
+    let Some(images) = images() else { return };
+    let dir = TestDir::new("snap");
+    let backend = QemuBackend::new(accel());
+    let mut source = Sandbox::boot(
+        &backend,
+        SandboxConfig::new("snap-src", images.clone(), &dir.0),
+    )
+    .await
+    .unwrap();
+    source
+        .exec_shell("echo from-snapshot > ~/snap.txt")
+        .await
+        .unwrap();
+    let snapshot = dir.0.join("snapshot");
+
+    source.snapshot(&snapshot).await.unwrap();
+    let still_running = source.exec_shell("cat ~/snap.txt").await.unwrap();
+    let mut clones = Vec::new();
+    for n in 0..3 {
+        let config = SandboxConfig {
+            snapshot: Some(snapshot.clone()),
+            ..SandboxConfig::new(format!("snap-clone{n}"), images.clone(), &dir.0)
+        };
+        clones.push(Sandbox::boot(&backend, config).await.unwrap());
+    }
+    clones[0]
+        .exec_shell("echo mine > ~/only-clone0.txt")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for clone in &clones {
+        let out = clone
+            .exec_shell("cat ~/snap.txt; ls ~/only-clone0.txt 2>/dev/null | wc -l")
+            .await
+            .unwrap();
+        seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    for clone in clones {
+        clone.destroy().await.unwrap();
+    }
+    source.destroy().await.unwrap();
+
+    assert_eq!(still_running.stdout, b"from-snapshot\n");
+    assert_eq!(
+        seen,
+        [
+            "from-snapshot\n1\n",
+            "from-snapshot\n0\n",
+            "from-snapshot\n0\n"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sandbox_started_from_a_snapshot_pauses_and_resumes() {
+    let Some(images) = images() else { return };
+    let dir = TestDir::new("snappause");
+    let backend = QemuBackend::new(accel());
+    let mut source = Sandbox::boot(
+        &backend,
+        SandboxConfig::new("snappause-src", images.clone(), &dir.0),
+    )
+    .await
+    .unwrap();
+    let snapshot = dir.0.join("snapshot");
+    source.snapshot(&snapshot).await.unwrap();
+    source.destroy().await.unwrap();
+    let config = SandboxConfig {
+        snapshot: Some(snapshot.clone()),
+        ..SandboxConfig::new("snappause-clone", images, &dir.0)
+    };
+    let mut clone = Sandbox::boot(&backend, config).await.unwrap();
+    clone
+        .exec_shell("echo before-pause > /tmp/mark")
+        .await
+        .unwrap();
+
+    clone.pause().await.unwrap();
+    clone.resume().await.unwrap();
+    let out = clone.exec_shell("cat /tmp/mark").await.unwrap();
+    clone.destroy().await.unwrap();
+
+    assert_eq!(out.stdout, b"before-pause\n");
 }
