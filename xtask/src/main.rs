@@ -13,6 +13,7 @@ mod demo;
 mod env;
 mod images;
 mod setup;
+mod vmtest;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -56,6 +57,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
+    /// Run a crate's test binaries inside a VM (e.g. `vmtest dmsnap`: DM tests).
+    Vmtest {
+        package: String,
+        /// Extra arguments for each test binary (e.g. a test name filter).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -79,6 +87,7 @@ fn main() -> Result<()> {
         Command::Demo { vmm } => demo::run(vmm),
         Command::Test { cargo_args } => test(&cargo_args),
         Command::Bench { which, runs } => bench::run(which, runs),
+        Command::Vmtest { package, test_args } => vmtest::run_with_args(&package, &test_args),
     }
 }
 
@@ -112,6 +121,10 @@ fn test(cargo_args: &[String]) -> Result<()> {
             ("PETREL_REQUIRE_VM", "1"),
         ],
     )?;
+    if cargo_args.is_empty() {
+        env::step("device-mapper tests inside a VM (this host kernel has no device-mapper)");
+        vmtest::run("dmsnap")?;
+    }
     env::step("all checks passed");
     Ok(())
 }

@@ -27,8 +27,12 @@ const MAIN: &[&str] = &[
     "libelf-dev",
     "libssl-dev",
     "cpio",
-    // crates that run bindgen (userfaultfd-sys) and our .proto files
+    // crates that run bindgen (userfaultfd-sys, devicemapper-sys) and our
+    // .proto files; SQLite for the sandbox store
     "libclang-dev",
+    "pkg-config",
+    "libdevmapper-dev",
+    "libsqlite3-dev",
     "protobuf-compiler",
     // networking
     "iproute2",

@@ -55,6 +55,13 @@ impl Hypervisor for FirecrackerBackend {
             process: None,
         }))
     }
+
+    async fn adopt(&self, spec: VmSpec, _pid: u32) -> Result<Box<dyn Vm>, SandboxError> {
+        Err(SandboxError::Unsupported {
+            backend: "firecracker",
+            what: format!("adopt vm {} after a restart yet", spec.id),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -179,6 +186,11 @@ impl Vm for FirecrackerInstance {
             return Ok(());
         };
         process.kill().await.map(drop).map_err(|e| self.error(e))
+    }
+
+    fn detach(self: Box<Self>) {
+        // Dropping FirecrackerProcess kills it; keep it alive on purpose.
+        std::mem::forget(self.process);
     }
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {

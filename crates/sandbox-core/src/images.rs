@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use crate::error::SandboxError;
 
 /// The guest kernel and root filesystem a template boots from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestImages {
     /// Uncompressed ELF `vmlinux` (PVH), bootable by QEMU and Firecracker.
     pub kernel: PathBuf,

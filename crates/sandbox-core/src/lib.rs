@@ -39,5 +39,7 @@ pub use error::SandboxError;
 pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
 pub use qemu::QemuBackend;
-pub use sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxState};
+pub use sandbox::{
+    BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxRecordConfig, SandboxState,
+};
 pub use vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};

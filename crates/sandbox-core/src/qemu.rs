@@ -81,6 +81,25 @@ impl Hypervisor for QemuBackend {
         })?;
         Ok(Box::new(QemuInstance { config, vm: None }))
     }
+
+    async fn adopt(&self, spec: VmSpec, pid: u32) -> Result<Box<dyn Vm>, SandboxError> {
+        let mut config = self.config(&spec);
+        // How the process was really started (its RAM may be a private
+        // mapping of a snapshot), as recorded when it started.
+        let started: StartedWith = read_json(&spec.run_dir.join("qemu.json"))?;
+        config.memory_file = Some(started.memory_file);
+        config.memory_shared = started.memory_shared;
+        let vm = QemuVm::adopt(config.clone(), pid)
+            .await
+            .map_err(|source| SandboxError::Qemu {
+                vm: spec.id.clone(),
+                source,
+            })?;
+        Ok(Box::new(QemuInstance {
+            config,
+            vm: Some(vm),
+        }))
+    }
 }
 
 /// A QEMU guest: `vm` is set while its process runs.
@@ -88,6 +107,14 @@ impl Hypervisor for QemuBackend {
 struct QemuInstance {
     config: VmConfig,
     vm: Option<QemuVm>,
+}
+
+/// Written to `run_dir/qemu.json` whenever QEMU starts, so a later agent run
+/// can adopt the process.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StartedWith {
+    memory_file: PathBuf,
+    memory_shared: bool,
 }
 
 /// Written beside a saved `vmstate`: how to load it again.
@@ -99,6 +126,17 @@ struct SavedState {
 }
 
 impl QemuInstance {
+    /// Spawns QEMU with `config` and records how, for adoption.
+    async fn spawn(&mut self, config: VmConfig) -> Result<QemuVm, SandboxError> {
+        let started = StartedWith {
+            memory_file: config.memory_file.clone().unwrap_or_default(),
+            memory_shared: config.memory_shared,
+        };
+        let vm = QemuVm::spawn(config).await.map_err(|e| self.err(e))?;
+        write_json(&self.config.run_dir.join("qemu.json"), &started)?;
+        Ok(vm)
+    }
+
     fn err(&self, source: qemu_vmm::QemuError) -> SandboxError {
         SandboxError::Qemu {
             vm: self.config.id.clone(),
@@ -164,9 +202,7 @@ impl QemuInstance {
             memory_shared,
             ..self.config.clone()
         };
-        let mut vm = QemuVm::spawn(config.clone())
-            .await
-            .map_err(|e| self.err(e))?;
+        let mut vm = self.spawn(config.clone()).await?;
         if let Err(err) = vm
             .restore_state(&dir.join("vmstate"), saved.ram_in_state)
             .await
@@ -201,9 +237,7 @@ impl Vm for QemuInstance {
         if self.vm.is_some() {
             return Ok(());
         }
-        let vm = QemuVm::spawn(self.config.clone())
-            .await
-            .map_err(|e| self.err(e))?;
+        let vm = self.spawn(self.config.clone()).await?;
         self.vm = Some(vm);
         Ok(())
     }
@@ -257,6 +291,12 @@ impl Vm for QemuInstance {
         // The guest's disk is a throwaway overlay or is flushed by the
         // lifecycle layer before this: no need for a clean guest shutdown.
         vm.kill().await.map_err(|e| self.err(e))
+    }
+
+    fn detach(mut self: Box<Self>) {
+        if let Some(vm) = self.vm.take() {
+            vm.detach();
+        }
     }
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {

@@ -55,7 +55,7 @@ impl SandboxConfig {
 }
 
 /// How long each step of a cold boot took.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BootTimings {
     /// Disk overlay and run directory.
     pub prepare: Duration,
@@ -68,8 +68,33 @@ pub struct BootTimings {
     pub total: Duration,
 }
 
+/// What a later agent run needs to take a sandbox over (see
+/// [`Sandbox::reattach`]); the lifecycle manager persists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxRecord {
+    pub config: SandboxRecordConfig,
+    pub token: String,
+    pub state: SandboxState,
+    /// The VMM process while running.
+    pub vmm_pid: Option<u32>,
+    /// Where envd is reached while running.
+    pub envd_addr: Option<SocketAddr>,
+}
+
+/// The persisted part of a [`SandboxConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxRecordConfig {
+    pub id: String,
+    pub images: GuestImages,
+    pub data_dir: PathBuf,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub env_vars: BTreeMap<String, String>,
+    pub snapshot: Option<PathBuf>,
+}
+
 /// Whether the guest runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SandboxState {
     Running,
     /// Saved to disk; no VMM process.
@@ -84,6 +109,11 @@ pub struct Sandbox {
     vm: Box<dyn Vm>,
     envd: EnvdClient,
     token: String,
+    images: GuestImages,
+    data_dir: PathBuf,
+    vcpus: u8,
+    memory_mib: u32,
+    snapshot: Option<PathBuf>,
     env_vars: BTreeMap<String, String>,
     boot_timeout: Duration,
     state: SandboxState,
@@ -136,6 +166,11 @@ impl Sandbox {
                     vm,
                     envd,
                     token,
+                    images: config.images,
+                    data_dir: config.data_dir,
+                    vcpus: config.vcpus,
+                    memory_mib: config.memory_mib,
+                    snapshot: config.snapshot,
                     env_vars: config.env_vars,
                     boot_timeout: config.boot_timeout,
                     state: SandboxState::Running,
@@ -160,6 +195,98 @@ impl Sandbox {
     /// The client of this sandbox's envd (token already set).
     pub fn envd(&self) -> &EnvdClient {
         &self.envd
+    }
+
+    /// What [`Sandbox::reattach`] needs after an agent restart.
+    pub fn record(&self) -> SandboxRecord {
+        SandboxRecord {
+            config: SandboxRecordConfig {
+                id: self.id.clone(),
+                images: self.images.clone(),
+                data_dir: self.data_dir.clone(),
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+                env_vars: self.env_vars.clone(),
+                snapshot: self.snapshot.clone(),
+            },
+            token: self.token.clone(),
+            state: self.state,
+            vmm_pid: self.vm.pid(),
+            envd_addr: (self.state == SandboxState::Running).then(|| self.envd.addr()),
+        }
+    }
+
+    /// Takes over a sandbox of an earlier agent run: a running one by
+    /// adopting its VMM process (it must still run and envd answer), a
+    /// paused one as it lies on disk.
+    pub async fn reattach(
+        hypervisor: &dyn Hypervisor,
+        record: SandboxRecord,
+    ) -> Result<Self, SandboxError> {
+        let rc = record.config;
+        let config = SandboxConfig {
+            vcpus: rc.vcpus,
+            memory_mib: rc.memory_mib,
+            env_vars: rc.env_vars,
+            snapshot: rc.snapshot,
+            ..SandboxConfig::new(rc.id, rc.images, rc.data_dir)
+        };
+        let run_dir = config.data_dir.join("sandboxes").join(&config.id);
+        let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let (vm, envd) = match (record.state, record.vmm_pid, record.envd_addr) {
+            (SandboxState::Running, Some(pid), Some(addr)) => {
+                let vm = hypervisor
+                    .adopt(vm_spec(&config, &run_dir, addr), pid)
+                    .await?;
+                let envd = EnvdClient::new(addr).with_access_token(record.token.clone());
+                envd.wait_healthy(Duration::from_secs(10))
+                    .await
+                    .map_err(|source| SandboxError::Envd {
+                        sandbox: config.id.clone(),
+                        source: Box::new(source),
+                    })?;
+                (vm, envd)
+            }
+            (SandboxState::Paused, _, _) => {
+                let vm = hypervisor
+                    .create(vm_spec(&config, &run_dir, placeholder))
+                    .await?;
+                (vm, EnvdClient::new(placeholder))
+            }
+            (state, pid, addr) => {
+                return Err(SandboxError::InvalidState {
+                    sandbox: config.id,
+                    operation: format!("reattach (pid {pid:?}, envd {addr:?})"),
+                    state,
+                });
+            }
+        };
+        tracing::info!(sandbox = %config.id, state = ?record.state, "sandbox reattached");
+        Ok(Self {
+            id: config.id,
+            run_dir,
+            vm,
+            envd,
+            token: record.token,
+            images: config.images,
+            data_dir: config.data_dir,
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            snapshot: config.snapshot,
+            env_vars: config.env_vars,
+            boot_timeout: config.boot_timeout,
+            state: record.state,
+            timings: BootTimings::default(),
+        })
+    }
+
+    /// Leaves the VMM process running when this handle is dropped (agent
+    /// shutdown: sandboxes keep running and are reattached at the next
+    /// start).
+    pub fn detach(self) -> SandboxRecord {
+        let record = self.record();
+        self.vm.detach();
+        record
     }
 
     /// The envd access token `/init` gave the guest.
@@ -294,14 +421,15 @@ async fn boot_steps(
     made: &mut Option<Box<dyn Vm>>,
     start: Instant,
 ) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
-    let root_disk = match hypervisor.kind() {
+    match hypervisor.kind() {
         BackendKind::Qemu => {
             let (base, base_is_qcow2) = match &config.snapshot {
                 Some(snapshot) => (snapshot.join("disk.qcow2"), true),
                 None => (config.images.rootfs.clone(), false),
             };
+            // The path vm_spec() gives the VM.
             let overlay = run_dir.join("root.qcow2");
-            disk::create_qcow2_overlay(&config.id, &base, &overlay, base_is_qcow2).await?
+            disk::create_qcow2_overlay(&config.id, &base, &overlay, base_is_qcow2).await?;
         }
         BackendKind::Firecracker => {
             return Err(SandboxError::Unsupported {
@@ -309,7 +437,7 @@ async fn boot_steps(
                 what: "boot a sandbox before per-sandbox TAP networking exists".to_string(),
             });
         }
-    };
+    }
     let prepare = start.elapsed();
     let token = random_token()?;
     // A host port for envd; QEMU may lose a race for it, so retry a few times.
@@ -317,17 +445,7 @@ async fn boot_steps(
     let (envd_addr, vm_started) = loop {
         attempt += 1;
         let host = free_local_port()?;
-        let spec = VmSpec {
-            id: config.id.clone(),
-            vcpus: config.vcpus,
-            memory_mib: config.memory_mib,
-            kernel: config.images.kernel.clone(),
-            kernel_args: kernel_args(&config.id),
-            root_disk: root_disk.clone(),
-            root_disk_qcow2: true,
-            network: VmNetwork::UserForward { host },
-            run_dir: run_dir.to_path_buf(),
-        };
+        let spec = vm_spec(config, run_dir, host);
         let vm_start = Instant::now();
         let vm = made.insert(hypervisor.create(spec).await?);
         let started = match &config.snapshot {
@@ -410,6 +528,22 @@ async fn teardown(id: &str, vm: Option<Box<dyn Vm>>, run_dir: &Path) -> Result<(
             resource: format!("sandbox {id}"),
             errors,
         })
+    }
+}
+
+/// The VM of a sandbox: its overlay disk in `run_dir`, envd forwarded from
+/// `host`.
+fn vm_spec(config: &SandboxConfig, run_dir: &Path, host: SocketAddr) -> VmSpec {
+    VmSpec {
+        id: config.id.clone(),
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        kernel: config.images.kernel.clone(),
+        kernel_args: kernel_args(&config.id),
+        root_disk: run_dir.join("root.qcow2"),
+        root_disk_qcow2: true,
+        network: VmNetwork::UserForward { host },
+        run_dir: run_dir.to_path_buf(),
     }
 }
 

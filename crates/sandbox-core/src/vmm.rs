@@ -68,6 +68,10 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
 
     /// Prepares a VM from `spec`; nothing runs the guest before [`Vm::start`].
     async fn create(&self, spec: VmSpec) -> Result<Box<dyn Vm>, SandboxError>;
+
+    /// Takes over the running VMM process `pid` of `spec`, started by an
+    /// earlier run of the agent.
+    async fn adopt(&self, spec: VmSpec, pid: u32) -> Result<Box<dyn Vm>, SandboxError>;
 }
 
 /// One VM of a backend.
@@ -116,6 +120,9 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
 
     /// Stops the VM if needed and removes what the backend made for it.
     async fn destroy(self: Box<Self>) -> Result<(), SandboxError>;
+
+    /// Forgets the VMM process without stopping it.
+    fn detach(self: Box<Self>);
 }
 
 /// What a pause wrote and took.
