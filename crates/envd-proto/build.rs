@@ -25,6 +25,8 @@ fn main() -> std::io::Result<()> {
     // ignored, so newer SDKs keep working against this envd.
     let builder = connectrpc_axum_build::builder()
         .compile_protos(&protos, &includes)
+        // Our own Timestamp, for canonical (`Z`) JSON; see src/wkt.rs.
+        .extern_module("google.protobuf", "crate::wkt")
         .with_pbjson_config(|pbjson| {
             pbjson
                 .ignore_unknown_fields()

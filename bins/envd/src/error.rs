@@ -57,9 +57,7 @@ impl EnvdError {
             io::ErrorKind::NotFound => Self::NotFound(message),
             io::ErrorKind::AlreadyExists => Self::AlreadyExists(message),
             io::ErrorKind::PermissionDenied => Self::PermissionDenied(message),
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
-                Self::StorageFull(message)
-            }
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Self::StorageFull(message),
             io::ErrorKind::NotADirectory
             | io::ErrorKind::IsADirectory
             | io::ErrorKind::InvalidInput

@@ -206,7 +206,7 @@ mod tests {
             permissions: "-rw-r--r--".into(),
             owner: "root".into(),
             group: "root".into(),
-            modified_time: Some(pbjson_types::Timestamp {
+            modified_time: Some(envd_proto::wkt::Timestamp {
                 seconds: 10,
                 nanos: 5,
             }),

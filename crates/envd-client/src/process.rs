@@ -273,7 +273,8 @@ impl EnvdClient {
     ///
     /// With [`ExecRequest::stdin`] set, the input is written and stdin closed
     /// while the stream is polled; failures to deliver it show up as stream
-    /// errors, except when the process has already gone (`not_found`).
+    /// errors, except when the process has exited or closed its stdin (then
+    /// the rest of the input is dropped, as `subprocess.communicate` does).
     pub async fn exec_stream(&self, request: ExecRequest) -> Result<ExecStream, EnvdError> {
         let start = request.start_request();
         debug!(addr = %self.addr(), cmd = %request.cmd, args = ?request.args, user = ?request.user, "envd start process");
@@ -399,6 +400,18 @@ impl EnvdClient {
     }
 }
 
+/// Whether a failure to deliver stdin only means the process no longer wants
+/// it: it has exited (`not_found`) or closed its end of the pipe (EPIPE).
+/// Like `subprocess.communicate`, such input is dropped silently.
+fn stdin_unwanted(err: &EnvdError) -> bool {
+    match err {
+        EnvdError::Rpc { code, message, .. } => {
+            code == "not_found" || message.to_ascii_lowercase().contains("broken pipe")
+        }
+        _ => false,
+    }
+}
+
 fn selector(pid: u32) -> pb::ProcessSelector {
     pb::ProcessSelector {
         selector: Some(pb::process_selector::Selector::Pid(pid)),
@@ -440,8 +453,8 @@ impl ExecState {
                     self.feed = None;
                     match fed {
                         Ok(()) => {}
-                        Err(err) if err.is_not_found() => {
-                            debug!(error = %err, "process gone before its stdin was delivered");
+                        Err(err) if stdin_unwanted(&err) => {
+                            debug!(error = %err, "process stopped reading stdin before all of it was delivered");
                         }
                         Err(err) => return Some((Err(err), self)),
                     }
@@ -453,7 +466,36 @@ impl ExecState {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
+
+    fn rpc_error(code: &str, message: &str) -> EnvdError {
+        EnvdError::Rpc {
+            addr: SocketAddr::from(([127, 0, 0, 1], 49983)),
+            method: SEND_INPUT.into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn stdin_is_unwanted_after_exit_or_a_closed_pipe_only() {
+        let errors = [
+            rpc_error("not_found", "process 12 not found"),
+            rpc_error(
+                "internal",
+                "writing to stdin of 12: Broken pipe (os error 32)",
+            ),
+            rpc_error("internal", "write |1: broken pipe"),
+            rpc_error("internal", "disk on fire"),
+            rpc_error("unauthenticated", "missing token"),
+        ];
+
+        let unwanted = errors.each_ref().map(stdin_unwanted);
+
+        assert_eq!(unwanted, [true, true, true, false, false]);
+    }
 
     #[test]
     fn shell_runs_a_login_bash() {

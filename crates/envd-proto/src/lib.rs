@@ -11,6 +11,9 @@
 //! connectrpc-axum service builders (`process::process_connect::ProcessServiceBuilder`,
 //! `filesystem::filesystem_connect::FilesystemServiceBuilder`).
 //!
+//! `google.protobuf.Timestamp` maps to [`wkt::Timestamp`] (canonical,
+//! `Z`-normalized JSON), convertible from/to `pbjson_types::Timestamp`.
+//!
 //! This crate has no logic: no transport, no client, no handlers.
 //!
 //! # Example
@@ -54,6 +57,8 @@ pub mod process {
 pub mod filesystem {
     include!(concat!(env!("OUT_DIR"), "/filesystem.rs"));
 }
+
+pub mod wkt;
 
 /// Fully qualified service names, as used in Connect routes
 /// (`POST /{service}/{Method}`).

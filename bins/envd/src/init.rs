@@ -1,0 +1,116 @@
+//! `POST /init` (token, env, default user/workdir, clock) and `GET /envs`.
+
+use crate::error::EnvdError;
+use crate::state::SharedState;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use nix::sys::time::TimeSpec;
+use nix::time::{ClockId, clock_gettime, clock_settime};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Body of `POST /init` (unknown fields are ignored).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRequest {
+    /// Token required from now on in `X-Access-Token`.
+    pub access_token: Option<String>,
+    /// Variables added to every process's environment.
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// User for requests that name none.
+    pub default_user: Option<String>,
+    /// Working directory for processes that name none.
+    pub default_workdir: Option<String>,
+    /// The host's wall clock (RFC 3339), applied when ours is off by > 1 s.
+    pub timestamp: Option<String>,
+}
+
+/// Sets the system clock to `timestamp` when it differs by more than a second.
+/// Returns whether the clock was changed.
+pub fn sync_clock(timestamp: &str) -> Result<bool, EnvdError> {
+    let wanted = chrono::DateTime::parse_from_rfc3339(timestamp)
+        .map_err(|e| EnvdError::InvalidArgument(format!("invalid timestamp '{timestamp}': {e}")))?;
+    let now = clock_gettime(ClockId::CLOCK_REALTIME)
+        .map_err(|e| EnvdError::Internal(format!("clock_gettime: {e}")))?;
+    let wanted_nanos = wanted.timestamp_nanos_opt().ok_or_else(|| {
+        EnvdError::InvalidArgument(format!("timestamp '{timestamp}' out of range"))
+    })?;
+    let now_nanos = i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec());
+    if (i128::from(wanted_nanos) - now_nanos).abs() <= 1_000_000_000 {
+        return Ok(false);
+    }
+    let spec = TimeSpec::new(
+        wanted.timestamp(),
+        i64::from(wanted.timestamp_subsec_nanos()),
+    );
+    clock_settime(ClockId::CLOCK_REALTIME, spec)
+        .map_err(|e| EnvdError::PermissionDenied(format!("clock_settime: {e}")))?;
+    Ok(true)
+}
+
+/// `POST /init`: applies the host's settings; replies 204.
+pub async fn init(State(state): State<SharedState>, body: Bytes) -> Result<StatusCode, EnvdError> {
+    let request: InitRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        InitRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| EnvdError::InvalidArgument(format!("invalid init body: {e}")))?
+    };
+    if let Some(user) = request.default_user.as_deref().filter(|u| !u.is_empty())
+        && let Err(err) = crate::user::UserInfo::lookup(user)
+    {
+        tracing::warn!(%user, error = %err, "init: default user does not exist (yet)");
+    }
+    state.update_settings(|settings| {
+        if let Some(token) = request.access_token {
+            settings.access_token = Some(token).filter(|t| !t.is_empty());
+        }
+        if let Some(vars) = request.env_vars {
+            settings.env_vars.extend(vars);
+        }
+        if let Some(user) = request.default_user.filter(|u| !u.is_empty()) {
+            settings.default_user = user;
+        }
+        if let Some(dir) = request.default_workdir.filter(|d| !d.is_empty()) {
+            settings.default_workdir = Some(PathBuf::from(dir));
+        }
+    });
+    if let Some(timestamp) = request.timestamp.as_deref() {
+        match sync_clock(timestamp) {
+            Ok(true) => tracing::info!(%timestamp, "system clock set"),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(%timestamp, error = %err, "cannot set the system clock"),
+        }
+    }
+    tracing::info!("init applied");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /envs`: the variables every process gets from `/init`.
+pub async fn envs(State(state): State<SharedState>) -> Json<BTreeMap<String, String>> {
+    Json(state.settings().env_vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_time_leaves_the_clock_alone() {
+        let now = chrono::Utc::now().to_rfc3339();
+
+        let changed = sync_clock(&now).unwrap();
+
+        assert!(!changed);
+    }
+
+    #[test]
+    fn garbage_timestamp_is_invalid_argument() {
+        let err = sync_clock("yesterday").unwrap_err();
+
+        assert!(matches!(err, EnvdError::InvalidArgument(_)));
+    }
+}
