@@ -10,9 +10,11 @@
 //! - [`sandbox`]: one sandbox's cold boot, exec and teardown, with rollback of
 //!   everything it made when a step fails.
 //!
+//! - [`manager`]: many sandboxes with states, TTLs, snapshots, templates,
+//!   persisted in SQLite and re-adopted after an agent restart;
 //! - pause to disk and resume ([`Sandbox::pause`], [`Sandbox::resume`]).
 //!
-//! It does not do networking namespaces or persistence yet; it
+//! It does not do networking namespaces yet; it
 //! has no HTTP API (that is `bins/host-agent`).
 //!
 //! ```no_run
@@ -31,6 +33,7 @@ pub mod disk;
 mod error;
 pub mod firecracker;
 mod images;
+pub mod manager;
 pub mod qemu;
 pub mod sandbox;
 pub mod vmm;
@@ -38,6 +41,10 @@ pub mod vmm;
 pub use error::SandboxError;
 pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
+pub use manager::{
+    CreateSandbox, ListFilter, Manager, ManagerConfig, ManagerError, SandboxInfo, SnapshotInfo,
+    State, TemplateInfo,
+};
 pub use qemu::QemuBackend;
 pub use sandbox::{
     BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxRecordConfig, SandboxState,

@@ -569,7 +569,7 @@ fn free_local_port() -> Result<SocketAddr, SandboxError> {
 }
 
 /// A fresh 128-bit access token for the sandbox's envd, in hex.
-fn random_token() -> Result<String, SandboxError> {
+pub(crate) fn random_token() -> Result<String, SandboxError> {
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))

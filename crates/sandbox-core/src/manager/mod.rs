@@ -1,0 +1,810 @@
+//! The sandbox lifecycle manager: many sandboxes, their states, TTLs,
+//! snapshots and templates, persisted so an agent restart loses nothing.
+//!
+//! Every operation on one sandbox holds that sandbox's lock, so operations on
+//! one sandbox run one at a time and different sandboxes proceed in parallel.
+//! States move only along the edges [`State`] documents; anything else is an
+//! [`ManagerError::InvalidState`]. Records live in SQLite
+//! (`data_dir/petrel.db`); on [`Manager::open`] running sandboxes are
+//! re-adopted (or, when their VMM died, marked stopped and cleaned) and paused
+//! ones stay resumable.
+
+mod store;
+mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use envd_client::{EnvdClient, ExecOutput, ExecRequest};
+use safename::SafeName;
+use serde::{Deserialize, Serialize};
+
+use crate::images::GuestImages;
+use crate::sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxState};
+use crate::vmm::Hypervisor;
+use store::{Store, Table};
+pub use types::{
+    CreateSandbox, ListFilter, ManagerError, SandboxInfo, SnapshotInfo, State, TemplateInfo,
+};
+
+/// Limits and defaults.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Holds `petrel.db`, `sandboxes/`, `snapshots/`.
+    pub data_dir: PathBuf,
+    pub default_vcpus: u8,
+    pub default_memory_mib: u32,
+    pub max_vcpus: u8,
+    pub max_memory_mib: u32,
+    pub default_timeout: Duration,
+    /// Running sandboxes at most; more is [`ManagerError::Capacity`].
+    pub max_running: usize,
+}
+
+impl ManagerConfig {
+    /// 1 vCPU, 512 MiB, 5 minutes, at most 16 running.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            default_vcpus: 1,
+            default_memory_mib: 512,
+            max_vcpus: 8,
+            max_memory_mib: 8192,
+            default_timeout: Duration::from_secs(300),
+            max_running: 16,
+        }
+    }
+}
+
+/// What the store keeps per sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Persisted {
+    info: SandboxInfo,
+    /// `None` once the sandbox's files are gone (stopped).
+    record: Option<SandboxRecord>,
+}
+
+type Handle = Arc<tokio::sync::Mutex<Option<Sandbox>>>;
+
+/// The lifecycle manager. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ManagerConfig,
+    hypervisor: Arc<dyn Hypervisor>,
+    store: Mutex<Store>,
+    infos: Mutex<HashMap<String, SandboxInfo>>,
+    handles: Mutex<HashMap<String, Handle>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Manager {
+    /// Opens (or creates) the store in `config.data_dir` and takes over the
+    /// sandboxes of an earlier run.
+    pub async fn open(
+        config: ManagerConfig,
+        hypervisor: Arc<dyn Hypervisor>,
+    ) -> Result<Self, ManagerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| ManagerError::Store {
+            path: config.data_dir.clone(),
+            message: e.to_string(),
+        })?;
+        let store = Store::open(&config.data_dir.join("petrel.db"))?;
+        let persisted: Vec<(String, Persisted)> = store.all(Table::Sandboxes)?;
+        let manager = Self {
+            inner: Arc::new(Inner {
+                config,
+                hypervisor,
+                store: Mutex::new(store),
+                infos: Mutex::new(HashMap::new()),
+                handles: Mutex::new(HashMap::new()),
+            }),
+        };
+        for (id, entry) in persisted {
+            manager.reattach(id, entry).await;
+        }
+        Ok(manager)
+    }
+
+    async fn reattach(&self, id: String, entry: Persisted) {
+        let mut info = entry.info;
+        let sandbox = match entry.record {
+            Some(record) if matches!(info.state, State::Running | State::Paused) => {
+                match Sandbox::reattach(self.inner.hypervisor.as_ref(), record.clone()).await {
+                    Ok(sandbox) => Some(sandbox),
+                    Err(err) => {
+                        tracing::warn!(sandbox = %id, %err, "cannot reattach: marking stopped and cleaning up");
+                        clean_dead(&record);
+                        info.state = State::Stopped;
+                        info.error = Some(format!("lost at agent restart: {err}"));
+                        info.envd_addr = None;
+                        None
+                    }
+                }
+            }
+            Some(record) => {
+                // Interrupted mid-operation by the crash.
+                clean_dead(&record);
+                info.error = Some(format!(
+                    "interrupted while {} by an agent restart",
+                    info.state
+                ));
+                info.state = State::Stopped;
+                info.envd_addr = None;
+                None
+            }
+            None => None,
+        };
+        let persisted = Persisted {
+            info: info.clone(),
+            record: sandbox.as_ref().map(Sandbox::record),
+        };
+        if let Err(err) = lock(&self.inner.store).put(Table::Sandboxes, &id, &persisted) {
+            tracing::error!(sandbox = %id, %err, "cannot persist reattached sandbox");
+        }
+        lock(&self.inner.infos).insert(id.clone(), info);
+        lock(&self.inner.handles).insert(id, Arc::new(tokio::sync::Mutex::new(sandbox)));
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+
+    // ---- templates ------------------------------------------------------
+
+    /// Adds or replaces a template.
+    pub fn register_template(
+        &self,
+        name: &str,
+        images: &GuestImages,
+        source: &str,
+    ) -> Result<TemplateInfo, ManagerError> {
+        let name = SafeName::new(name)?;
+        images.check()?;
+        let info = TemplateInfo {
+            name: name.to_string(),
+            kernel: images.kernel.clone(),
+            rootfs: images.rootfs.clone(),
+            created_at: SystemTime::now(),
+            size_bytes: std::fs::metadata(&images.rootfs).map_or(0, |m| m.len()),
+            source: source.to_string(),
+        };
+        lock(&self.inner.store).put(Table::Templates, name.as_str(), &info)?;
+        Ok(info)
+    }
+
+    pub fn templates(&self) -> Result<Vec<TemplateInfo>, ManagerError> {
+        Ok(lock(&self.inner.store)
+            .all::<TemplateInfo>(Table::Templates)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect())
+    }
+
+    pub fn template(&self, name: &str) -> Result<TemplateInfo, ManagerError> {
+        let name = SafeName::new(name)?;
+        lock(&self.inner.store)
+            .get(Table::Templates, name.as_str())?
+            .ok_or_else(|| ManagerError::TemplateNotFound(name.to_string()))
+    }
+
+    /// Removes a template's record (its images are not ours to delete);
+    /// refused while a sandbox or snapshot uses it.
+    pub fn delete_template(&self, name: &str) -> Result<(), ManagerError> {
+        let template = self.template(name)?;
+        let users: Vec<String> = lock(&self.inner.infos)
+            .values()
+            .filter(|i| i.template == template.name && i.state != State::Stopped)
+            .map(|i| i.id.clone())
+            .collect();
+        let snapshots: Vec<String> = self
+            .snapshots()?
+            .into_iter()
+            .filter(|s| s.template == template.name)
+            .map(|s| s.name)
+            .collect();
+        if !users.is_empty() || !snapshots.is_empty() {
+            return Err(ManagerError::Conflict(format!(
+                "template {} is used by sandboxes {users:?} and snapshots {snapshots:?}",
+                template.name
+            )));
+        }
+        lock(&self.inner.store).delete(Table::Templates, &template.name)
+    }
+
+    // ---- sandboxes --------------------------------------------------------
+
+    /// Creates and boots a sandbox from a template (cold boot) or from a
+    /// snapshot of the same name.
+    pub async fn create(&self, request: CreateSandbox) -> Result<SandboxInfo, ManagerError> {
+        let name = SafeName::new(&request.template)?;
+        let config = &self.inner.config;
+        let vcpus = request.vcpus.unwrap_or(config.default_vcpus);
+        let memory_mib = request.memory_mib.unwrap_or(config.default_memory_mib);
+        if vcpus == 0 || vcpus > config.max_vcpus {
+            return Err(ManagerError::InvalidRequest(format!(
+                "vcpus must be 1..={}, got {vcpus}",
+                config.max_vcpus
+            )));
+        }
+        if !(128..=config.max_memory_mib).contains(&memory_mib) {
+            return Err(ManagerError::InvalidRequest(format!(
+                "memory_mib must be 128..={}, got {memory_mib}",
+                config.max_memory_mib
+            )));
+        }
+        let (template, images, snapshot) = self.resolve_source(&name)?;
+        let timeout = request.timeout.unwrap_or(config.default_timeout);
+        let id = new_id()?;
+        let now = SystemTime::now();
+        let mut info = SandboxInfo {
+            id: id.clone(),
+            template,
+            state: State::Starting,
+            vcpus,
+            memory_mib,
+            created_at: now,
+            end_at: now + timeout,
+            auto_pause: request.auto_pause,
+            internet: request.internet,
+            metadata: request.metadata,
+            env_vars: request.env_vars.clone(),
+            envd_addr: None,
+            envd_access_token: String::new(),
+            error: None,
+            timings_ms: BTreeMap::new(),
+        };
+        let handle: Handle = Arc::new(tokio::sync::Mutex::new(None));
+        let mut guard = handle.lock().await;
+        {
+            // Capacity is checked and the slot taken under one lock.
+            let mut infos = lock(&self.inner.infos);
+            let running = infos.values().filter(|i| i.state.holds_vm()).count();
+            if running >= config.max_running {
+                return Err(ManagerError::Capacity {
+                    running,
+                    limit: config.max_running,
+                });
+            }
+            infos.insert(id.clone(), info.clone());
+        }
+        lock(&self.inner.handles).insert(id.clone(), handle.clone());
+        let start = Instant::now();
+        let sandbox_config = SandboxConfig {
+            vcpus,
+            memory_mib,
+            env_vars: request.env_vars,
+            snapshot,
+            ..SandboxConfig::new(&id, images, &config.data_dir)
+        };
+        match Sandbox::boot(self.inner.hypervisor.as_ref(), sandbox_config).await {
+            Ok(sandbox) => {
+                info.state = State::Running;
+                info.envd_addr = Some(sandbox.envd().addr());
+                info.envd_access_token = sandbox.access_token().to_string();
+                info.timings_ms = boot_timings(sandbox.timings());
+                let persisted = Persisted {
+                    info: info.clone(),
+                    record: Some(sandbox.record()),
+                };
+                *guard = Some(sandbox);
+                self.save(&persisted)?;
+                tracing::info!(sandbox = %id, template = %info.template, took_ms = start.elapsed().as_millis() as u64, "managed sandbox created");
+                Ok(info)
+            }
+            Err(err) => {
+                // Sandbox::boot removed what it made; forget the sandbox.
+                lock(&self.inner.infos).remove(&id);
+                lock(&self.inner.handles).remove(&id);
+                Err(err.into())
+            }
+        }
+    }
+
+    fn resolve_source(
+        &self,
+        name: &SafeName,
+    ) -> Result<(String, GuestImages, Option<PathBuf>), ManagerError> {
+        let store = lock(&self.inner.store);
+        if let Some(snapshot) = store.get::<SnapshotInfo>(Table::Snapshots, name.as_str())? {
+            let template: TemplateInfo = store
+                .get(Table::Templates, &snapshot.template)?
+                .ok_or_else(|| ManagerError::TemplateNotFound(snapshot.template.clone()))?;
+            let images = GuestImages {
+                kernel: template.kernel,
+                rootfs: template.rootfs,
+            };
+            return Ok((snapshot.name.clone(), images, Some(self.snapshot_dir(name))));
+        }
+        let template: TemplateInfo = store
+            .get(Table::Templates, name.as_str())?
+            .ok_or_else(|| ManagerError::TemplateNotFound(name.to_string()))?;
+        Ok((
+            template.name,
+            GuestImages {
+                kernel: template.kernel,
+                rootfs: template.rootfs,
+            },
+            None,
+        ))
+    }
+
+    pub fn get(&self, id: &str) -> Result<SandboxInfo, ManagerError> {
+        lock(&self.inner.infos)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))
+    }
+
+    /// Sandboxes matching `filter`, oldest first.
+    pub fn list(&self, filter: &ListFilter) -> Vec<SandboxInfo> {
+        let mut out: Vec<SandboxInfo> = lock(&self.inner.infos)
+            .values()
+            .filter(|i| filter.states.is_empty() || filter.states.contains(&i.state))
+            .filter(|i| {
+                filter
+                    .metadata
+                    .iter()
+                    .all(|(k, v)| i.metadata.get(k) == Some(v))
+            })
+            .filter(|i| filter.template.as_ref().is_none_or(|t| &i.template == t))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        out
+    }
+
+    /// Runs a command in a running sandbox.
+    pub async fn exec(&self, id: &str, request: ExecRequest) -> Result<ExecOutput, ManagerError> {
+        let envd = self.envd(id).await?;
+        envd.exec(request).await.map_err(|source| {
+            ManagerError::from(crate::SandboxError::Envd {
+                sandbox: id.to_string(),
+                source: Box::new(source),
+            })
+        })
+    }
+
+    /// The envd client of a running sandbox (files, streams, proxying).
+    pub async fn envd(&self, id: &str) -> Result<EnvdClient, ManagerError> {
+        let handle = self.handle(id)?;
+        let guard = handle.lock().await;
+        self.require(id, &[State::Running], "use envd")?;
+        guard
+            .as_ref()
+            .map(|s| s.envd().clone())
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))
+    }
+
+    /// Saves a running sandbox to disk; it holds no VMM process after this.
+    pub async fn pause(&self, id: &str) -> Result<SandboxInfo, ManagerError> {
+        let handle = self.handle(id)?;
+        let mut guard = handle.lock().await;
+        self.transition(id, &[State::Running], State::Pausing, "pause")?;
+        let sandbox = guard
+            .as_mut()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        match sandbox.pause().await {
+            Ok(stats) => self.finish(id, sandbox, State::Paused, |info| {
+                info.envd_addr = None;
+                info.timings_ms
+                    .insert("pause".into(), stats.took.as_millis() as u64);
+            }),
+            Err(err) => self.fail(id, sandbox, err),
+        }
+    }
+
+    /// Continues a paused sandbox; the TTL starts again from now.
+    pub async fn resume(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<SandboxInfo, ManagerError> {
+        let handle = self.handle(id)?;
+        let mut guard = handle.lock().await;
+        self.transition(id, &[State::Paused], State::Resuming, "resume")?;
+        let sandbox = guard
+            .as_mut()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        let ttl = timeout.unwrap_or(self.inner.config.default_timeout);
+        match sandbox.resume().await {
+            Ok(took) => {
+                let addr = sandbox.envd().addr();
+                self.finish(id, sandbox, State::Running, |info| {
+                    info.envd_addr = Some(addr);
+                    info.end_at = SystemTime::now() + ttl;
+                    info.timings_ms
+                        .insert("resume".into(), took.as_millis() as u64);
+                })
+            }
+            Err(err) => self.fail(id, sandbox, err),
+        }
+    }
+
+    /// Stops a sandbox in any state and removes its files and record.
+    pub async fn destroy(&self, id: &str) -> Result<(), ManagerError> {
+        let handle = self.handle(id)?;
+        let mut guard = handle.lock().await;
+        let previous = self.get(id)?.state;
+        self.set_state(id, State::Stopping);
+        let result = match guard.take() {
+            Some(sandbox) => sandbox.destroy().await.map_err(ManagerError::from),
+            None => Ok(()),
+        };
+        lock(&self.inner.infos).remove(id);
+        lock(&self.inner.handles).remove(id);
+        let forgotten = lock(&self.inner.store).delete(Table::Sandboxes, id);
+        tracing::info!(sandbox = %id, from = %previous, ok = result.is_ok(), "managed sandbox destroyed");
+        result.and(forgotten)
+    }
+
+    /// Sets the TTL to `timeout` from now (shorter or longer).
+    pub fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, ManagerError> {
+        self.update_end(id, SystemTime::now() + timeout, false)
+    }
+
+    /// Extends the TTL to at least `timeout` from now; never shortens it.
+    pub fn extend_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, ManagerError> {
+        self.update_end(id, SystemTime::now() + timeout, true)
+    }
+
+    fn update_end(
+        &self,
+        id: &str,
+        end_at: SystemTime,
+        only_extend: bool,
+    ) -> Result<SandboxInfo, ManagerError> {
+        let info = {
+            let mut infos = lock(&self.inner.infos);
+            let info = infos
+                .get_mut(id)
+                .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+            if !only_extend || end_at > info.end_at {
+                info.end_at = end_at;
+            }
+            info.clone()
+        };
+        self.save_info(&info)?;
+        Ok(info)
+    }
+
+    // ---- snapshots ------------------------------------------------------
+
+    /// Saves a running sandbox as snapshot `name` (it keeps running); new
+    /// sandboxes can be created from it by name.
+    pub async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo, ManagerError> {
+        let name = SafeName::new(name)?;
+        if lock(&self.inner.store)
+            .get::<SnapshotInfo>(Table::Snapshots, name.as_str())?
+            .is_some()
+            || lock(&self.inner.store)
+                .get::<TemplateInfo>(Table::Templates, name.as_str())?
+                .is_some()
+        {
+            return Err(ManagerError::Conflict(format!(
+                "a template or snapshot named {name} exists"
+            )));
+        }
+        let handle = self.handle(id)?;
+        let mut guard = handle.lock().await;
+        self.require(id, &[State::Running], "snapshot")?;
+        let sandbox = guard
+            .as_mut()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        let dir = self.snapshot_dir(&name);
+        if let Err(err) = sandbox.snapshot(&dir).await {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err.into());
+        }
+        let template = self.get(id)?.template;
+        let info = SnapshotInfo {
+            name: name.to_string(),
+            sandbox_id: id.to_string(),
+            template: self.root_template(&template)?,
+            created_at: SystemTime::now(),
+            size_bytes: dir_size(&dir),
+        };
+        lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
+        Ok(info)
+    }
+
+    /// The template at the root of `name`, which may itself be a snapshot.
+    fn root_template(&self, name: &str) -> Result<String, ManagerError> {
+        let store = lock(&self.inner.store);
+        match store.get::<SnapshotInfo>(Table::Snapshots, name)? {
+            Some(snapshot) => Ok(snapshot.template),
+            None => Ok(name.to_string()),
+        }
+    }
+
+    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>, ManagerError> {
+        Ok(lock(&self.inner.store)
+            .all::<SnapshotInfo>(Table::Snapshots)?
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect())
+    }
+
+    /// Deletes a snapshot; refused while sandboxes started from it exist
+    /// (their disks are overlays of its disk).
+    pub fn delete_snapshot(&self, name: &str) -> Result<(), ManagerError> {
+        let name = SafeName::new(name)?;
+        if lock(&self.inner.store)
+            .get::<SnapshotInfo>(Table::Snapshots, name.as_str())?
+            .is_none()
+        {
+            return Err(ManagerError::SnapshotNotFound(name.to_string()));
+        }
+        let users: Vec<String> = lock(&self.inner.infos)
+            .values()
+            .filter(|i| i.template == name.as_str() && i.state != State::Stopped)
+            .map(|i| i.id.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(ManagerError::Conflict(format!(
+                "snapshot {name} is used by sandboxes {users:?}"
+            )));
+        }
+        let dir = self.snapshot_dir(&name);
+        if let Err(err) = std::fs::remove_dir_all(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ManagerError::Store {
+                path: dir,
+                message: err.to_string(),
+            });
+        }
+        lock(&self.inner.store).delete(Table::Snapshots, name.as_str())
+    }
+
+    fn snapshot_dir(&self, name: &SafeName) -> PathBuf {
+        name.join_under(&self.inner.config.data_dir.join("snapshots"))
+    }
+
+    // ---- TTL ------------------------------------------------------------
+
+    /// Starts the reaper: every `interval`, running sandboxes past their
+    /// end are killed, or paused when they asked for auto-pause.
+    pub fn spawn_reaper(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            loop {
+                ticker.tick().await;
+                manager.reap().await;
+            }
+        })
+    }
+
+    /// One pass of the reaper.
+    pub async fn reap(&self) {
+        let now = SystemTime::now();
+        let expired: Vec<(String, bool)> = lock(&self.inner.infos)
+            .values()
+            .filter(|i| i.state == State::Running && i.end_at <= now)
+            .map(|i| (i.id.clone(), i.auto_pause))
+            .collect();
+        for (id, auto_pause) in expired {
+            let result = if auto_pause {
+                self.pause(&id).await.map(drop)
+            } else {
+                self.destroy(&id).await
+            };
+            match result {
+                Ok(()) => tracing::info!(sandbox = %id, paused = auto_pause, "sandbox timed out"),
+                Err(err) => tracing::warn!(sandbox = %id, %err, "timeout handling failed"),
+            }
+        }
+    }
+
+    /// Leaves every sandbox as it is (running VMs keep running) and records
+    /// them for the next [`Manager::open`].
+    pub async fn shutdown(&self) -> Result<(), ManagerError> {
+        let handles: Vec<(String, Handle)> = lock(&self.inner.handles).drain().collect();
+        for (id, handle) in handles {
+            let mut guard = handle.lock().await;
+            if let Some(sandbox) = guard.take() {
+                let record = sandbox.detach();
+                if let Some(info) = lock(&self.inner.infos).get(&id).cloned() {
+                    self.save(&Persisted {
+                        info,
+                        record: Some(record),
+                    })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- helpers ----------------------------------------------------------
+
+    fn handle(&self, id: &str) -> Result<Handle, ManagerError> {
+        lock(&self.inner.handles)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))
+    }
+
+    fn require(
+        &self,
+        id: &str,
+        allowed: &[State],
+        operation: &'static str,
+    ) -> Result<State, ManagerError> {
+        let state = self.get(id)?.state;
+        if allowed.contains(&state) {
+            Ok(state)
+        } else {
+            Err(ManagerError::InvalidState {
+                id: id.to_string(),
+                state,
+                operation,
+            })
+        }
+    }
+
+    fn transition(
+        &self,
+        id: &str,
+        from: &[State],
+        to: State,
+        operation: &'static str,
+    ) -> Result<(), ManagerError> {
+        self.require(id, from, operation)?;
+        self.set_state(id, to);
+        Ok(())
+    }
+
+    fn set_state(&self, id: &str, state: State) {
+        if let Some(info) = lock(&self.inner.infos).get_mut(id) {
+            info.state = state;
+        }
+    }
+
+    fn finish(
+        &self,
+        id: &str,
+        sandbox: &Sandbox,
+        state: State,
+        update: impl FnOnce(&mut SandboxInfo),
+    ) -> Result<SandboxInfo, ManagerError> {
+        let info = {
+            let mut infos = lock(&self.inner.infos);
+            let info = infos
+                .get_mut(id)
+                .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+            info.state = state;
+            info.error = None;
+            update(info);
+            info.clone()
+        };
+        self.save(&Persisted {
+            info: info.clone(),
+            record: Some(sandbox.record()),
+        })?;
+        Ok(info)
+    }
+
+    /// Records a failed operation. The sandbox keeps the state its VM is
+    /// really in (a failed pause leaves it running; a failed resume leaves
+    /// it paused) when that is known, `error` otherwise.
+    fn fail(
+        &self,
+        id: &str,
+        sandbox: &Sandbox,
+        err: crate::SandboxError,
+    ) -> Result<SandboxInfo, ManagerError> {
+        let state = match sandbox.state() {
+            SandboxState::Running => State::Running,
+            SandboxState::Paused => State::Paused,
+        };
+        let message = err.to_string();
+        let _ = self.finish(id, sandbox, state, |info| info.error = Some(message));
+        Err(err.into())
+    }
+
+    fn save(&self, persisted: &Persisted) -> Result<(), ManagerError> {
+        lock(&self.inner.store).put(Table::Sandboxes, &persisted.info.id, persisted)
+    }
+
+    fn save_info(&self, info: &SandboxInfo) -> Result<(), ManagerError> {
+        let store = lock(&self.inner.store);
+        let mut persisted: Persisted = store
+            .get(Table::Sandboxes, &info.id)?
+            .ok_or_else(|| ManagerError::SandboxNotFound(info.id.clone()))?;
+        persisted.info = info.clone();
+        store.put(Table::Sandboxes, &info.id, &persisted)
+    }
+}
+
+/// Kills what is left of a sandbox whose VM cannot be taken over and
+/// removes its files.
+fn clean_dead(record: &SandboxRecord) {
+    if let Some(pid) = record.vmm_pid {
+        let run_dir = record
+            .config
+            .data_dir
+            .join("sandboxes")
+            .join(&record.config.id);
+        // Only a process whose command line names this sandbox's dir.
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*run_dir.to_string_lossy()));
+        if ours {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let run_dir = record
+        .config
+        .data_dir
+        .join("sandboxes")
+        .join(&record.config.id);
+    if let Err(err) = std::fs::remove_dir_all(&run_dir)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %run_dir.display(), %err, "cannot remove a dead sandbox's files");
+    }
+}
+
+impl State {
+    /// States in which the sandbox holds (or is about to hold) a VM.
+    fn holds_vm(self) -> bool {
+        matches!(
+            self,
+            State::Starting | State::Running | State::Pausing | State::Resuming
+        )
+    }
+}
+
+fn boot_timings(t: BootTimings) -> BTreeMap<String, u64> {
+    [
+        ("prepare", t.prepare),
+        ("vm_start", t.vm_started),
+        ("envd_ready", t.envd_ready),
+        ("init", t.init),
+        ("create", t.total),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.as_millis() as u64))
+    .collect()
+}
+
+/// A new sandbox id: 16 lowercase hex digits.
+fn new_id() -> Result<String, ManagerError> {
+    Ok(crate::sandbox::random_token()?[..16].to_string())
+}
+
+/// Allocated bytes under `path` (`st_blocks * 512`, sparse files count what
+/// they use).
+pub fn dir_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    let children = std::fs::read_dir(path).map_or(0, |entries| {
+        entries.flatten().map(|e| dir_size(&e.path())).sum()
+    });
+    own + children
+}

@@ -1,0 +1,181 @@
+//! The manager's public data: requests, infos, states and errors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::SandboxError;
+
+/// Lifecycle state of a managed sandbox.
+///
+/// ```text
+/// starting -> running -> pausing -> paused -> resuming -> running
+///                 \                     \
+///                  +-> stopping -> stopped (record kept; files removed)
+/// any failed step -> error (files kept for inspection until destroyed)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Starting,
+    Running,
+    Pausing,
+    Paused,
+    Resuming,
+    Stopping,
+    Stopped,
+    Error,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Pausing => "pausing",
+            State::Paused => "paused",
+            State::Resuming => "resuming",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Error => "error",
+        }
+    }
+
+    /// Parses [`State::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            State::Starting,
+            State::Running,
+            State::Pausing,
+            State::Paused,
+            State::Resuming,
+            State::Stopping,
+            State::Stopped,
+            State::Error,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateSandbox {
+    /// A template name, or a snapshot name (the sandbox then starts from
+    /// the snapshot).
+    pub template: String,
+    pub vcpus: Option<u8>,
+    pub memory_mib: Option<u32>,
+    /// Time to live from now; the manager's default when `None`.
+    pub timeout: Option<Duration>,
+    pub env_vars: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    /// At expiry: pause instead of kill.
+    pub auto_pause: bool,
+    /// Outbound internet (recorded; enforced once per-sandbox networks land).
+    pub internet: bool,
+}
+
+/// A managed sandbox as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub template: String,
+    pub state: State,
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    pub created_at: SystemTime,
+    /// When the sandbox is killed (or paused, with `auto_pause`).
+    pub end_at: SystemTime,
+    pub auto_pause: bool,
+    pub internet: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    /// Where envd answers while running.
+    pub envd_addr: Option<SocketAddr>,
+    pub envd_access_token: String,
+    /// The last failure, in state `error`.
+    pub error: Option<String>,
+    /// Milliseconds of the last create/resume steps, for the UI and logs.
+    pub timings_ms: BTreeMap<String, u64>,
+}
+
+/// A saved snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    /// The sandbox it was taken from.
+    pub sandbox_id: String,
+    /// The template the sandbox ran.
+    pub template: String,
+    pub created_at: SystemTime,
+    /// Disk usage of the snapshot's files (allocated blocks).
+    pub size_bytes: u64,
+}
+
+/// A template sandboxes are created from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    pub name: String,
+    pub kernel: std::path::PathBuf,
+    pub rootfs: std::path::PathBuf,
+    pub created_at: SystemTime,
+    pub size_bytes: u64,
+    /// Where it came from (e.g. `images/build.sh`).
+    pub source: String,
+}
+
+/// Filters of [`crate::Manager::list`]; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub states: Vec<State>,
+    /// Every pair must be in the sandbox's metadata.
+    pub metadata: BTreeMap<String, String>,
+    pub template: Option<String>,
+}
+
+/// Why a manager operation failed; callers map it to HTTP statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("invalid name: {0}")]
+    InvalidName(#[from] safename::SafeNameError),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("sandbox {0} not found")]
+    SandboxNotFound(String),
+    #[error("template or snapshot {0} not found")]
+    TemplateNotFound(String),
+    #[error("snapshot {0} not found")]
+    SnapshotNotFound(String),
+    #[error("sandbox {id} is {state}: cannot {operation}")]
+    InvalidState {
+        id: String,
+        state: State,
+        operation: &'static str,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("at capacity: {running} of {limit} sandboxes running")]
+    Capacity { running: usize, limit: usize },
+    #[error(transparent)]
+    Sandbox(Box<SandboxError>),
+    #[error("sandbox store {path}: {message}")]
+    Store {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+impl From<SandboxError> for ManagerError {
+    fn from(err: SandboxError) -> Self {
+        ManagerError::Sandbox(Box::new(err))
+    }
+}
