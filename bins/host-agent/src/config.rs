@@ -1,0 +1,67 @@
+//! The agent's configuration: flags, `PETREL_*` environment variables, or a
+//! TOML file (flags win over the file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Which VMM runs sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmChoice {
+    /// Firecracker when installed and KVM works, QEMU otherwise.
+    Auto,
+    Qemu,
+    Firecracker,
+}
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM when a probe VM reaches init under it, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Everything the agent is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// The REST API, the test UI and the E2B control plane.
+    pub listen: SocketAddr,
+    /// The E2B envd proxy (`E2B_SANDBOX_URL`); `None`: not served.
+    pub sandbox_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub vmm: VmmChoice,
+    pub accel: AccelChoice,
+    pub default_vcpus: u8,
+    pub default_memory_mib: u32,
+    /// Running sandboxes at most (503 beyond).
+    pub max_sandboxes: usize,
+    /// Accepted E2B API keys (`X-API-KEY`); empty: E2B endpoints refuse all.
+    pub api_keys: Vec<String>,
+    /// The `base` template's images (built by `cargo xtask images`).
+    pub kernel: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            sandbox_listen: None,
+            data_dir: PathBuf::from("/var/lib/petrel"),
+            vmm: VmmChoice::Auto,
+            accel: AccelChoice::Auto,
+            default_vcpus: 1,
+            default_memory_mib: 512,
+            max_sandboxes: 16,
+            api_keys: Vec::new(),
+            kernel: None,
+            rootfs: None,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Petrel's host agent as a library, so tests can run it in-process.
+//!
+//! - [`config`]: flags, environment variables and the TOML file.
+//! - [`state`]: what every handler shares ([`AppState`]).
+//! - [`server`]: binds the listeners and serves until shutdown.
+//! - [`api`]: the REST API under `/v1`, `/openapi.json`, `/metrics`.
+//! - [`ui`]: the test UI at `GET /test`.
+//! - [`e2b`]: the E2B-compatible control plane and the envd proxy.
+//!
+//! It does not run VMs itself: [`sandbox_core::Manager`] does.
+
+pub mod api;
+pub mod config;
+pub mod e2b;
+pub mod server;
+pub mod state;
+pub mod ui;
+
+pub use config::AgentConfig;
+pub use server::{RunningAgent, start};
+pub use state::AppState;

@@ -1,0 +1,133 @@
+//! `host-agent`: serve the API, or print the host's capabilities.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use host_agent::AgentConfig;
+use host_agent::config::{AccelChoice, VmmChoice};
+
+#[derive(Parser)]
+#[command(name = "host-agent", about = "Petrel host agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API until SIGTERM or Ctrl-C (sandboxes keep running).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML file with the same keys as the flags (flags win).
+    #[arg(long, env = "PETREL_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "PETREL_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The E2B envd proxy (E2B_SANDBOX_URL).
+    #[arg(long, env = "PETREL_SANDBOX_LISTEN")]
+    sandbox_listen: Option<SocketAddr>,
+    #[arg(long, env = "PETREL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "PETREL_VMM", value_enum)]
+    vmm: Option<VmmChoice>,
+    #[arg(long, env = "PETREL_ACCEL", value_enum)]
+    accel: Option<AccelChoice>,
+    #[arg(long, env = "PETREL_VCPUS")]
+    vcpus: Option<u8>,
+    #[arg(long, env = "PETREL_MEMORY_MIB")]
+    memory_mib: Option<u32>,
+    #[arg(long, env = "PETREL_MAX_SANDBOXES")]
+    max_sandboxes: Option<usize>,
+    /// E2B API keys (repeatable; PETREL_API_KEYS is comma-separated).
+    #[arg(long = "api-key", env = "PETREL_API_KEYS", value_delimiter = ',')]
+    api_keys: Vec<String>,
+    /// The base template's kernel (default: PETREL_KERNEL).
+    #[arg(long, env = "PETREL_KERNEL")]
+    kernel: Option<PathBuf>,
+    /// The base template's rootfs (default: PETREL_ROOTFS).
+    #[arg(long, env = "PETREL_ROOTFS")]
+    rootfs: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<AgentConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => AgentConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if self.sandbox_listen.is_some() {
+            config.sandbox_listen = self.sandbox_listen;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.vmm {
+            config.vmm = v;
+        }
+        if let Some(v) = self.accel {
+            config.accel = v;
+        }
+        if let Some(v) = self.vcpus {
+            config.default_vcpus = v;
+        }
+        if let Some(v) = self.memory_mib {
+            config.default_memory_mib = v;
+        }
+        if let Some(v) = self.max_sandboxes {
+            config.max_sandboxes = v;
+        }
+        if !self.api_keys.is_empty() {
+            config.api_keys = self.api_keys;
+        }
+        if self.kernel.is_some() {
+            config.kernel = self.kernel;
+        }
+        if self.rootfs.is_some() {
+            config.rootfs = self.rootfs;
+        }
+        Ok(config)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let agent = host_agent::start(args.into_config()?).await?;
+            println!("petrel host agent: API on http://{}", agent.api_addr);
+            if let Some(addr) = agent.sandbox_addr {
+                println!("petrel host agent: envd proxy on http://{addr}");
+            }
+            wait_for_signal().await?;
+            tracing::info!("shutting down; running sandboxes keep running");
+            agent.shutdown().await
+        }
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
+}

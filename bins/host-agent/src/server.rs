@@ -1,0 +1,189 @@
+//! Starting and stopping the agent: manager, listeners, reaper.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use qemu_vmm::{Accel, AccelProbe};
+use sandbox_core::{GuestImages, Hypervisor, Manager, ManagerConfig, QemuBackend};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{AccelChoice, AgentConfig, VmmChoice};
+use crate::state::AppState;
+
+/// A running agent (in-process: tests and `main`).
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// Where the REST API, the UI and the E2B control plane answer.
+    pub api_addr: SocketAddr,
+    /// Where the E2B envd proxy answers, if configured.
+    pub sandbox_addr: Option<SocketAddr>,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// Stops serving; running sandboxes are left running and recorded, so
+    /// the next start re-adopts them.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.state
+            .manager
+            .shutdown()
+            .await
+            .context("recording sandboxes at shutdown")
+    }
+
+    /// Stops serving and destroys every sandbox (tests).
+    pub async fn shutdown_and_destroy_all(self) -> Result<()> {
+        let manager = self.state.manager.clone();
+        for info in manager.list(&sandbox_core::ListFilter::default()) {
+            manager
+                .destroy(&info.id)
+                .await
+                .with_context(|| format!("destroying {}", info.id))?;
+        }
+        self.shutdown().await
+    }
+}
+
+/// Starts the agent: opens the manager (re-adopting sandboxes of an earlier
+/// run), registers the `base` template, binds the listeners and serves.
+pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let images = base_images(&config)?;
+    let hypervisor = hypervisor(&config, images.as_ref()).await?;
+    let manager_config = ManagerConfig {
+        default_vcpus: config.default_vcpus,
+        default_memory_mib: config.default_memory_mib,
+        max_running: config.max_sandboxes,
+        ..ManagerConfig::new(&config.data_dir)
+    };
+    let manager = Manager::open(manager_config, hypervisor)
+        .await
+        .context("opening the sandbox manager")?;
+    if let Some(images) = &images {
+        manager
+            .register_template("base", images, "images/build.sh")
+            .context("registering the base template")?;
+    }
+    let state = AppState {
+        manager: manager.clone(),
+        config: Arc::new(config.clone()),
+        started_at: Instant::now(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = vec![tokio::spawn({
+        let reaper = manager.spawn_reaper(Duration::from_millis(500));
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.changed().await;
+            reaper.abort();
+        }
+    })];
+    let api = Router::new()
+        .merge(crate::api::router(state.clone()))
+        .merge(crate::ui::router(state.clone()))
+        .merge(crate::e2b::control_router(state.clone()));
+    let (api_addr, task) = serve(config.listen, api, stopped.clone()).await?;
+    tasks.push(task);
+    let sandbox_addr = match config.sandbox_listen {
+        Some(addr) => {
+            let (addr, task) = serve(
+                addr,
+                crate::e2b::proxy_router(state.clone()),
+                stopped.clone(),
+            )
+            .await?;
+            tasks.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
+    tracing::info!(%api_addr, ?sandbox_addr, took_ms = started.elapsed().as_millis() as u64, "host agent serving");
+    Ok(RunningAgent {
+        api_addr,
+        sandbox_addr,
+        state,
+        stop,
+        tasks,
+    })
+}
+
+async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.changed().await;
+        };
+        if let Err(err) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%local, %err, "server failed");
+        }
+    });
+    Ok((local, task))
+}
+
+fn base_images(config: &AgentConfig) -> Result<Option<GuestImages>> {
+    match (&config.kernel, &config.rootfs) {
+        (Some(kernel), Some(rootfs)) => {
+            let images = GuestImages {
+                kernel: kernel.clone(),
+                rootfs: rootfs.clone(),
+            };
+            images.check().context("the base template's images")?;
+            Ok(Some(images))
+        }
+        (None, None) => Ok(None),
+        _ => anyhow::bail!("--kernel and --rootfs go together"),
+    }
+}
+
+/// The VMM backend: QEMU with the probed (or forced) accelerator.
+async fn hypervisor(
+    config: &AgentConfig,
+    images: Option<&GuestImages>,
+) -> Result<Arc<dyn Hypervisor>> {
+    if config.vmm == VmmChoice::Firecracker {
+        anyhow::bail!(
+            "--vmm firecracker: sandboxes on Firecracker need per-sandbox TAP networking, which is not wired up yet; use --vmm qemu"
+        );
+    }
+    let accel = match (config.accel, images) {
+        (AccelChoice::Kvm, _) => Accel::Kvm,
+        (AccelChoice::Tcg, _) | (AccelChoice::Auto, None) => Accel::Tcg,
+        (AccelChoice::Auto, Some(images)) => {
+            let probe = AccelProbe {
+                qemu: qemu_vmm::default_qemu_binary(),
+                kernel: images.kernel.clone(),
+                rootfs: images.rootfs.clone(),
+                timeout: Duration::from_secs(20),
+                cache_file: Some(config.data_dir.join("accel-probe.json")),
+                work_dir: config.data_dir.clone(),
+            };
+            let outcome = qemu_vmm::probe_accelerator(&probe).await;
+            tracing::info!(accel = %outcome.accel, reason = %outcome.reason, cached = outcome.cached, "accelerator");
+            outcome.accel
+        }
+    };
+    Ok(Arc::new(QemuBackend::new(accel)))
+}

@@ -1,0 +1,16 @@
+//! State shared by every handler.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use sandbox_core::Manager;
+
+use crate::config::AgentConfig;
+
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub manager: Manager,
+    pub config: Arc<AgentConfig>,
+    pub started_at: Instant,
+}
