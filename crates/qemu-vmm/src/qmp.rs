@@ -33,7 +33,14 @@ impl QmpClient {
             reader: BufReader::new(read),
             writer,
         };
-        let greeting = client.read_message().await?;
+        // QEMU serves one QMP client at a time: a second one gets no
+        // greeting while the first stays connected.
+        let greeting = tokio::time::timeout(Duration::from_secs(5), client.read_message())
+            .await
+            .map_err(|_| {
+                client
+                    .protocol("no QMP greeting within 5 s (another client connected?)".to_string())
+            })??;
         if greeting.get("QMP").is_none() {
             return Err(client.protocol(format!("unexpected greeting {greeting}")));
         }

@@ -300,6 +300,7 @@ impl Manager {
                     record: Some(sandbox.record()),
                 };
                 *guard = Some(sandbox);
+                lock(&self.inner.infos).insert(id.clone(), info.clone());
                 self.save(&persisted)?;
                 tracing::info!(sandbox = %id, template = %info.template, took_ms = start.elapsed().as_millis() as u64, "managed sandbox created");
                 Ok(info)

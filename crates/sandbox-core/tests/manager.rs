@@ -1,0 +1,350 @@
+//! The lifecycle manager with real VMs (see tests/vm.rs for how images are
+//! found). Each test has its own data directory and manager.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envd_client::ExecRequest;
+use qemu_vmm::Accel;
+use sandbox_core::{
+    CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, ManagerError, QemuBackend,
+    State,
+};
+
+fn images() -> Option<GuestImages> {
+    match GuestImages::from_env() {
+        Ok(images) => Some(images),
+        Err(err) if std::env::var("PETREL_REQUIRE_VM").as_deref() != Ok("1") => {
+            eprintln!("skipped: {err}; run `cargo xtask test`");
+            None
+        }
+        Err(err) => panic!("VM tests required but images are missing: {err}"),
+    }
+}
+
+fn backend() -> Arc<QemuBackend> {
+    let accel = match std::env::var("PETREL_ACCEL").as_deref() {
+        Ok("kvm") => Accel::Kvm,
+        _ => Accel::Tcg,
+    };
+    Arc::new(QemuBackend::new(accel))
+}
+
+async fn open(dir: &std::path::Path, images: &GuestImages) -> Manager {
+    let manager = Manager::open(ManagerConfig::new(dir), backend())
+        .await
+        .unwrap();
+    manager.register_template("base", images, "test").unwrap();
+    manager
+}
+
+fn base() -> CreateSandbox {
+    CreateSandbox {
+        template: "base".into(),
+        ..CreateSandbox::default()
+    }
+}
+
+async fn destroy_all(manager: &Manager) {
+    for info in manager.list(&ListFilter::default()) {
+        manager.destroy(&info.id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_moves_through_states_and_rejects_invalid_transitions() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let request = CreateSandbox {
+        metadata: BTreeMap::from([("owner".into(), "test".into())]),
+        env_vars: BTreeMap::from([("GREETING".into(), "hi".into())]),
+        ..base()
+    };
+
+    let created = manager.create(request).await.unwrap();
+    let out = manager
+        .exec(&created.id, ExecRequest::shell("echo $GREETING"))
+        .await
+        .unwrap();
+    let paused = manager.pause(&created.id).await.unwrap();
+    let double_pause = manager.pause(&created.id).await.unwrap_err();
+    let exec_paused = manager
+        .exec(&created.id, ExecRequest::shell("true"))
+        .await
+        .unwrap_err();
+    let listed_paused = manager.list(&ListFilter {
+        states: vec![State::Paused],
+        metadata: BTreeMap::from([("owner".into(), "test".into())]),
+        template: None,
+    });
+    let resumed = manager.resume(&created.id, None).await.unwrap();
+    manager.destroy(&created.id).await.unwrap();
+    let gone = manager.get(&created.id).unwrap_err();
+
+    assert_eq!(created.state, State::Running);
+    assert_eq!(out.stdout, b"hi\n");
+    assert_eq!(paused.state, State::Paused);
+    assert!(matches!(
+        double_pause,
+        ManagerError::InvalidState {
+            state: State::Paused,
+            ..
+        }
+    ));
+    assert!(
+        matches!(exec_paused, ManagerError::InvalidState { .. }),
+        "{exec_paused}"
+    );
+    assert_eq!(listed_paused.len(), 1);
+    assert_eq!(resumed.state, State::Running);
+    assert!(matches!(gone, ManagerError::SandboxNotFound(_)));
+    assert!(!dir.path().join("sandboxes").join(&created.id).exists());
+}
+
+#[tokio::test]
+async fn expired_sandboxes_are_killed_or_paused_by_the_reaper() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let short = Some(Duration::from_millis(100));
+    let killed = manager
+        .create(CreateSandbox {
+            timeout: short,
+            ..base()
+        })
+        .await
+        .unwrap();
+    let paused = manager
+        .create(CreateSandbox {
+            timeout: short,
+            auto_pause: true,
+            ..base()
+        })
+        .await
+        .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    manager.reap().await;
+
+    let killed_state = manager.get(&killed.id).map(|i| i.state);
+    let paused_state = manager.get(&paused.id).unwrap().state;
+    destroy_all(&manager).await;
+    assert!(matches!(
+        killed_state,
+        Err(ManagerError::SandboxNotFound(_))
+    ));
+    assert_eq!(paused_state, State::Paused);
+}
+
+#[tokio::test]
+async fn set_timeout_resets_and_extend_never_shortens() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let created = manager.create(base()).await.unwrap();
+
+    let extended = manager
+        .extend_timeout(&created.id, Duration::from_secs(1))
+        .unwrap();
+    let shortened = manager
+        .set_timeout(&created.id, Duration::from_secs(1))
+        .unwrap();
+    destroy_all(&manager).await;
+
+    assert_eq!(extended.end_at, created.end_at);
+    assert!(shortened.end_at < created.end_at);
+}
+
+#[tokio::test]
+async fn restart_readopts_running_and_keeps_paused_resumable() {
+    // The agent binary's kill -9 test is in bins/host-agent; here the first
+    // manager lets go of its VMs (QMP admits one client at a time) without
+    // stopping them, then a second manager opens the same store.
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), &images).await;
+    let running = first.create(base()).await.unwrap();
+    let paused = first.create(base()).await.unwrap();
+    first
+        .exec(&running.id, ExecRequest::shell("echo alive > /tmp/mark"))
+        .await
+        .unwrap();
+    first
+        .exec(&paused.id, ExecRequest::shell("echo kept > /tmp/mark"))
+        .await
+        .unwrap();
+    first.pause(&paused.id).await.unwrap();
+    first.shutdown().await.unwrap();
+
+    let second = open(dir.path(), &images).await;
+    let running_after = second.get(&running.id).unwrap();
+    let still_alive = second
+        .exec(&running.id, ExecRequest::shell("cat /tmp/mark"))
+        .await
+        .unwrap();
+    let resumed = second.resume(&paused.id, None).await.unwrap();
+    let kept = second
+        .exec(&paused.id, ExecRequest::shell("cat /tmp/mark"))
+        .await
+        .unwrap();
+    destroy_all(&second).await;
+
+    assert_eq!(running_after.state, State::Running);
+    assert_eq!(still_alive.stdout, b"alive\n");
+    assert_eq!(resumed.state, State::Running);
+    assert_eq!(kept.stdout, b"kept\n");
+}
+
+#[tokio::test]
+async fn restart_marks_a_sandbox_whose_vm_died_stopped_and_cleans_it() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), &images).await;
+    let created = first.create(base()).await.unwrap();
+    let pid = first
+        .exec(&created.id, ExecRequest::shell("true"))
+        .await
+        .map(|_| {
+            std::fs::read_to_string(
+                dir.path()
+                    .join("sandboxes")
+                    .join(&created.id)
+                    .join("qemu.json"),
+            )
+        })
+        .unwrap();
+    assert!(pid.is_ok());
+    // The VM dies while the agent is down.
+    first.shutdown().await.unwrap();
+    let qemu_pids = String::from_utf8(
+        std::process::Command::new("pgrep")
+            .args([
+                "-f",
+                &dir.path()
+                    .join("sandboxes")
+                    .join(&created.id)
+                    .display()
+                    .to_string(),
+            ])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for pid in qemu_pids.split_whitespace() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let second = open(dir.path(), &images).await;
+    let after = second.get(&created.id).unwrap();
+    destroy_all(&second).await;
+
+    assert_eq!(after.state, State::Stopped);
+    assert!(after.error.is_some());
+    assert!(!dir.path().join("sandboxes").join(&created.id).exists());
+}
+
+#[tokio::test]
+async fn snapshot_serves_as_template_and_cannot_be_deleted_while_used() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let source = manager.create(base()).await.unwrap();
+    manager
+        .exec(&source.id, ExecRequest::shell("echo snap > ~/s.txt"))
+        .await
+        .unwrap();
+
+    let snapshot = manager.snapshot(&source.id, "my-snap").await.unwrap();
+    let clone = manager
+        .create(CreateSandbox {
+            template: "my-snap".into(),
+            ..base()
+        })
+        .await
+        .unwrap();
+    let seen = manager
+        .exec(&clone.id, ExecRequest::shell("cat ~/s.txt"))
+        .await
+        .unwrap();
+    let refused = manager.delete_snapshot("my-snap").unwrap_err();
+    manager.destroy(&clone.id).await.unwrap();
+    manager.delete_snapshot("my-snap").unwrap();
+    let listed = manager.snapshots().unwrap();
+    destroy_all(&manager).await;
+
+    assert_eq!(snapshot.template, "base");
+    assert!(snapshot.size_bytes > 0);
+    assert_eq!(seen.stdout, b"snap\n");
+    assert!(matches!(refused, ManagerError::Conflict(_)), "{refused}");
+    assert!(listed.is_empty());
+    assert!(!dir.path().join("snapshots/my-snap").exists());
+}
+
+#[tokio::test]
+async fn bad_names_are_rejected_before_touching_disk() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let before: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+
+    let create = manager
+        .create(CreateSandbox {
+            template: "../x".into(),
+            ..base()
+        })
+        .await
+        .unwrap_err();
+    let delete = manager.delete_snapshot("a/b").unwrap_err();
+    let template = manager.template("..").unwrap_err();
+    let after: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+
+    assert!(matches!(create, ManagerError::InvalidName(_)));
+    assert!(matches!(delete, ManagerError::InvalidName(_)));
+    assert!(matches!(template, ManagerError::InvalidName(_)));
+    assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn capacity_limit_refuses_more_running_sandboxes() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = ManagerConfig {
+        max_running: 1,
+        ..ManagerConfig::new(dir.path())
+    };
+    let manager = Manager::open(config, backend()).await.unwrap();
+    manager.register_template("base", &images, "test").unwrap();
+    manager.create(base()).await.unwrap();
+
+    let err = manager.create(base()).await.unwrap_err();
+    destroy_all(&manager).await;
+
+    assert!(
+        matches!(
+            err,
+            ManagerError::Capacity {
+                running: 1,
+                limit: 1
+            }
+        ),
+        "{err}"
+    );
+}
