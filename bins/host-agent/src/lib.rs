@@ -6,11 +6,13 @@
 //! - [`api`]: the REST API under `/v1`, `/openapi.json`, `/metrics`.
 //! - [`ui`]: the test UI at `GET /test`.
 //! - [`e2b`]: the E2B-compatible control plane and the envd proxy.
+//! - [`doctor`]: the host's capabilities and the choices made from them.
 //!
 //! It does not run VMs itself: [`sandbox_core::Manager`] does.
 
 pub mod api;
 pub mod config;
+pub mod doctor;
 pub mod e2b;
 pub mod server;
 pub mod state;

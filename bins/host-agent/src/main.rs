@@ -19,6 +19,26 @@ struct Cli {
 enum Command {
     /// Serve the API until SIGTERM or Ctrl-C (sandboxes keep running).
     Serve(ServeArgs),
+    /// Print the host's capabilities (KVM, device-mapper, userfaultfd,
+    /// nftables, QEMU, Firecracker) and the choices `serve` would make.
+    Doctor(DoctorArgs),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// Where `serve` keeps its data (the accelerator probe is cached there).
+    #[arg(long, env = "PETREL_DATA_DIR", default_value = "/var/lib/petrel")]
+    data_dir: PathBuf,
+    #[arg(long, env = "PETREL_VMM", value_enum, default_value = "auto")]
+    vmm: VmmChoice,
+    #[arg(long, env = "PETREL_ACCEL", value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// The guest kernel the KVM probe boots (default: PETREL_KERNEL).
+    #[arg(long, env = "PETREL_KERNEL")]
+    kernel: Option<PathBuf>,
+    /// The guest rootfs the KVM probe boots (default: PETREL_ROOTFS).
+    #[arg(long, env = "PETREL_ROOTFS")]
+    rootfs: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +138,17 @@ async fn main() -> Result<()> {
             wait_for_signal().await?;
             tracing::info!("shutting down; running sandboxes keep running");
             agent.shutdown().await
+        }
+        Command::Doctor(args) => {
+            let options = host_agent::doctor::DoctorOptions {
+                data_dir: args.data_dir,
+                vmm: args.vmm,
+                accel: args.accel,
+                kernel: args.kernel,
+                rootfs: args.rootfs,
+            };
+            print!("{}", host_agent::doctor::run(&options).await);
+            Ok(())
         }
     }
 }

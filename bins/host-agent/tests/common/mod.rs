@@ -26,7 +26,12 @@ impl TestAgent {
 
     /// `http://ADDR` of the envd proxy.
     pub fn sandbox_url(&self) -> String {
-        format!("http://{}", self.agent.sandbox_addr.expect("started with a sandbox listener"))
+        format!(
+            "http://{}",
+            self.agent
+                .sandbox_addr
+                .expect("started with a sandbox listener")
+        )
     }
 
     /// Destroys every sandbox and stops the agent.

@@ -1,0 +1,460 @@
+//! The OpenAPI 3 document of the API, served at `GET /openapi.json`.
+//!
+//! Its `paths` come from [`super::routes`] (the table the router is built
+//! from); each operation's text, parameters, bodies and responses from
+//! [`operation`], keyed by `operationId`. Path parameters are derived from
+//! the `{param}` segments of the path.
+
+use axum::Json;
+use serde_json::{Map, Value, json};
+
+use super::{FILE_BODY_LIMIT, JSON_BODY_LIMIT, routes};
+
+/// `GET /openapi.json`.
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for route in routes() {
+        let mut op = operation(route.operation_id);
+        let mut parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(path_parameter)
+            .collect();
+        if let Some(Value::Array(query)) = op.get("parameters") {
+            parameters.extend(query.iter().cloned());
+        }
+        if let Value::Object(map) = &mut op {
+            map.insert("operationId".into(), json!(route.operation_id));
+            if parameters.is_empty() {
+                map.remove("parameters");
+            } else {
+                map.insert("parameters".into(), Value::Array(parameters));
+            }
+        }
+        let item = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| json!({}));
+        if let Value::Object(item) = item {
+            item.insert(route.method.as_str().to_ascii_lowercase(), op);
+        }
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Petrel host agent API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!(
+                "Sandboxes (microVMs), commands, files, snapshots and templates of one Petrel host. \
+                 Bodies are JSON (the Content-Type is not checked; an empty body reads as {{}}); \
+                 unknown fields are refused. Times are RFC 3339 strings in UTC with milliseconds. \
+                 Every error is {{\"error\":{{\"code\":\"…\",\"message\":\"…\"}}}}. \
+                 JSON bodies are limited to {JSON_BODY_LIMIT} bytes and file uploads to {FILE_BODY_LIMIT} bytes (413 beyond). \
+                 Template and snapshot names must be SafeNames: 1-64 ASCII letters, digits, '.', '_', '-', \
+                 starting with a letter or digit, without '..'; anything else is 400 invalid_name. \
+                 There is no authentication: bind the agent to a trusted address."
+            ),
+        },
+        "tags": [
+            {"name": "sandboxes"}, {"name": "exec"}, {"name": "files"},
+            {"name": "snapshots"}, {"name": "templates"}, {"name": "operations"},
+        ],
+        "paths": paths,
+        "components": {"schemas": schemas(), "responses": error_responses()},
+    })
+}
+
+fn path_parameter(name: &str) -> Value {
+    let description = match name {
+        "id" => "Sandbox id (16 lowercase hex digits).",
+        "name" => "Template or snapshot name (a SafeName; anything else is 400 invalid_name).",
+        _ => "",
+    };
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
+}
+
+fn query(name: &str, required: bool, description: &str, schema: &Value) -> Value {
+    json!({"name": name, "in": "query", "required": required, "description": description, "schema": schema})
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn json_body(schema: &str, required: bool) -> Value {
+    json!({"required": required, "content": {"application/json": {"schema": schema_ref(schema)}}})
+}
+
+fn json_response(description: &str, schema: &Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn array_of(name: &str) -> Value {
+    json!({"type": "array", "items": schema_ref(name)})
+}
+
+/// `responses` with the success entries given and `errors` by status.
+fn responses(success: &[(&str, Value)], errors: &[&str]) -> Value {
+    let mut map = Map::new();
+    for (status, response) in success {
+        map.insert((*status).to_string(), response.clone());
+    }
+    for status in errors {
+        map.insert(
+            (*status).to_string(),
+            json!({"$ref": format!("#/components/responses/E{status}")}),
+        );
+    }
+    Value::Object(map)
+}
+
+/// The error responses every operation refers to.
+fn error_responses() -> Value {
+    let text = [
+        (
+            "400",
+            "Bad request: malformed JSON, unknown field, invalid value or a name that fails SafeName (code invalid_name).",
+        ),
+        ("403", "Permission denied in the guest."),
+        ("404", "Unknown sandbox, template, snapshot or file."),
+        (
+            "409",
+            "Wrong state (e.g. pausing a paused sandbox, exec in a paused one) or a name in use.",
+        ),
+        ("413", "Request body over the limit."),
+        ("500", "Internal failure (VMM, disk, store)."),
+        ("502", "envd in the guest failed or could not be reached."),
+        (
+            "503",
+            "The host is out of capacity (too many running sandboxes).",
+        ),
+        ("504", "The command or envd request timed out."),
+    ];
+    let mut map = Map::new();
+    for (status, description) in text {
+        map.insert(
+            format!("E{status}"),
+            json_response(description, &schema_ref("Error")),
+        );
+    }
+    Value::Object(map)
+}
+
+/// Statuses every sandbox-scoped operation can fail with.
+const SANDBOX_ERRORS: &[&str] = &["400", "404", "409", "413", "500"];
+
+/// The documentation of one operation (without `operationId` and path
+/// parameters, which [`document`] adds).
+pub fn operation(operation_id: &str) -> Value {
+    let sandbox = schema_ref("Sandbox");
+    match operation_id {
+        "createSandbox" => json!({
+            "tags": ["sandboxes"],
+            "summary": "Create and boot a sandbox",
+            "description": "Boots a sandbox from a template, or from a snapshot when `template` names one. Answers when envd in the guest is ready.",
+            "requestBody": json_body("CreateSandbox", true),
+            "responses": responses(
+                &[("201", json_response("The running sandbox.", &sandbox))],
+                &["400", "404", "409", "413", "500", "503"],
+            ),
+        }),
+        "listSandboxes" => json!({
+            "tags": ["sandboxes"],
+            "summary": "List sandboxes",
+            "description": "Oldest first. Filters combine with AND.",
+            "parameters": [
+                query("state", false, "States, comma-separated and/or repeated (`state=running,paused`).", &json!({"type": "string"})),
+                query("metadata", false, "Metadata pairs the sandbox must have, repeated (`metadata=k=v&metadata=k2=v2`) or form-encoded in one value (`metadata=k%3Dv%26k2%3Dv2`).", &json!({"type": "string"})),
+                query("template", false, "Template (or snapshot) the sandbox was created from.", &json!({"type": "string"})),
+            ],
+            "responses": responses(&[("200", json_response("The sandboxes.", &array_of("Sandbox")))], &["400"]),
+        }),
+        "getSandbox" => json!({
+            "tags": ["sandboxes"],
+            "summary": "Get a sandbox",
+            "responses": responses(&[("200", json_response("The sandbox.", &sandbox))], &["404"]),
+        }),
+        "deleteSandbox" => json!({
+            "tags": ["sandboxes"],
+            "summary": "Destroy a sandbox",
+            "description": "Stops the VM in any state and removes its files and record.",
+            "responses": responses(&[("204", json!({"description": "Destroyed."}))], &["404", "500"]),
+        }),
+        "pauseSandbox" => json!({
+            "tags": ["sandboxes"],
+            "summary": "Pause a running sandbox to disk",
+            "description": "The VM's memory and devices are saved; no VMM process remains. 409 unless running.",
+            "responses": responses(&[("200", json_response("The paused sandbox.", &sandbox))], &["404", "409", "500"]),
+        }),
+        "resumeSandbox" => json!({
+            "tags": ["sandboxes"],
+            "summary": "Resume a paused sandbox",
+            "description": "The TTL starts again from now: `timeout_s` from the optional body, or the default.",
+            "requestBody": json_body("Timeout", false),
+            "responses": responses(&[("200", json_response("The running sandbox.", &sandbox))], SANDBOX_ERRORS),
+        }),
+        "setSandboxTimeout" => json!({
+            "tags": ["sandboxes"],
+            "summary": "Set a sandbox's TTL",
+            "description": "The sandbox ends (or pauses, with `auto_pause`) `timeout_s` seconds from now; shorter or longer than before.",
+            "requestBody": json_body("Timeout", true),
+            "responses": responses(&[("200", json_response("The sandbox with its new `end_at`.", &sandbox))], &["400", "404", "413", "500"]),
+        }),
+        "exec" => json!({
+            "tags": ["exec"],
+            "summary": "Run a command to completion",
+            "description": "Without `args`, `cmd` is a shell command line run by `/bin/bash -l -c`; with `args` (even `[]`), `cmd` is the program. A non-zero exit code is not an error. 409 unless running.",
+            "requestBody": json_body("ExecRequest", true),
+            "responses": responses(
+                &[("200", json_response("The finished command.", &schema_ref("ExecResult")))],
+                &["400", "403", "404", "409", "413", "500", "502", "504"],
+            ),
+        }),
+        "execStream" => json!({
+            "tags": ["exec"],
+            "summary": "Run a command, streaming its events (Server-Sent Events)",
+            "description": "Same body as exec. Events, each with JSON data: `start` {\"pid\"}, `stdout` {\"data\"}, `stderr` {\"data\"} (UTF-8, invalid bytes replaced), then `exit` {\"exit_code\",\"status\",\"error\"}; a failure after the start is an `error` event {\"code\",\"message\"}. Failures before the start are ordinary error responses.",
+            "requestBody": json_body("ExecRequest", true),
+            "responses": responses(
+                &[("200", json!({"description": "The event stream.", "content": {"text/event-stream": {"schema": {"type": "string"}}}}))],
+                &["400", "403", "404", "409", "413", "500", "502", "504"],
+            ),
+        }),
+        "writeFile" => json!({
+            "tags": ["files"],
+            "summary": "Upload a file",
+            "description": "Writes the raw body to `path` in the guest, creating parent directories and replacing an existing file.",
+            "parameters": file_query(),
+            "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": responses(&[("204", json!({"description": "Written."}))], &["400", "403", "404", "409", "413", "500", "502"]),
+        }),
+        "readFile" => json!({
+            "tags": ["files"],
+            "summary": "Download a file",
+            "parameters": file_query(),
+            "responses": responses(
+                &[("200", json!({"description": "The file's bytes.", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}))],
+                &["400", "403", "404", "409", "500", "502"],
+            ),
+        }),
+        "listFiles" => json!({
+            "tags": ["files"],
+            "summary": "List a directory",
+            "parameters": [
+                query("path", true, "Directory in the guest.", &json!({"type": "string"})),
+                query("depth", false, "Levels to descend, 1 (default) to 10.", &json!({"type": "integer", "minimum": 1, "maximum": 10})),
+                query("user", false, "Guest user to list as (default `user`).", &json!({"type": "string"})),
+            ],
+            "responses": responses(
+                &[("200", json_response("The entries.", &array_of("FileEntry")))],
+                &["400", "403", "404", "409", "500", "502"],
+            ),
+        }),
+        "createSnapshot" => json!({
+            "tags": ["snapshots"],
+            "summary": "Snapshot a running sandbox",
+            "description": "The sandbox keeps running. Create sandboxes from the snapshot by passing its name as `template`. 409 when the name is taken by a template or snapshot, or the sandbox is not running.",
+            "requestBody": json_body("CreateSnapshot", true),
+            "responses": responses(
+                &[("201", json_response("The snapshot.", &schema_ref("Snapshot")))],
+                SANDBOX_ERRORS,
+            ),
+        }),
+        "listSnapshots" => json!({
+            "tags": ["snapshots"],
+            "summary": "List snapshots",
+            "responses": responses(&[("200", json_response("The snapshots, oldest first.", &array_of("Snapshot")))], &["500"]),
+        }),
+        "getSnapshot" => json!({
+            "tags": ["snapshots"],
+            "summary": "Get a snapshot",
+            "responses": responses(&[("200", json_response("The snapshot.", &schema_ref("Snapshot")))], &["400", "404", "500"]),
+        }),
+        "deleteSnapshot" => json!({
+            "tags": ["snapshots"],
+            "summary": "Delete a snapshot",
+            "description": "409 while sandboxes created from it exist.",
+            "responses": responses(&[("204", json!({"description": "Deleted."}))], &["400", "404", "409", "500"]),
+        }),
+        "listTemplates" => json!({
+            "tags": ["templates"],
+            "summary": "List templates",
+            "responses": responses(&[("200", json_response("The templates by name.", &array_of("Template")))], &["500"]),
+        }),
+        "getTemplate" => json!({
+            "tags": ["templates"],
+            "summary": "Get a template",
+            "responses": responses(&[("200", json_response("The template.", &schema_ref("Template")))], &["400", "404", "500"]),
+        }),
+        "deleteTemplate" => json!({
+            "tags": ["templates"],
+            "summary": "Delete a template",
+            "description": "Removes the record, not the images. 409 while a sandbox or snapshot uses it.",
+            "responses": responses(&[("204", json!({"description": "Deleted."}))], &["400", "404", "409", "500"]),
+        }),
+        "getOpenApi" => json!({
+            "tags": ["operations"],
+            "summary": "This document",
+            "responses": {"200": json_response("OpenAPI 3 document.", &json!({"type": "object"}))},
+        }),
+        "getMetrics" => json!({
+            "tags": ["operations"],
+            "summary": "Prometheus metrics",
+            "description": "Text exposition format 0.0.4: petrel_sandboxes{state} (gauge), petrel_snapshots, petrel_templates, petrel_uptime_seconds, petrel_api_request_duration_seconds{operation} (histogram), petrel_api_requests_total{operation,status}, petrel_api_errors_total{operation,code}.",
+            "responses": {"200": {"description": "Metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }),
+        _ => json!({}),
+    }
+}
+
+fn file_query() -> Value {
+    json!([
+        query(
+            "path",
+            true,
+            "Path in the guest (relative: to the user's home).",
+            &json!({"type": "string"})
+        ),
+        query(
+            "user",
+            false,
+            "Guest user to act as (default `user`).",
+            &json!({"type": "string"})
+        ),
+    ])
+}
+
+fn string_map() -> Value {
+    json!({"type": "object", "additionalProperties": {"type": "string"}})
+}
+
+fn schemas() -> Value {
+    let time = json!({"type": "string", "format": "date-time", "description": "RFC 3339, UTC, milliseconds."});
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "Stable, machine-readable: invalid_request, invalid_json, invalid_name, invalid_query, invalid_path, invalid_body, sandbox_not_found, template_not_found, snapshot_not_found, file_not_found, not_found, invalid_state, conflict, already_exists, permission_denied, payload_too_large, capacity, timeout, envd_unavailable, envd_error, internal."},
+                    "message": {"type": "string"},
+                },
+            }},
+        },
+        "CreateSandbox": {
+            "type": "object",
+            "required": ["template"],
+            "additionalProperties": false,
+            "properties": {
+                "template": {"type": "string", "description": "Template or snapshot name (SafeName), e.g. `base`."},
+                "vcpus": {"type": "integer", "minimum": 1, "maximum": 255, "description": "Default: the agent's (1); at most the manager's maximum (8)."},
+                "memory_mb": {"type": "integer", "minimum": 128, "description": "MiB. Default: the agent's (512); at most 8192."},
+                "timeout_s": {"type": "integer", "minimum": 1, "maximum": super::sandboxes::MAX_TIMEOUT_S, "description": "TTL in seconds (default 300)."},
+                "env": string_map(),
+                "metadata": string_map(),
+                "internet": {"type": "boolean", "default": true, "description": "Outbound internet (recorded; enforced once per-sandbox networks land)."},
+                "auto_pause": {"type": "boolean", "default": false, "description": "At expiry: pause instead of kill."},
+            },
+        },
+        "Sandbox": {
+            "type": "object",
+            "required": ["id", "template", "state", "vcpus", "memory_mb", "created_at", "end_at", "auto_pause", "internet", "metadata", "timings_ms"],
+            "properties": {
+                "id": {"type": "string"},
+                "template": {"type": "string"},
+                "state": {"type": "string", "enum": ["starting", "running", "pausing", "paused", "resuming", "stopping", "stopped", "error"]},
+                "vcpus": {"type": "integer"},
+                "memory_mb": {"type": "integer"},
+                "created_at": time,
+                "end_at": {"type": "string", "format": "date-time", "description": "When the sandbox is killed (or paused, with auto_pause). RFC 3339."},
+                "auto_pause": {"type": "boolean"},
+                "internet": {"type": "boolean"},
+                "metadata": string_map(),
+                "envd_url": {"type": "string", "nullable": true, "description": "Where envd answers while running (it requires an access token the API does not give out)."},
+                "error": {"type": "string", "nullable": true, "description": "The last failure."},
+                "timings_ms": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "Milliseconds of the last create/pause/resume steps (prepare, vm_start, envd_ready, init, create, pause, resume)."},
+            },
+        },
+        "Timeout": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"timeout_s": {"type": "integer", "minimum": 1, "maximum": super::sandboxes::MAX_TIMEOUT_S}},
+        },
+        "ExecRequest": {
+            "type": "object",
+            "required": ["cmd"],
+            "additionalProperties": false,
+            "properties": {
+                "cmd": {"type": "string", "description": "A shell command line (without args) or a program (with args)."},
+                "args": {"type": "array", "items": {"type": "string"}},
+                "env": string_map(),
+                "cwd": {"type": "string", "description": "Working directory (default: the user's home)."},
+                "user": {"type": "string", "description": "Guest user (default `user`; `root` works)."},
+                "stdin": {"type": "string", "description": "Written to stdin, which is then closed (default: no stdin)."},
+                "timeout_s": {"type": "integer", "minimum": 1, "maximum": super::exec::MAX_EXEC_TIMEOUT_S, "description": "Deadline of the run (504 beyond)."},
+            },
+        },
+        "ExecResult": {
+            "type": "object",
+            "required": ["stdout", "stderr", "exit_code", "pid"],
+            "properties": {
+                "stdout": {"type": "string", "description": "UTF-8, invalid bytes replaced."},
+                "stderr": {"type": "string"},
+                "exit_code": {"type": "integer"},
+                "pid": {"type": "integer"},
+            },
+        },
+        "FileEntry": {
+            "type": "object",
+            "required": ["name", "path", "type", "size", "mode", "permissions", "owner", "group"],
+            "properties": {
+                "name": {"type": "string"},
+                "path": {"type": "string"},
+                "type": {"type": "string", "enum": ["file", "directory", "symlink", "unknown"]},
+                "size": {"type": "integer"},
+                "mode": {"type": "integer"},
+                "permissions": {"type": "string"},
+                "owner": {"type": "string"},
+                "group": {"type": "string"},
+                "modified_at": {"type": "string", "format": "date-time", "nullable": true},
+                "symlink_target": {"type": "string", "nullable": true},
+            },
+        },
+        "CreateSnapshot": {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": false,
+            "properties": {"name": {"type": "string", "description": "SafeName, unique among templates and snapshots."}},
+        },
+        "Snapshot": {
+            "type": "object",
+            "required": ["name", "sandbox_id", "template", "created_at", "size_bytes"],
+            "properties": {
+                "name": {"type": "string"},
+                "sandbox_id": {"type": "string"},
+                "template": {"type": "string", "description": "The template at its root."},
+                "created_at": time,
+                "size_bytes": {"type": "integer"},
+            },
+        },
+        "Template": {
+            "type": "object",
+            "required": ["name", "kernel", "rootfs", "created_at", "size_bytes", "source"],
+            "properties": {
+                "name": {"type": "string"},
+                "kernel": {"type": "string"},
+                "rootfs": {"type": "string"},
+                "created_at": time,
+                "size_bytes": {"type": "integer"},
+                "source": {"type": "string"},
+            },
+        },
+    })
+}

@@ -1,0 +1,274 @@
+//! `/v1/sandboxes`: create, list (filters), get, delete, pause, resume,
+//! timeout.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use safename::SafeName;
+use sandbox_core::{CreateSandbox, ListFilter, SandboxInfo, State as SandboxState};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{ApiPath, JsonBody};
+use super::{ApiState, rfc3339};
+
+/// The longest TTL a request may ask for: 30 days.
+pub const MAX_TIMEOUT_S: u64 = 30 * 24 * 3600;
+
+/// `POST /v1/sandboxes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBody {
+    /// A template or a snapshot name.
+    template: String,
+    vcpus: Option<u8>,
+    memory_mb: Option<u32>,
+    timeout_s: Option<u64>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    /// Outbound internet; on unless `false`.
+    internet: Option<bool>,
+    /// At expiry: pause instead of kill.
+    #[serde(default)]
+    auto_pause: bool,
+}
+
+/// A sandbox as the API shows it: no access token, no env var values.
+#[derive(Debug, Serialize)]
+pub struct SandboxView {
+    id: String,
+    template: String,
+    state: SandboxState,
+    vcpus: u8,
+    memory_mb: u32,
+    /// RFC 3339, UTC, milliseconds.
+    created_at: String,
+    /// RFC 3339: when the sandbox is killed (or paused, with `auto_pause`).
+    end_at: String,
+    auto_pause: bool,
+    internet: bool,
+    metadata: BTreeMap<String, String>,
+    /// `http://ADDR` of envd while running (it needs the access token,
+    /// which the API does not give out).
+    envd_url: Option<String>,
+    /// The last failure, if any.
+    error: Option<String>,
+    timings_ms: BTreeMap<String, u64>,
+}
+
+impl From<SandboxInfo> for SandboxView {
+    fn from(info: SandboxInfo) -> Self {
+        Self {
+            id: info.id,
+            template: info.template,
+            state: info.state,
+            vcpus: info.vcpus,
+            memory_mb: info.memory_mib,
+            created_at: rfc3339(info.created_at),
+            end_at: rfc3339(info.end_at),
+            auto_pause: info.auto_pause,
+            internet: info.internet,
+            metadata: info.metadata,
+            envd_url: info.envd_addr.map(|addr| format!("http://{addr}")),
+            error: info.error,
+            timings_ms: info.timings_ms,
+        }
+    }
+}
+
+/// `{timeout_s}` of `POST .../timeout` and `POST .../resume`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutBody {
+    timeout_s: Option<u64>,
+}
+
+/// A TTL in seconds: 1 to [`MAX_TIMEOUT_S`].
+pub fn timeout(seconds: u64) -> Result<Duration, ApiError> {
+    if (1..=MAX_TIMEOUT_S).contains(&seconds) {
+        Ok(Duration::from_secs(seconds))
+    } else {
+        Err(ApiError::invalid_request(format!(
+            "timeout_s must be 1..={MAX_TIMEOUT_S}, got {seconds}"
+        )))
+    }
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody<CreateBody>,
+) -> Result<Response, ApiError> {
+    SafeName::new(&body.template)?;
+    let request = CreateSandbox {
+        template: body.template,
+        vcpus: body.vcpus,
+        memory_mib: body.memory_mb,
+        timeout: body.timeout_s.map(timeout).transpose()?,
+        env_vars: body.env,
+        metadata: body.metadata,
+        auto_pause: body.auto_pause,
+        internet: body.internet.unwrap_or(true),
+    };
+    let info = state.app.manager.create(request).await?;
+    tracing::info!(sandbox = %info.id, template = %info.template, "sandbox created over the API");
+    Ok((StatusCode::CREATED, Json(SandboxView::from(info))).into_response())
+}
+
+pub async fn list(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<SandboxView>>, ApiError> {
+    let filter = parse_filter(query.as_deref().unwrap_or(""))?;
+    let sandboxes = state.app.manager.list(&filter);
+    Ok(Json(sandboxes.into_iter().map(SandboxView::from).collect()))
+}
+
+/// `state=running,paused` (comma-separated and/or repeated),
+/// `metadata=k=v` (repeated; each value is itself form-encoded, so
+/// `metadata=a%3D1%26b%3D2` asks for both pairs), `template=NAME`.
+pub fn parse_filter(query: &str) -> Result<ListFilter, ApiError> {
+    let mut filter = ListFilter::default();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "state" => {
+                for name in value.split(',').filter(|s| !s.is_empty()) {
+                    let state = SandboxState::parse(name).ok_or_else(|| {
+                        ApiError::invalid_request(format!("unknown state {name:?}"))
+                    })?;
+                    filter.states.push(state);
+                }
+            }
+            "metadata" => {
+                for pair in value.split('&').filter(|s| !s.is_empty()) {
+                    let (k, v) = pair.split_once('=').ok_or_else(|| {
+                        ApiError::invalid_request(format!(
+                            "metadata filter {pair:?} is not key=value"
+                        ))
+                    })?;
+                    let decode = |s: &str| {
+                        form_urlencoded::parse(format!("x={s}").as_bytes())
+                            .next()
+                            .map(|(_, v)| v.into_owned())
+                            .unwrap_or_default()
+                    };
+                    filter.metadata.insert(decode(k), decode(v));
+                }
+            }
+            "template" => filter.template = Some(value.into_owned()),
+            other => {
+                return Err(ApiError::invalid_request(format!(
+                    "unknown query parameter {other:?} (known: state, metadata, template)"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+pub async fn get(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(state.app.manager.get(&id)?.into()))
+}
+
+pub async fn delete(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    state.app.manager.destroy(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn pause(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<SandboxView>, ApiError> {
+    Ok(Json(state.app.manager.pause(&id).await?.into()))
+}
+
+pub async fn resume(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<TimeoutBody>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let ttl = body.timeout_s.map(timeout).transpose()?;
+    Ok(Json(state.app.manager.resume(&id, ttl).await?.into()))
+}
+
+pub async fn set_timeout(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<TimeoutBody>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let seconds = body
+        .timeout_s
+        .ok_or_else(|| ApiError::invalid_request("timeout_s is required"))?;
+    let ttl = timeout(seconds)?;
+    Ok(Json(state.app.manager.set_timeout(&id, ttl)?.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_with_states_and_repeated_metadata_parses() {
+        let query = "state=running,paused&metadata=team%3Dblue&metadata=env=dev";
+
+        let filter = parse_filter(query).unwrap();
+
+        assert_eq!(
+            (filter.states, filter.metadata),
+            (
+                vec![SandboxState::Running, SandboxState::Paused],
+                BTreeMap::from([
+                    ("env".to_string(), "dev".to_string()),
+                    ("team".to_string(), "blue".to_string()),
+                ])
+            )
+        );
+    }
+
+    #[test]
+    fn filter_with_form_encoded_metadata_parses() {
+        let query = "metadata=a%3D1%26b%3Dx%2520y";
+
+        let filter = parse_filter(query).unwrap();
+
+        assert_eq!(
+            filter.metadata,
+            BTreeMap::from([
+                ("a".to_string(), "1".to_string()),
+                ("b".to_string(), "x y".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn filter_with_unknown_state_is_400() {
+        let err = parse_filter("state=sleeping").unwrap_err();
+
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn filter_with_unknown_parameter_is_400() {
+        let err = parse_filter("color=red").unwrap_err();
+
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn timeout_of_zero_is_400() {
+        let err = timeout(0).unwrap_err();
+
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+    }
+}

@@ -1,0 +1,266 @@
+//! `host-agent doctor`: what this host can do, and what `serve` would choose
+//! with the same flags.
+//!
+//! It looks at `/dev/kvm` (present, openable, which module), runs the
+//! accelerator probe of [`qemu_vmm::probe_accelerator`] when a kernel and
+//! rootfs are given (a probe VM must reach init under KVM; the outcome is
+//! cached in the data dir like `serve` does), and reports device-mapper
+//! (`/proc/misc`), userfaultfd, nftables (`nft --version`), QEMU's version
+//! and Firecracker ([`fc_client::find_firecracker`]). It changes nothing on
+//! the host except the probe's cache file.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use qemu_vmm::{Accel, AccelProbe};
+
+use crate::config::{AccelChoice, VmmChoice};
+
+/// What `doctor` is asked about (the subset of `serve`'s flags that
+/// matter).
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
+    pub data_dir: PathBuf,
+    pub vmm: VmmChoice,
+    pub accel: AccelChoice,
+    pub kernel: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+}
+
+/// The findings, one labelled line each, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub lines: Vec<(&'static str, String)>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = self.lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+        for (label, value) in &self.lines {
+            writeln!(f, "{:<width$} {value}", format!("{label}:"), width = width)?;
+        }
+        Ok(())
+    }
+}
+
+/// Looks at the host and returns the report.
+pub async fn run(options: &DoctorOptions) -> Report {
+    let mut lines = Vec::new();
+    let osrelease = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|e| format!("unknown ({e})"), |s| s.trim().to_string());
+    lines.push(("host kernel", osrelease));
+    lines.push(("/dev/kvm", kvm_device()));
+    let misc = std::fs::read_to_string("/proc/misc").unwrap_or_default();
+    let accel = accelerator(options).await;
+    lines.push(("KVM usable", accel.kvm_usable.clone()));
+    lines.push(("qemu", accel.qemu_version.clone()));
+    lines.push(("firecracker", firecracker().await));
+    lines.push((
+        "device-mapper",
+        yes_no(has_misc_device(&misc, "device-mapper")).to_string(),
+    ));
+    lines.push(("userfaultfd", userfaultfd(&misc)));
+    lines.push(("nftables", first_line_of("nft", &["--version"]).await));
+    lines.push(("vmm backend", vmm_choice(options.vmm)));
+    lines.push(("accelerator", accel.choice));
+    lines.push((
+        "rootfs provider",
+        "qcow2 overlay on the template's read-only raw image".to_string(),
+    ));
+    lines.push((
+        "base template",
+        match (&options.kernel, &options.rootfs) {
+            (Some(k), Some(r)) => format!("kernel {}, rootfs {}", k.display(), r.display()),
+            _ => "none (pass --kernel and --rootfs, or PETREL_KERNEL/PETREL_ROOTFS)".to_string(),
+        },
+    ));
+    Report { lines }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Whether `/proc/misc` (`"MINOR NAME"` lines) lists `name`.
+pub fn has_misc_device(misc: &str, name: &str) -> bool {
+    misc.lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(name))
+}
+
+fn kvm_device() -> String {
+    let module = ["kvm_pvm", "kvm_intel", "kvm_amd"]
+        .into_iter()
+        .find(|m| Path::new("/sys/module").join(m).exists())
+        .unwrap_or("none loaded");
+    let device = Path::new("/dev/kvm");
+    if !device.exists() {
+        return format!("absent (module {module})");
+    }
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+    {
+        Ok(_) => format!("present, opens read-write (module {module})"),
+        Err(err) => format!("present, cannot open: {err} (module {module})"),
+    }
+}
+
+fn userfaultfd(misc: &str) -> String {
+    let device = Path::new("/dev/userfaultfd").exists() || has_misc_device(misc, "userfaultfd");
+    let sysctl = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
+        .map(|s| s.trim().to_string())
+        .ok();
+    match (device, sysctl) {
+        (true, Some(v)) => format!("yes (/dev/userfaultfd; vm.unprivileged_userfaultfd={v})"),
+        (true, None) => "yes (/dev/userfaultfd)".to_string(),
+        (false, Some(v)) => format!("syscall only (vm.unprivileged_userfaultfd={v})"),
+        (false, None) => "no".to_string(),
+    }
+}
+
+async fn firecracker() -> String {
+    match fc_client::find_firecracker() {
+        Some(path) => {
+            let version = first_line_of(&path.display().to_string(), &["--version"]).await;
+            format!("{} ({version})", path.display())
+        }
+        None => "not found (FIRECRACKER or PATH)".to_string(),
+    }
+}
+
+/// The first line of `program args...`'s stdout, or why it did not run.
+async fn first_line_of(program: &str, args: &[&str]) -> String {
+    let run = tokio::process::Command::new(program)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(output)) => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string(),
+        Ok(Err(err)) => format!("not runnable ({err})"),
+        Err(_) => "did not answer within 10 s".to_string(),
+    }
+}
+
+fn vmm_choice(vmm: VmmChoice) -> String {
+    match vmm {
+        VmmChoice::Auto | VmmChoice::Qemu => {
+            "qemu (Firecracker sandboxes need per-sandbox TAP networking, not wired up yet)"
+                .to_string()
+        }
+        VmmChoice::Firecracker => {
+            "firecracker requested: `serve` refuses it until TAP networking is wired up; use --vmm qemu"
+                .to_string()
+        }
+    }
+}
+
+struct AccelFindings {
+    kvm_usable: String,
+    qemu_version: String,
+    choice: String,
+}
+
+/// The accelerator as `serve` chooses it: forced by `--accel`, else the
+/// probe's outcome with the base template's images, else TCG.
+async fn accelerator(options: &DoctorOptions) -> AccelFindings {
+    let qemu = qemu_vmm::default_qemu_binary();
+    let Some((kernel, rootfs)) = options.kernel.as_ref().zip(options.rootfs.as_ref()) else {
+        let qemu_version = qemu_vmm::qemu_version(&qemu)
+            .await
+            .unwrap_or_else(|err| format!("{} not runnable ({err})", qemu.display()));
+        let choice = match options.accel {
+            AccelChoice::Kvm => "kvm (forced by --accel)",
+            AccelChoice::Tcg => "tcg (forced by --accel)",
+            AccelChoice::Auto => "tcg (no kernel/rootfs to probe KVM with)",
+        };
+        return AccelFindings {
+            kvm_usable:
+                "not probed: pass --kernel and --rootfs (a probe VM must reach init under KVM)"
+                    .to_string(),
+            qemu_version,
+            choice: choice.to_string(),
+        };
+    };
+    let cache_dir = options.data_dir.is_dir().then(|| options.data_dir.clone());
+    let probe = AccelProbe {
+        qemu,
+        kernel: kernel.clone(),
+        rootfs: rootfs.clone(),
+        timeout: Duration::from_secs(20),
+        cache_file: cache_dir.as_ref().map(|d| d.join("accel-probe.json")),
+        work_dir: cache_dir.unwrap_or_else(std::env::temp_dir),
+    };
+    let outcome = qemu_vmm::probe_accelerator(&probe).await;
+    let cached = if outcome.cached { ", cached" } else { "" };
+    let kvm_usable = format!(
+        "{} ({}{cached})",
+        yes_no(outcome.accel == Accel::Kvm),
+        outcome.reason
+    );
+    let choice = match options.accel {
+        AccelChoice::Kvm => "kvm (forced by --accel)".to_string(),
+        AccelChoice::Tcg => "tcg (forced by --accel)".to_string(),
+        AccelChoice::Auto => format!("{} (from the probe)", outcome.accel),
+    };
+    AccelFindings {
+        kvm_usable,
+        qemu_version: outcome.qemu_version,
+        choice,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misc_device_is_found_by_name() {
+        let misc = " 58 memory_bandwidth\n236 device-mapper\n124 userfaultfd\n";
+
+        let found = [
+            has_misc_device(misc, "device-mapper"),
+            has_misc_device(misc, "userfaultfd"),
+            has_misc_device(misc, "device"),
+        ];
+
+        assert_eq!(found, [true, true, false]);
+    }
+
+    #[test]
+    fn report_aligns_its_values() {
+        let report = Report {
+            lines: vec![("qemu", "10.0".into()), ("nftables", "v1.0.6".into())],
+        };
+
+        let text = report.to_string();
+
+        assert_eq!(text, "qemu:     10.0\nnftables: v1.0.6\n");
+    }
+
+    #[tokio::test]
+    async fn without_images_the_accelerator_is_tcg_and_unprobed() {
+        let options = DoctorOptions {
+            data_dir: PathBuf::from("/nonexistent"),
+            vmm: VmmChoice::Auto,
+            accel: AccelChoice::Auto,
+            kernel: None,
+            rootfs: None,
+        };
+
+        let report = run(&options).await;
+
+        let accel = report
+            .lines
+            .iter()
+            .find(|(k, _)| *k == "accelerator")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(accel, Some("tcg (no kernel/rootfs to probe KVM with)"));
+    }
+}
