@@ -37,8 +37,10 @@ const MAIN: &[&str] = &[
     // networking
     "iproute2",
     "nftables",
-    // SDK compatibility tests
+    // SDK compatibility tests; the test UI's browser test
     "python3-venv",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Installs what is missing (needs root) and checks QEMU's major version.
