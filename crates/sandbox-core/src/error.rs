@@ -22,6 +22,8 @@ pub enum SandboxError {
     },
     #[error("Firecracker backend, vm {vm}: {message}")]
     Firecracker { vm: String, message: String },
+    #[error("network: {0}")]
+    Network(String),
     #[error("backend {backend} cannot {what}")]
     Unsupported { backend: &'static str, what: String },
     #[error(

@@ -95,7 +95,7 @@ impl FirecrackerInstance {
         api.put_drive(&Drive::new("rootfs", &self.spec.root_disk, true, false))
             .await
             .map_err(|e| self.error(e))?;
-        if let VmNetwork::Tap { ifname, mac } = &self.spec.network {
+        if let VmNetwork::Tap { ifname, mac, .. } = &self.spec.network {
             let mut iface = NetworkInterface::new("eth0", ifname);
             iface.guest_mac = Some(mac.clone());
             api.put_network_interface(&iface)
@@ -132,7 +132,14 @@ impl Vm for FirecrackerInstance {
         );
         config.log_path = Some(self.spec.console_log());
         config.ready_timeout = Duration::from_secs(5);
-        let process = FirecrackerProcess::spawn(config)
+        let mut command = config.command();
+        if let VmNetwork::Tap {
+            netns: Some(netns), ..
+        } = &self.spec.network
+        {
+            netns::command_in_netns(&mut command, netns).map_err(|e| self.error(e))?;
+        }
+        let process = FirecrackerProcess::spawn_command(config, command)
             .await
             .map_err(|e| self.error(e))?;
         if let Err(err) = self.configure(&process).await {

@@ -14,7 +14,9 @@
 //!   persisted in SQLite and re-adopted after an agent restart;
 //! - pause to disk and resume ([`Sandbox::pause`], [`Sandbox::resume`]).
 //!
-//! It does not do networking namespaces yet; it
+//! - [`network`]: per-sandbox network namespaces (TAP, NAT, egress policy).
+//!
+//! It
 //! has no HTTP API (that is `bins/host-agent`).
 //!
 //! ```no_run
@@ -34,6 +36,7 @@ mod error;
 pub mod firecracker;
 mod images;
 pub mod manager;
+pub mod network;
 pub mod qemu;
 pub mod sandbox;
 pub mod vmm;
@@ -45,6 +48,7 @@ pub use manager::{
     CreateSandbox, ListFilter, Manager, ManagerConfig, ManagerError, SandboxInfo, SnapshotInfo,
     State, TemplateInfo,
 };
+pub use network::NetworkPool;
 pub use qemu::QemuBackend;
 pub use sandbox::{
     BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxRecordConfig, SandboxState,

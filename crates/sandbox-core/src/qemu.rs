@@ -43,6 +43,7 @@ impl QemuBackend {
             kernel_args: spec.kernel_args.clone(),
             drives: vec![drive],
             net: net_config(&spec.network),
+            netns: netns_of(&spec.network),
             // Guest RAM lives in a file of the VM's own, so a pause saves
             // only device state and the RAM file stays for resume.
             memory_file: Some(spec.run_dir.join("ram")),
@@ -60,10 +61,18 @@ fn net_config(network: &VmNetwork) -> NetConfig {
                 guest_port: ENVD_PORT,
             }],
         },
-        VmNetwork::Tap { ifname, mac } => NetConfig::Tap {
+        VmNetwork::Tap { ifname, mac, .. } => NetConfig::Tap {
             ifname: ifname.clone(),
             mac: mac.clone(),
         },
+    }
+}
+
+/// The namespace QEMU runs in for `network`.
+fn netns_of(network: &VmNetwork) -> Option<PathBuf> {
+    match network {
+        VmNetwork::Tap { netns, .. } => netns.clone(),
+        VmNetwork::UserForward { .. } => None,
     }
 }
 
@@ -197,6 +206,7 @@ impl QemuInstance {
         let saved: SavedState = read_json(&dir.join("vmstate.json"))?;
         let config = VmConfig {
             net: net_config(network),
+            netns: netns_of(network),
             incoming: true,
             memory_file: Some(memory_file),
             memory_shared,

@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use envd_client::{EnvdClient, ExecOutput, ExecRequest, InitRequest};
+use envd_client::{ENVD_PORT, EnvdClient, ExecOutput, ExecRequest, InitRequest};
+use netns::Network;
 
 use crate::disk;
 use crate::error::SandboxError;
 use crate::images::GuestImages;
+use crate::network::NetworkPool;
 use crate::qemu::TCG_BOOT_TIMEOUT;
 use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
@@ -36,6 +39,12 @@ pub struct SandboxConfig {
     /// Start from this snapshot (made by [`Sandbox::snapshot`]) instead of
     /// a cold boot; `images` must be the snapshot's template images.
     pub snapshot: Option<PathBuf>,
+    /// Give the sandbox its own network namespace from this pool; `None`:
+    /// QEMU's user-mode network with a forward from a local port.
+    pub network: Option<Arc<NetworkPool>>,
+    /// Outbound internet (namespaces only; private ranges, the host and
+    /// other sandboxes are unreachable either way).
+    pub internet: bool,
 }
 
 impl SandboxConfig {
@@ -50,6 +59,8 @@ impl SandboxConfig {
             boot_timeout: TCG_BOOT_TIMEOUT,
             env_vars: BTreeMap::new(),
             snapshot: None,
+            network: None,
+            internet: true,
         }
     }
 }
@@ -79,6 +90,9 @@ pub struct SandboxRecord {
     pub vmm_pid: Option<u32>,
     /// Where envd is reached while running.
     pub envd_addr: Option<SocketAddr>,
+    /// The network namespace slot while running (none: user-mode network).
+    #[serde(default)]
+    pub net_slot: Option<u16>,
 }
 
 /// The persisted part of a [`SandboxConfig`].
@@ -91,6 +105,12 @@ pub struct SandboxRecordConfig {
     pub memory_mib: u32,
     pub env_vars: BTreeMap<String, String>,
     pub snapshot: Option<PathBuf>,
+    #[serde(default = "default_true")]
+    pub internet: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Whether the guest runs.
@@ -118,6 +138,10 @@ pub struct Sandbox {
     boot_timeout: Duration,
     state: SandboxState,
     timings: BootTimings,
+    pool: Option<Arc<NetworkPool>>,
+    /// The sandbox's namespace while it runs.
+    net: Option<Network>,
+    internet: bool,
 }
 
 impl Sandbox {
@@ -144,7 +168,8 @@ impl Sandbox {
             source,
         })?;
         let mut vm = None;
-        match boot_steps(hypervisor, &config, &run_dir, &mut vm, start).await {
+        let mut net = None;
+        match boot_steps(hypervisor, &config, &run_dir, &mut vm, &mut net, start).await {
             Ok((envd, token, timings)) => {
                 let vm = vm.ok_or_else(|| SandboxError::Unsupported {
                     backend: hypervisor.kind().as_str(),
@@ -175,10 +200,14 @@ impl Sandbox {
                     boot_timeout: config.boot_timeout,
                     state: SandboxState::Running,
                     timings,
+                    pool: config.network,
+                    net,
+                    internet: config.internet,
                 })
             }
             Err(err) => {
-                let undo = teardown(&config.id, vm, &run_dir).await;
+                let undo =
+                    teardown(&config.id, vm, config.network.as_deref().zip(net), &run_dir).await;
                 if let Err(undo_err) = undo {
                     tracing::error!(sandbox = %config.id, %undo_err, "rollback after a failed boot was incomplete");
                 }
@@ -208,11 +237,13 @@ impl Sandbox {
                 memory_mib: self.memory_mib,
                 env_vars: self.env_vars.clone(),
                 snapshot: self.snapshot.clone(),
+                internet: self.internet,
             },
             token: self.token.clone(),
             state: self.state,
             vmm_pid: self.vm.pid(),
             envd_addr: (self.state == SandboxState::Running).then(|| self.envd.addr()),
+            net_slot: self.net.as_ref().map(|n| n.slot().index()),
         }
     }
 
@@ -222,6 +253,7 @@ impl Sandbox {
     pub async fn reattach(
         hypervisor: &dyn Hypervisor,
         record: SandboxRecord,
+        pool: Option<Arc<NetworkPool>>,
     ) -> Result<Self, SandboxError> {
         let rc = record.config;
         let config = SandboxConfig {
@@ -229,15 +261,39 @@ impl Sandbox {
             memory_mib: rc.memory_mib,
             env_vars: rc.env_vars,
             snapshot: rc.snapshot,
+            network: pool.clone(),
+            internet: rc.internet,
             ..SandboxConfig::new(rc.id, rc.images, rc.data_dir)
         };
         let run_dir = config.data_dir.join("sandboxes").join(&config.id);
         let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let mut net = None;
         let (vm, envd) = match (record.state, record.vmm_pid, record.envd_addr) {
             (SandboxState::Running, Some(pid), Some(addr)) => {
-                let vm = hypervisor
-                    .adopt(vm_spec(&config, &run_dir, addr), pid)
-                    .await?;
+                let attach = match (record.net_slot, &pool) {
+                    (Some(slot), Some(pool)) => {
+                        Attach::Namespace(net.insert(pool.adopt(slot, config.internet).await?))
+                    }
+                    (Some(slot), None) => {
+                        return Err(SandboxError::Network(format!(
+                            "sandbox {} ran in network slot {slot} but no network pool is configured",
+                            config.id
+                        )));
+                    }
+                    (None, _) => Attach::User(addr),
+                };
+                let vm = match hypervisor
+                    .adopt(vm_spec(&config, &run_dir, &attach), pid)
+                    .await
+                {
+                    Ok(vm) => vm,
+                    Err(err) => {
+                        if let (Some(pool), Some(net)) = (&pool, net.take()) {
+                            let _ = pool.remove(net).await;
+                        }
+                        return Err(err);
+                    }
+                };
                 let envd = EnvdClient::new(addr).with_access_token(record.token.clone());
                 envd.wait_healthy(Duration::from_secs(10))
                     .await
@@ -249,7 +305,7 @@ impl Sandbox {
             }
             (SandboxState::Paused, _, _) => {
                 let vm = hypervisor
-                    .create(vm_spec(&config, &run_dir, placeholder))
+                    .create(vm_spec(&config, &run_dir, &Attach::User(placeholder)))
                     .await?;
                 (vm, EnvdClient::new(placeholder))
             }
@@ -277,6 +333,9 @@ impl Sandbox {
             boot_timeout: config.boot_timeout,
             state: record.state,
             timings: BootTimings::default(),
+            pool,
+            net,
+            internet: config.internet,
         })
     }
 
@@ -327,6 +386,12 @@ impl Sandbox {
         self.require(SandboxState::Running, "pause")?;
         let stats = self.vm.pause(&self.run_dir.join("state")).await?;
         self.state = SandboxState::Paused;
+        // A paused sandbox holds no network slot.
+        if let (Some(pool), Some(net)) = (&self.pool, self.net.take())
+            && let Err(err) = pool.remove(net).await
+        {
+            tracing::error!(sandbox = %self.id, %err, "removing the paused sandbox's network failed");
+        }
         tracing::info!(sandbox = %self.id, took_ms = stats.took.as_millis() as u64, state_bytes = stats.state_bytes, "sandbox paused");
         Ok(stats)
     }
@@ -336,12 +401,21 @@ impl Sandbox {
     pub async fn resume(&mut self) -> Result<Duration, SandboxError> {
         self.require(SandboxState::Paused, "resume")?;
         let start = Instant::now();
-        let host = free_local_port()?;
-        let vm_took = self
-            .vm
-            .resume(&self.run_dir.join("state"), VmNetwork::UserForward { host })
-            .await?;
-        let envd = EnvdClient::new(host);
+        let attach = match &self.pool {
+            Some(pool) => Attach::Namespace(self.net.insert(pool.create(self.internet).await?)),
+            None => Attach::User(free_local_port()?),
+        };
+        let (network, envd_addr) = (attach.vm_network(), attach.envd_addr());
+        let vm_took = match self.vm.resume(&self.run_dir.join("state"), network).await {
+            Ok(took) => took,
+            Err(err) => {
+                if let (Some(pool), Some(net)) = (&self.pool, self.net.take()) {
+                    let _ = pool.remove(net).await;
+                }
+                return Err(err);
+            }
+        };
+        let envd = EnvdClient::new(envd_addr);
         let ready = match envd.wait_healthy(self.boot_timeout).await {
             Ok(ready) => ready,
             Err(err) => {
@@ -408,7 +482,8 @@ impl Sandbox {
     /// error lists all that failed.
     pub async fn destroy(self) -> Result<(), SandboxError> {
         let start = Instant::now();
-        let result = teardown(&self.id, Some(self.vm), &self.run_dir).await;
+        let net = self.pool.as_deref().zip(self.net);
+        let result = teardown(&self.id, Some(self.vm), net, &self.run_dir).await;
         tracing::info!(sandbox = %self.id, ok = result.is_ok(), took_ms = start.elapsed().as_millis() as u64, "sandbox destroyed");
         result
     }
@@ -419,6 +494,7 @@ async fn boot_steps(
     config: &SandboxConfig,
     run_dir: &Path,
     made: &mut Option<Box<dyn Vm>>,
+    made_net: &mut Option<Network>,
     start: Instant,
 ) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
     match hypervisor.kind() {
@@ -434,9 +510,12 @@ async fn boot_steps(
         BackendKind::Firecracker => {
             return Err(SandboxError::Unsupported {
                 backend: "firecracker",
-                what: "boot a sandbox before per-sandbox TAP networking exists".to_string(),
+                what: "boot a sandbox yet (needs a raw root disk provider)".to_string(),
             });
         }
+    }
+    if let Some(pool) = &config.network {
+        *made_net = Some(pool.create(config.internet).await?);
     }
     let prepare = start.elapsed();
     let token = random_token()?;
@@ -444,21 +523,28 @@ async fn boot_steps(
     let mut attempt = 0;
     let (envd_addr, vm_started) = loop {
         attempt += 1;
-        let host = free_local_port()?;
-        let spec = vm_spec(config, run_dir, host);
+        let attach = match made_net.as_ref() {
+            Some(net) => Attach::Namespace(net),
+            None => Attach::User(free_local_port()?),
+        };
+        let spec = vm_spec(config, run_dir, &attach);
         let vm_start = Instant::now();
         let vm = made.insert(hypervisor.create(spec).await?);
         let started = match &config.snapshot {
             Some(snapshot) => vm
-                .start_from_snapshot(snapshot, VmNetwork::UserForward { host })
+                .start_from_snapshot(snapshot, attach.vm_network())
                 .await
                 .map(drop),
             None => vm.start().await,
         };
         match started {
-            Ok(()) => break (host, vm_start.elapsed()),
-            Err(err) if attempt < 3 && err.to_string().contains("host forwarding") => {
-                tracing::debug!(sandbox = %config.id, %host, "host port taken, retrying");
+            Ok(()) => break (attach.envd_addr(), vm_start.elapsed()),
+            Err(err)
+                if attempt < 3
+                    && matches!(attach, Attach::User(_))
+                    && err.to_string().contains("host forwarding") =>
+            {
+                tracing::debug!(sandbox = %config.id, "host port taken, retrying");
                 if let Some(vm) = made.take() {
                     vm.destroy().await?;
                 }
@@ -509,10 +595,21 @@ fn init_request(token: &str, env_vars: &BTreeMap<String, String>) -> InitRequest
 }
 
 /// Stops the VM (if any) and removes the run directory, collecting errors.
-async fn teardown(id: &str, vm: Option<Box<dyn Vm>>, run_dir: &Path) -> Result<(), SandboxError> {
+async fn teardown(
+    id: &str,
+    vm: Option<Box<dyn Vm>>,
+    net: Option<(&NetworkPool, Network)>,
+    run_dir: &Path,
+) -> Result<(), SandboxError> {
     let mut errors = Vec::new();
+    // The VMM goes first: it holds the TAP and the disk.
     if let Some(vm) = vm
         && let Err(err) = vm.destroy().await
+    {
+        errors.push(err.to_string());
+    }
+    if let Some((pool, net)) = net
+        && let Err(err) = pool.remove(net).await
     {
         errors.push(err.to_string());
     }
@@ -531,27 +628,65 @@ async fn teardown(id: &str, vm: Option<Box<dyn Vm>>, run_dir: &Path) -> Result<(
     }
 }
 
-/// The VM of a sandbox: its overlay disk in `run_dir`, envd forwarded from
-/// `host`.
-fn vm_spec(config: &SandboxConfig, run_dir: &Path, host: SocketAddr) -> VmSpec {
+/// How the host reaches a sandbox's guest.
+enum Attach<'a> {
+    /// QEMU's user-mode network, envd forwarded from this local address.
+    User(SocketAddr),
+    /// The sandbox's own network namespace.
+    Namespace(&'a Network),
+}
+
+impl Attach<'_> {
+    fn vm_network(&self) -> VmNetwork {
+        match self {
+            Attach::User(host) => VmNetwork::UserForward { host: *host },
+            Attach::Namespace(net) => VmNetwork::Tap {
+                ifname: net.guest().tap_name.clone(),
+                mac: net.guest().mac.clone(),
+                netns: Some(net.netns_path().to_path_buf()),
+            },
+        }
+    }
+
+    fn envd_addr(&self) -> SocketAddr {
+        match self {
+            Attach::User(host) => *host,
+            Attach::Namespace(net) => SocketAddr::from((net.host_reachable_ip(), ENVD_PORT)),
+        }
+    }
+
+    /// The guest's address, gateway and DNS on the kernel command line.
+    fn kernel_args(&self) -> String {
+        match self {
+            Attach::User(_) => USER_NET_KERNEL_ARGS.to_string(),
+            Attach::Namespace(net) => {
+                let guest = net.guest();
+                match guest.kernel_dns_arg() {
+                    Some(dns) => format!("{} {dns}", guest.kernel_ip_arg()),
+                    None => guest.kernel_ip_arg(),
+                }
+            }
+        }
+    }
+}
+
+/// The VM of a sandbox: its overlay disk in `run_dir`, attached as `attach`.
+fn vm_spec(config: &SandboxConfig, run_dir: &Path, attach: &Attach<'_>) -> VmSpec {
     VmSpec {
         id: config.id.clone(),
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
         kernel: config.images.kernel.clone(),
-        kernel_args: kernel_args(&config.id),
+        kernel_args: format!(
+            "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet {} petrel.hostname={}",
+            attach.kernel_args(),
+            config.id
+        ),
         root_disk: run_dir.join("root.qcow2"),
         root_disk_qcow2: true,
-        network: VmNetwork::UserForward { host },
+        network: attach.vm_network(),
         run_dir: run_dir.to_path_buf(),
     }
-}
-
-fn kernel_args(hostname: &str) -> String {
-    format!(
-        "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet \
-         {USER_NET_KERNEL_ARGS} petrel.hostname={hostname}"
-    )
 }
 
 fn free_local_port() -> Result<SocketAddr, SandboxError> {

@@ -33,8 +33,13 @@ pub enum VmNetwork {
     /// The VMM's user-mode network forwarding `host` to the guest's envd
     /// port (QEMU only; needs no privileges or namespaces).
     UserForward { host: SocketAddr },
-    /// A TAP device that already exists (in the VMM's namespace).
-    Tap { ifname: String, mac: String },
+    /// A TAP device that already exists, in network namespace `netns`
+    /// (`/run/netns/NAME`; the VMM is started inside it) or in the agent's.
+    Tap {
+        ifname: String,
+        mac: String,
+        netns: Option<PathBuf>,
+    },
 }
 
 /// A backend-neutral description of one VM.

@@ -41,6 +41,8 @@ pub struct ManagerConfig {
     pub default_timeout: Duration,
     /// Running sandboxes at most; more is [`ManagerError::Capacity`].
     pub max_running: usize,
+    /// Per-sandbox network namespaces; `None`: QEMU's user-mode network.
+    pub network: Option<Arc<crate::network::NetworkPool>>,
 }
 
 impl ManagerConfig {
@@ -54,6 +56,7 @@ impl ManagerConfig {
             max_memory_mib: 8192,
             default_timeout: Duration::from_secs(300),
             max_running: 16,
+            network: None,
         }
     }
 }
@@ -115,6 +118,21 @@ impl Manager {
         for (id, entry) in persisted {
             manager.reattach(id, entry).await;
         }
+        if let Some(pool) = &manager.inner.config.network {
+            let mut in_use = Vec::new();
+            for handle in lock(&manager.inner.handles).values() {
+                if let Ok(guard) = handle.try_lock()
+                    && let Some(slot) = guard.as_ref().and_then(|s| s.record().net_slot)
+                {
+                    in_use.push(slot);
+                }
+            }
+            match pool.cleanup_stale(&in_use).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed stale sandbox networks"),
+                Err(err) => tracing::warn!(%err, "stale network cleanup incomplete"),
+            }
+        }
         Ok(manager)
     }
 
@@ -122,7 +140,13 @@ impl Manager {
         let mut info = entry.info;
         let sandbox = match entry.record {
             Some(record) if matches!(info.state, State::Running | State::Paused) => {
-                match Sandbox::reattach(self.inner.hypervisor.as_ref(), record.clone()).await {
+                match Sandbox::reattach(
+                    self.inner.hypervisor.as_ref(),
+                    record.clone(),
+                    self.inner.config.network.clone(),
+                )
+                .await
+                {
                     Ok(sandbox) => Some(sandbox),
                     Err(err) => {
                         tracing::warn!(sandbox = %id, %err, "cannot reattach: marking stopped and cleaning up");
@@ -287,6 +311,8 @@ impl Manager {
             memory_mib,
             env_vars: request.env_vars,
             snapshot,
+            network: config.network.clone(),
+            internet: request.internet,
             ..SandboxConfig::new(&id, images, &config.data_dir)
         };
         match Sandbox::boot(self.inner.hypervisor.as_ref(), sandbox_config).await {
