@@ -26,6 +26,19 @@ pub enum AccelChoice {
     Tcg,
 }
 
+/// How sandboxes are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkChoice {
+    /// Namespaces when running as root, user-mode otherwise.
+    Auto,
+    /// A network namespace per sandbox (veth, TAP, NAT, egress policy).
+    Namespace,
+    /// QEMU's user-mode network (no isolation from the host's loopback
+    /// services beyond QEMU's own; no root needed).
+    User,
+}
+
 /// Everything the agent is configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +54,11 @@ pub struct AgentConfig {
     pub default_memory_mib: u32,
     /// Running sandboxes at most (503 beyond).
     pub max_sandboxes: usize,
+    pub network: NetworkChoice,
+    /// First network slot of this agent and how many it may use; agents on
+    /// one host need disjoint ranges (slot `s` owns namespace `petrel-s`).
+    pub net_slot_first: u16,
+    pub net_slot_count: u16,
     /// Accepted E2B API keys (`X-API-KEY`); empty: E2B endpoints refuse all.
     pub api_keys: Vec<String>,
     /// The `base` template's images (built by `cargo xtask images`).
@@ -59,6 +77,9 @@ impl Default for AgentConfig {
             default_vcpus: 1,
             default_memory_mib: 512,
             max_sandboxes: 16,
+            network: NetworkChoice::Auto,
+            net_slot_first: 1,
+            net_slot_count: 1024,
             api_keys: Vec::new(),
             kernel: None,
             rootfs: None,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use host_agent::AgentConfig;
-use host_agent::config::{AccelChoice, VmmChoice};
+use host_agent::config::{AccelChoice, NetworkChoice, VmmChoice};
 
 #[derive(Parser)]
 #[command(name = "host-agent", about = "Petrel host agent")]
@@ -63,6 +63,9 @@ struct ServeArgs {
     memory_mib: Option<u32>,
     #[arg(long, env = "PETREL_MAX_SANDBOXES")]
     max_sandboxes: Option<usize>,
+    /// Sandbox networking: a namespace each (default as root) or user-mode.
+    #[arg(long, env = "PETREL_NETWORK", value_enum)]
+    network: Option<NetworkChoice>,
     /// E2B API keys (repeatable; PETREL_API_KEYS is comma-separated).
     #[arg(long = "api-key", env = "PETREL_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
@@ -107,6 +110,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_sandboxes {
             config.max_sandboxes = v;
+        }
+        if let Some(v) = self.network {
+            config.network = v;
         }
         if !self.api_keys.is_empty() {
             config.api_keys = self.api_keys;

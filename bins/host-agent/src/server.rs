@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use axum::Router;
 use qemu_vmm::{Accel, AccelProbe};
-use sandbox_core::{GuestImages, Hypervisor, Manager, ManagerConfig, QemuBackend};
+use sandbox_core::{
+    GuestImages, Hypervisor, Manager, ManagerConfig, NetworkPool, QemuBackend,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{AccelChoice, AgentConfig, VmmChoice};
+use crate::config::{AccelChoice, AgentConfig, NetworkChoice, VmmChoice};
 use crate::state::AppState;
 
 /// A running agent (in-process: tests and `main`).
@@ -67,6 +69,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         default_vcpus: config.default_vcpus,
         default_memory_mib: config.default_memory_mib,
         max_running: config.max_sandboxes,
+        network: network_pool(&config)?,
         ..ManagerConfig::new(&config.data_dir)
     };
     let manager = Manager::open(manager_config, hypervisor)
@@ -141,6 +144,26 @@ async fn serve(
         }
     });
     Ok((local, task))
+}
+
+/// The namespace pool, unless sandboxes use QEMU's user-mode network.
+fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
+    let namespaces = match config.network {
+        NetworkChoice::Namespace => true,
+        NetworkChoice::User => false,
+        NetworkChoice::Auto => nix::unistd::geteuid().is_root(),
+    };
+    if !namespaces {
+        tracing::info!("sandboxes use QEMU's user-mode network");
+        return Ok(None);
+    }
+    let first = config.net_slot_first;
+    let end = first
+        .checked_add(config.net_slot_count)
+        .context("net_slot_first + net_slot_count overflows")?;
+    let pool = NetworkPool::new(first..end).context("creating the network slot pool")?;
+    tracing::info!(slots = ?(first..end), "sandboxes get their own network namespaces");
+    Ok(Some(Arc::new(pool)))
 }
 
 fn base_images(config: &AgentConfig) -> Result<Option<GuestImages>> {

@@ -57,6 +57,16 @@ pub fn images() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+const SLOTS_PER_AGENT: u16 = 32;
+
+/// A slot range no other agent of this test process uses (test binaries
+/// run one after another, so processes do not overlap).
+fn next_slot_range() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    1000 + (n % 200) * SLOTS_PER_AGENT
+}
+
 /// Starts an agent on 127.0.0.1 (random ports, envd proxy included) with
 /// the `base` template, or `None` when VM tests are skipped.
 pub async fn start_agent() -> Option<TestAgent> {
@@ -71,6 +81,9 @@ pub async fn start_agent() -> Option<TestAgent> {
             _ => AccelChoice::Tcg,
         },
         api_keys: vec![API_KEY.to_string()],
+        // Agents of parallel tests need disjoint network slots.
+        net_slot_first: next_slot_range(),
+        net_slot_count: SLOTS_PER_AGENT,
         kernel: Some(kernel),
         rootfs: Some(rootfs),
         ..AgentConfig::default()
