@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use axum::Router;
 use qemu_vmm::{Accel, AccelProbe};
-use sandbox_core::{
-    GuestImages, Hypervisor, Manager, ManagerConfig, NetworkPool, QemuBackend,
-};
+use sandbox_core::{GuestImages, Hypervisor, Manager, ManagerConfig, NetworkPool, QemuBackend};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
