@@ -14,13 +14,32 @@ use crate::{demo, images, setup};
 pub enum Which {
     /// Cold boot to envd-ready and exec round trip, beside a raw QEMU boot to init.
     Boot,
+    /// CreateNetwork / RemoveNetwork (namespace, veth, TAP, NAT) latency.
+    Network,
 }
 
 pub fn run(which: Which, runs: usize) -> Result<()> {
     setup::run()?;
-    let images = images::build()?;
     match which {
-        Which::Boot => demo::runtime()?.block_on(boot(&images, runs.max(1))),
+        Which::Boot => {
+            let images = images::build()?;
+            demo::runtime()?.block_on(boot(&images, runs.max(1)))
+        }
+        Which::Network => {
+            let runs = runs.max(1).to_string();
+            crate::env::cargo(
+                &[
+                    "run",
+                    "--quiet",
+                    "--release",
+                    "-p",
+                    "netns",
+                    "--example",
+                    "bench_network",
+                ],
+                &[("BENCH_RUNS", runs.as_str())],
+            )
+        }
     }
 }
 

@@ -68,7 +68,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_mins(1);
 
 /// A client of one envd instance at `http://{addr}`.
 ///
-/// Cheap to clone: clones share the connection pool.
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EnvdClient {
     transport: Transport,

@@ -1,4 +1,4 @@
-//! HTTP/1.1 plumbing: one pooled hyper client per [`EnvdClient`], Connect
+//! HTTP/1.1 plumbing: one hyper client per [`EnvdClient`] (a connection per request), Connect
 //! unary and server-streaming calls with the binary proto codec, and plain
 //! HTTP requests for `/health`, `/files` and `/init`.
 //!
@@ -33,8 +33,6 @@ use crate::{
 
 /// Time allowed to open one TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long idle pooled connections are kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest error body read from envd; the rest is dropped.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Extra time the client waits past a `Connect-Timeout-Ms` deadline so that
@@ -73,8 +71,12 @@ impl Transport {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // No idle connections are kept: a connection reused after the guest
+        // was paused, restored or restarted its envd would fail with a reset
+        // on a request that may already have been sent (and Process/Start
+        // must not be retried). A fresh connection costs about a millisecond.
         let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(0)
             .build(connector);
         Self {
             addr,

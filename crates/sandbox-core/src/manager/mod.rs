@@ -13,7 +13,7 @@ mod store;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -545,7 +545,7 @@ impl Manager {
             sandbox_id: id.to_string(),
             template: self.root_template(&template)?,
             created_at: SystemTime::now(),
-            size_bytes: dir_size(&dir),
+            size_bytes: dmsnap::dir_size(&dir).unwrap_or(0),
         };
         lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
         Ok(info)
@@ -817,21 +817,4 @@ fn boot_timings(t: BootTimings) -> BTreeMap<String, u64> {
 /// A new sandbox id: 16 lowercase hex digits.
 fn new_id() -> Result<String, ManagerError> {
     Ok(crate::sandbox::random_token()?[..16].to_string())
-}
-
-/// Allocated bytes under `path` (`st_blocks * 512`, sparse files count what
-/// they use).
-pub fn dir_size(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let own = meta.blocks() * 512;
-    if !meta.is_dir() {
-        return own;
-    }
-    let children = std::fs::read_dir(path).map_or(0, |entries| {
-        entries.flatten().map(|e| dir_size(&e.path())).sum()
-    });
-    own + children
 }
