@@ -14,6 +14,8 @@ pub enum SandboxError {
     },
     #[error("disk for sandbox {sandbox}: {message}")]
     Disk { sandbox: String, message: String },
+    #[error("rootfs provider {provider}: {message}")]
+    Rootfs { provider: String, message: String },
     #[error("QEMU backend, vm {vm}: {source}")]
     Qemu {
         vm: String,

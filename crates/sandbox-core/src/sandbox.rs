@@ -16,7 +16,7 @@ use crate::error::SandboxError;
 use crate::images::GuestImages;
 use crate::network::NetworkPool;
 use crate::qemu::TCG_BOOT_TIMEOUT;
-use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
+use crate::vmm::{Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
 /// The guest's address on QEMU's user-mode network, and what it routes to.
 const USER_NET_KERNEL_ARGS: &str =
@@ -45,6 +45,9 @@ pub struct SandboxConfig {
     /// Outbound internet (namespaces only; private ranges, the host and
     /// other sandboxes are unreachable either way).
     pub internet: bool,
+    /// Makes the root disk; `None`: [`disk::choose_provider`]'s choice for
+    /// the backend (qcow2 overlay on QEMU).
+    pub rootfs_provider: Option<Arc<dyn disk::RootfsProvider>>,
 }
 
 impl SandboxConfig {
@@ -61,6 +64,7 @@ impl SandboxConfig {
             snapshot: None,
             network: None,
             internet: true,
+            rootfs_provider: None,
         }
     }
 }
@@ -497,22 +501,19 @@ async fn boot_steps(
     made_net: &mut Option<Network>,
     start: Instant,
 ) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
-    match hypervisor.kind() {
-        BackendKind::Qemu => {
-            let (base, base_is_qcow2) = match &config.snapshot {
-                Some(snapshot) => (snapshot.join("disk.qcow2"), true),
-                None => (config.images.rootfs.clone(), false),
-            };
-            // The path vm_spec() gives the VM.
-            let overlay = run_dir.join("root.qcow2");
-            disk::create_qcow2_overlay(&config.id, &base, &overlay, base_is_qcow2).await?;
-        }
-        BackendKind::Firecracker => {
-            return Err(SandboxError::Unsupported {
-                backend: "firecracker",
-                what: "boot a sandbox yet (needs a raw root disk provider)".to_string(),
-            });
-        }
+    {
+        let (base, base_format) = match &config.snapshot {
+            Some(snapshot) => (snapshot.join("disk.qcow2"), disk::DiskFormat::Qcow2),
+            None => (config.images.rootfs.clone(), disk::DiskFormat::Raw),
+        };
+        let provider = match &config.rootfs_provider {
+            Some(provider) => Arc::clone(provider),
+            None => disk::choose_provider(hypervisor.kind(), None)?.0,
+        };
+        // Under the fixed name vm_spec() finds (disk::locate).
+        provider
+            .create(&config.id, &base, base_format, run_dir)
+            .await?;
     }
     if let Some(pool) = &config.network {
         *made_net = Some(pool.create(config.internet).await?);
@@ -575,6 +576,9 @@ async fn boot_steps(
             source: Box::new(source),
         })?;
     let envd = envd.with_access_token(token.clone());
+    if config.snapshot.is_some() {
+        refresh_identity(&envd, &config.id).await?;
+    }
     let timings = BootTimings {
         prepare,
         vm_started,
@@ -583,6 +587,46 @@ async fn boot_steps(
         total: start.elapsed(),
     };
     Ok((envd, token, timings))
+}
+
+/// A guest restored from a snapshot is a copy of the one snapshotted: give
+/// it its own hostname and stir host randomness into its entropy pool (and
+/// force a reseed) so clones do not share random streams.
+async fn refresh_identity(envd: &EnvdClient, id: &str) -> Result<(), SandboxError> {
+    let mut seed = String::new();
+    for _ in 0..4 {
+        seed.push_str(&random_token()?);
+    }
+    // RNDRESEEDCRNG (0x5207) makes the kernel reseed its CRNG at once.
+    let script = format!(
+        "hostname {id} && echo {id} > /etc/hostname && \
+         sed -i 's/^127.0.1.1 .*/127.0.1.1 {id}/' /etc/hosts && \
+         python3 -c 'import fcntl,os; f=os.open(\"/dev/urandom\",os.O_WRONLY); \
+         os.write(f,bytes.fromhex(\"{seed}\")); fcntl.ioctl(f,0x5207)'"
+    );
+    let request = ExecRequest::new("/bin/bash")
+        .args(["-c", script.as_str()])
+        .user("root")
+        .timeout(Duration::from_secs(30));
+    let out = envd
+        .exec(request)
+        .await
+        .map_err(|source| SandboxError::Envd {
+            sandbox: id.to_string(),
+            source: Box::new(source),
+        })?;
+    if out.exit_code != 0 {
+        return Err(SandboxError::EnvdNotReady {
+            sandbox: id.to_string(),
+            message: format!(
+                "setting the clone's identity failed ({}): {}",
+                out.exit_code,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            console: String::new(),
+        });
+    }
+    Ok(())
 }
 
 fn init_request(token: &str, env_vars: &BTreeMap<String, String>) -> InitRequest {
@@ -611,6 +655,9 @@ async fn teardown(
     if let Some((pool, net)) = net
         && let Err(err) = pool.remove(net).await
     {
+        errors.push(err.to_string());
+    }
+    if let Err(err) = disk::remove_root_disk(id, run_dir).await {
         errors.push(err.to_string());
     }
     match std::fs::remove_dir_all(run_dir) {
@@ -678,12 +725,12 @@ fn vm_spec(config: &SandboxConfig, run_dir: &Path, attach: &Attach<'_>) -> VmSpe
         memory_mib: config.memory_mib,
         kernel: config.images.kernel.clone(),
         kernel_args: format!(
-            "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet {} petrel.hostname={}",
+            "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet tsc=reliable {} petrel.hostname={}",
             attach.kernel_args(),
             config.id
         ),
-        root_disk: run_dir.join("root.qcow2"),
-        root_disk_qcow2: true,
+        root_disk: disk::locate(run_dir).path,
+        root_disk_qcow2: disk::locate(run_dir).is_qcow2(),
         network: attach.vm_network(),
         run_dir: run_dir.to_path_buf(),
     }

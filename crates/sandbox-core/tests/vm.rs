@@ -386,6 +386,7 @@ async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
     source.snapshot(&snapshot).await.unwrap();
     let still_running = source.exec_shell("cat ~/snap.txt").await.unwrap();
     let mut clones = Vec::new();
+    let mut identities = Vec::new();
     for n in 0..3 {
         let config = SandboxConfig {
             snapshot: Some(snapshot.clone()),
@@ -404,6 +405,11 @@ async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
             .await
             .unwrap();
         seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+        let identity = clone
+            .exec_shell("hostname; cat /proc/sys/kernel/random/uuid")
+            .await
+            .unwrap();
+        identities.push(String::from_utf8_lossy(&identity.stdout).into_owned());
     }
     for clone in clones {
         clone.destroy().await.unwrap();
@@ -418,6 +424,20 @@ async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
             "from-snapshot\n0\n",
             "from-snapshot\n0\n"
         ]
+    );
+    let hostnames: Vec<&str> = identities
+        .iter()
+        .map(|i| i.lines().next().unwrap())
+        .collect();
+    let uuids: std::collections::BTreeSet<&str> = identities
+        .iter()
+        .map(|i| i.lines().nth(1).unwrap())
+        .collect();
+    assert_eq!(hostnames, ["snap-clone0", "snap-clone1", "snap-clone2"]);
+    assert_eq!(
+        uuids.len(),
+        3,
+        "clones share a random stream: {identities:?}"
     );
 }
 

@@ -1,16 +1,148 @@
-//! The E2B-compatible control plane and envd proxy (placeholder: being
-//! written).
+//! The E2B-compatible control plane and envd proxy: the official `e2b` SDKs
+//! work against the agent unchanged with `E2B_API_KEY`, `E2B_API_URL`
+//! (→ [`control_router`]) and `E2B_SANDBOX_URL` (→ [`proxy_router`]).
+//!
+//! - [`auth`]: `X-API-KEY` against the configured keys.
+//! - [`sandboxes`]: create (v2 and legacy), connect/resume, kill, list with
+//!   filters and `x-next-token` pagination, detail, timeout, pause, metrics.
+//! - [`snapshots`]: create, list, delete (`DELETE /templates/{id}`).
+//! - [`proxy`]: routes envd traffic to the sandbox's guest agent by
+//!   `E2b-Sandbox-Id`/`E2b-Sandbox-Port`, `{port}-{id}.` host names or signed
+//!   `/files` URLs, streaming both ways.
+//! - [`models`]: the JSON bodies, names exactly as E2B spells them.
+//!
+//! The lifecycle itself is [`sandbox_core::Manager`]'s; this module maps
+//! E2B's requests and states onto it (`running`/`paused` only).
+//!
+//! Refused rather than silently ignored (400, or 501 for fork): `autoResume`,
+//! network egress rules, `allowPublicTraffic: false`, volume mounts, MCP,
+//! IAM, filesystem-only pauses and snapshots (`memory: false`), connect with
+//! `memory: false` (reboot), fork. Not implemented: `Idempotency-Key` on
+//! create, WebSocket upgrades through the proxy, guest ports other than
+//! envd's for sandboxes on QEMU's user-mode network.
+
+pub mod auth;
+pub mod error;
+pub mod models;
+pub mod proxy;
+pub mod query;
+pub mod sandboxes;
+pub mod signature;
+pub mod snapshots;
+pub mod time;
+
+use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
 
 use crate::state::AppState;
+use error::ApiError;
 
-/// E2B's control-plane routes (`/sandboxes`, `/v2/sandboxes`, ...).
-pub fn control_router(state: AppState) -> Router {
-    Router::new().with_state(state)
+/// The guest port envd listens on.
+pub const ENVD_PORT: u16 = 49983;
+
+/// HTTP/1.1 client to guests' envd (proxying, metrics).
+pub type HttpClient = Client<HttpConnector, Body>;
+
+/// What control-plane handlers share.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub app: AppState,
+    pub http: HttpClient,
 }
 
-/// The envd proxy served on `--sandbox-listen`.
+/// E2B's control-plane routes (`/sandboxes`, `/v2/sandboxes`, `/snapshots`,
+/// `/templates/{id}`), all behind `X-API-KEY`.
+pub fn control_router(state: AppState) -> Router {
+    let control = Control {
+        app: state.clone(),
+        http: http_client(),
+    };
+    Router::new()
+        .merge(sandboxes::routes())
+        .merge(snapshots::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::require_api_key,
+        ))
+        .with_state(control)
+}
+
+/// The envd proxy served on `--sandbox-listen` (`E2B_SANDBOX_URL`).
 pub fn proxy_router(state: AppState) -> Router {
-    Router::new().with_state(state)
+    proxy::router(state, http_client())
+}
+
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// A JSON body; an empty body is `T::default()` (the SDKs send `{}` or
+/// nothing for optional bodies). Content-Type is not required (JS sends
+/// chunked bodies, some clients omit it).
+fn parse_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_required(body)
+}
+
+/// A JSON body that must be present.
+fn parse_required<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
+}
+
+/// Longest TTL a request may ask for (E2B's own ceiling is 24 h).
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A `timeout` in seconds as a TTL: 0 to [`MAX_TIMEOUT`].
+fn ttl(field: &str, seconds: f64) -> Result<Duration, ApiError> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(ApiError::bad_request(format!(
+            "{field} must be a non-negative number of seconds"
+        )));
+    }
+    if seconds > MAX_TIMEOUT.as_secs_f64() {
+        return Err(ApiError::bad_request(format!(
+            "{field} must be at most {} seconds",
+            MAX_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_bounds() {
+        assert_eq!(ttl("timeout", 300.0).unwrap(), Duration::from_secs(300));
+        assert_eq!(ttl("timeout", 0.5).unwrap(), Duration::from_millis(500));
+        assert!(ttl("timeout", -1.0).is_err());
+        assert!(ttl("timeout", f64::NAN).is_err());
+        assert!(ttl("timeout", 1e12).is_err());
+    }
+
+    #[test]
+    fn empty_bodies_are_defaults() {
+        let parsed: models::ConnectRequest = parse_body(&Bytes::new()).unwrap();
+        assert!(parsed.timeout.is_none());
+        let parsed: models::ConnectRequest =
+            parse_body(&Bytes::from_static(b"{\"timeout\": 30}")).unwrap();
+        assert_eq!(parsed.timeout, Some(30.0));
+        assert!(parse_body::<models::ConnectRequest>(&Bytes::from_static(b"{")).is_err());
+    }
 }

@@ -59,12 +59,14 @@ pub fn images() -> Option<(PathBuf, PathBuf)> {
 
 const SLOTS_PER_AGENT: u16 = 32;
 
-/// A slot range no other agent of this test process uses (test binaries
-/// run one after another, so processes do not overlap).
+/// A slot range no other test agent uses: each test process gets a block
+/// of 8 ranges (by its pid, so test processes running at once do not
+/// collide), used round-robin by its agents (at most a few run at once).
 fn next_slot_range() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    1000 + (n % 200) * SLOTS_PER_AGENT
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
+    let block = (std::process::id() % 100) as u16;
+    1000 + (block * 8 + n) * SLOTS_PER_AGENT
 }
 
 /// Starts an agent on 127.0.0.1 (random ports, envd proxy included) with

@@ -1,12 +1,47 @@
-//! Per-sandbox copy-on-write root disks.
-//!
-//! Today: a qcow2 overlay whose backing file is the template's read-only raw
-//! base image, created in constant time by `qemu-img`. The base is never
-//! written.
+//! The qcow2 overlay provider: `qemu-img create -b <base>` in constant
+//! time; only QEMU reads qcow2.
 
 use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
+
+use super::{DiskFormat, QCOW2_FILE, RootDisk, RootfsProvider, remove_file_if_exists};
 use crate::error::SandboxError;
+use crate::vmm::BackendKind;
+
+/// Root disks as qcow2 overlays (`root.qcow2`) backed by the base.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Qcow2Provider;
+
+#[async_trait]
+impl RootfsProvider for Qcow2Provider {
+    fn name(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn supports(&self, backend: BackendKind) -> bool {
+        backend == BackendKind::Qemu
+    }
+
+    async fn create(
+        &self,
+        sandbox: &str,
+        base: &Path,
+        base_format: DiskFormat,
+        run_dir: &Path,
+    ) -> Result<RootDisk, SandboxError> {
+        let overlay = run_dir.join(QCOW2_FILE);
+        create_qcow2_overlay(sandbox, base, &overlay, base_format == DiskFormat::Qcow2).await?;
+        Ok(RootDisk {
+            path: overlay,
+            format: DiskFormat::Qcow2,
+        })
+    }
+
+    async fn remove(&self, _sandbox: &str, run_dir: &Path) -> Result<(), SandboxError> {
+        remove_file_if_exists(&run_dir.join(QCOW2_FILE))
+    }
+}
 
 /// Creates `overlay` (qcow2) backed by `base`: a raw image (a template) or,
 /// when `base_is_qcow2`, a qcow2 image (a snapshot's disk).

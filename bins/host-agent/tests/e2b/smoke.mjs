@@ -1,0 +1,26 @@
+// Smoke test of the official npm `e2b` SDK against a Petrel host agent:
+// create, run, write/read a file, info, kill. Needs E2B_API_KEY,
+// E2B_API_URL and E2B_SANDBOX_URL; `cargo test -p host-agent --test e2b`
+// installs the pinned package and runs this from the install directory.
+import assert from 'node:assert/strict'
+import { Sandbox } from 'e2b'
+
+const sandbox = await Sandbox.create({ metadata: { smoke: 'npm' }, envs: { SMOKE: 'yes' } })
+try {
+  const result = await sandbox.commands.run('echo "hello from $(whoami) $SMOKE"')
+  assert.equal(result.stdout, 'hello from user yes\n')
+  assert.equal(result.exitCode, 0)
+
+  await sandbox.files.write('/home/user/npm.txt', 'written by node')
+  assert.equal(await sandbox.files.read('/home/user/npm.txt'), 'written by node')
+
+  const info = await sandbox.getInfo()
+  assert.equal(info.sandboxId, sandbox.sandboxId)
+  assert.equal(info.state, 'running')
+  assert.deepEqual(info.metadata, { smoke: 'npm' })
+  assert.ok(await sandbox.isRunning())
+} finally {
+  assert.equal(await sandbox.kill(), true)
+}
+assert.equal(await sandbox.isRunning(), false)
+console.log('npm e2b smoke test passed')

@@ -1,0 +1,455 @@
+"""The official `e2b` Python SDK, unchanged, against a Petrel host agent.
+
+Covers issue 7's acceptance list: create with metadata and env vars;
+commands (stdout/stderr, exit-code error, cwd, user, env, background +
+connect + kill, stdin); PTY; files (text, bytes, many, list, exists, info,
+make_dir, rename, remove, watch_dir polling and streaming, signed URLs);
+list filters and pagination; get_info; pause -> connect with files and
+processes intact; auto-pause at timeout; snapshots (create, list, create-from, delete);
+set_timeout expiry; kill. Tests run in file order; each boot under TCG
+costs seconds, so most share the session's sandbox `sbx`.
+"""
+
+import asyncio
+import datetime
+import threading
+import time
+
+import httpx
+import pytest
+from e2b import (
+    AsyncSandbox,
+    AuthenticationException,
+    CommandExitException,
+    FileNotFoundException,
+    FilesystemEventType,
+    FileType,
+    PtySize,
+    Sandbox,
+    SandboxQuery,
+    SandboxState,
+)
+
+HOME = "/home/user"
+
+
+def wait_for(predicate, timeout=20.0, interval=0.2, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def all_pages(paginator):
+    pages = []
+    while paginator.has_next:
+        pages.append(paginator.next_items())
+    return pages
+
+
+# ---- create, info --------------------------------------------------------
+
+
+def test_create_with_metadata_and_env_vars(sbx, run_id):
+    info = sbx.get_info()
+    assert info.sandbox_id == sbx.sandbox_id
+    assert info.template_id == "base"
+    assert info.metadata == {"suite": run_id, "role": "main"}
+    assert info.state == SandboxState.RUNNING
+    assert info.envd_version == "0.6.4"
+    assert info.cpu_count >= 1 and info.memory_mb >= 128
+    ttl = (info.end_at - info.started_at).total_seconds()
+    assert abs(ttl - 900) < 5, ttl
+    assert info.end_at > datetime.datetime.now(datetime.timezone.utc)
+    assert sbx.is_running()
+
+    assert sbx.commands.run("echo $SUITE_VAR").stdout == "from-create\n"
+
+
+def test_wrong_api_key_is_refused():
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="e2b_" + "0" * 32)
+    with pytest.raises(AuthenticationException):
+        Sandbox.list(api_key="e2b_" + "0" * 32).next_items()
+
+
+# ---- commands --------------------------------------------------------------
+
+
+def test_commands_stdout_stderr_and_exit_code(sbx):
+    result = sbx.commands.run("echo out; echo err >&2")
+    assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "err\n", 0)
+
+    with pytest.raises(CommandExitException) as failed:
+        sbx.commands.run("echo partial; echo oops >&2; exit 3")
+    assert failed.value.exit_code == 3
+    assert failed.value.stdout == "partial\n"
+    assert failed.value.stderr == "oops\n"
+
+
+def test_commands_cwd_user_and_env(sbx):
+    assert sbx.commands.run("whoami; pwd; echo $HOME").stdout == f"user\n{HOME}\n{HOME}\n"
+    assert sbx.commands.run("pwd", cwd="/tmp").stdout == "/tmp\n"
+    assert sbx.commands.run("whoami; pwd", user="root").stdout == "root\n/root\n"
+    assert (
+        sbx.commands.run('echo "$A|$B"', envs={"A": "1", "B": "two words"}).stdout
+        == "1|two words\n"
+    )
+    # What SDK users assume of the base template.
+    sbx.commands.run("sudo -n true && python3 --version && curl --version && git --version")
+
+
+def test_background_command_connect_and_kill(sbx):
+    handle = sbx.commands.run(
+        "for i in $(seq 1 100); do echo tick $i; sleep 0.5; done", background=True
+    )
+    assert handle.pid > 0
+    assert handle.pid in [p.pid for p in sbx.commands.list()]
+    handle.disconnect()
+
+    attached = sbx.commands.connect(handle.pid)
+    seen = []
+    for stdout, _stderr, _pty in attached:
+        if stdout:
+            seen.append(stdout)
+            if "tick" in "".join(seen):
+                break
+    assert "tick" in "".join(seen)
+
+    assert sbx.commands.kill(handle.pid) is True
+    with pytest.raises(CommandExitException):
+        attached.wait()
+    wait_for(
+        lambda: handle.pid not in [p.pid for p in sbx.commands.list()],
+        what="the killed process to leave the list",
+    )
+    assert sbx.commands.kill(handle.pid) is False
+
+
+def test_send_stdin_and_close_stdin(sbx):
+    handle = sbx.commands.run("read line; echo got:$line", background=True, stdin=True)
+    sbx.commands.send_stdin(handle.pid, "hello\n")
+    assert handle.wait().stdout == "got:hello\n"
+
+    cat = sbx.commands.run("cat", background=True, stdin=True)
+    cat.send_stdin("abc")
+    cat.send_stdin(b"def")
+    cat.close_stdin()
+    assert cat.wait().stdout == "abcdef"
+
+
+def test_pty_create_resize_input_kill(sbx):
+    output = bytearray()
+    handle = sbx.pty.create(PtySize(rows=24, cols=80))
+
+    def pump():
+        try:
+            handle.wait(on_pty=output.extend)
+        except CommandExitException:
+            pass  # killed
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+
+    sbx.pty.resize(handle.pid, PtySize(rows=30, cols=100))
+    sbx.pty.send_stdin(handle.pid, b"stty size; echo pty-$((40 + 2))\n")
+    wait_for(
+        lambda: b"30 100" in output and b"pty-42" in output,
+        what=f"PTY output, got {bytes(output)!r}",
+    )
+
+    assert sbx.pty.kill(handle.pid) is True
+    reader.join(timeout=15)
+    assert not reader.is_alive()
+
+
+# ---- files -----------------------------------------------------------------
+
+
+def test_files_write_read_list_and_manage(sbx):
+    base = f"{HOME}/files-test"
+    written = sbx.files.write(f"{base}/hello.txt", "héllo wörld")
+    assert written.path == f"{base}/hello.txt"
+    assert sbx.files.read(f"{base}/hello.txt") == "héllo wörld"
+
+    blob = bytes(range(256)) * 64
+    sbx.files.write(f"{base}/blob.bin", blob)
+    assert sbx.files.read(f"{base}/blob.bin", format="bytes") == blob
+
+    entries = [{"path": f"{base}/many/{i:02}.txt", "data": f"file {i}"} for i in range(12)]
+    assert len(sbx.files.write_files(entries)) == 12
+    listed = sbx.files.list(f"{base}/many")
+    assert [e.name for e in listed] == [f"{i:02}.txt" for i in range(12)]
+    assert sbx.files.read(f"{base}/many/07.txt") == "file 7"
+
+    # Relative paths are relative to the user's home.
+    sbx.files.write("relative.txt", "rel")
+    assert sbx.files.read(f"{HOME}/relative.txt") == "rel"
+
+    assert sbx.files.exists(f"{base}/hello.txt")
+    assert not sbx.files.exists(f"{base}/nope.txt")
+    info = sbx.files.get_info(f"{base}/blob.bin")
+    assert (info.name, info.type, info.size) == ("blob.bin", FileType.FILE, len(blob))
+    assert info.owner == "user"
+
+    assert sbx.files.make_dir(f"{base}/newdir") is True
+    assert sbx.files.make_dir(f"{base}/newdir") is False
+    assert sbx.files.get_info(f"{base}/newdir").type == FileType.DIR
+
+    moved = sbx.files.rename(f"{base}/hello.txt", f"{base}/newdir/moved.txt")
+    assert moved.path == f"{base}/newdir/moved.txt"
+    assert not sbx.files.exists(f"{base}/hello.txt")
+    assert sbx.files.read(f"{base}/newdir/moved.txt") == "héllo wörld"
+
+    sbx.files.remove(f"{base}/newdir")
+    assert not sbx.files.exists(f"{base}/newdir")
+    with pytest.raises(FileNotFoundException):
+        sbx.files.read(f"{base}/newdir/moved.txt")
+
+
+def test_watch_dir_polling(sbx):
+    watched = f"{HOME}/watched-sync"
+    sbx.files.make_dir(watched)
+    handle = sbx.files.watch_dir(watched)
+    try:
+        sbx.files.write(f"{watched}/new.txt", "x")
+        events = []
+
+        def saw_create():
+            events.extend(handle.get_new_events())
+            return any(
+                e.name == "new.txt" and e.type == FilesystemEventType.CREATE for e in events
+            )
+
+        wait_for(saw_create, what=f"a CREATE event, got {events}")
+    finally:
+        handle.stop()
+
+
+@pytest.mark.asyncio
+async def test_watch_dir_stream_async(sbx):
+    sandbox = await AsyncSandbox.connect(sbx.sandbox_id)
+    watched = f"{HOME}/watched-async"
+    await sandbox.files.make_dir(watched)
+    events = []
+    seen = asyncio.Event()
+
+    def on_event(event):
+        events.append(event)
+        if event.name == "async.txt" and event.type == FilesystemEventType.WRITE:
+            seen.set()
+
+    handle = await sandbox.files.watch_dir(watched, on_event=on_event)
+    try:
+        await sandbox.files.write(f"{watched}/async.txt", "y")
+        await asyncio.wait_for(seen.wait(), timeout=20)
+    finally:
+        await handle.stop()
+    assert {e.name for e in events} == {"async.txt"}
+
+
+def test_signed_upload_and_download_urls(sbx):
+    path = f"{HOME}/signed/through-url.txt"
+    upload = sbx.upload_url(path)
+    assert "signature=" in upload
+    # Plain HTTP without the SDK's routing headers: the proxy routes by signature.
+    response = httpx.post(upload, files={"file": ("through-url.txt", b"uploaded bytes")})
+    assert response.status_code == 200, response.text
+    assert sbx.files.read(path) == "uploaded bytes"
+
+    download = sbx.download_url(path)
+    response = httpx.get(download)
+    assert response.status_code == 200, response.text
+    assert response.content == b"uploaded bytes"
+
+    as_root = sbx.download_url(path, user="root", use_signature_expiration=60)
+    assert httpx.get(as_root).content == b"uploaded bytes"
+
+    tampered = download.replace("signature=v1_", "signature=v1_x")
+    assert httpx.get(tampered).status_code == 401
+
+    expiring = sbx.download_url(path, use_signature_expiration=1)
+    expires_at = int(time.time()) + 1
+    # envd judges expiry by the guest's clock: wait until it is past, too.
+    wait_for(
+        lambda: time.time() > expires_at + 1
+        and int(sbx.commands.run("date +%s").stdout) > expires_at,
+        what="the signature's expiry",
+    )
+    response = httpx.get(expiring)
+    assert response.status_code == 401, response.text
+    assert response.json()["message"] == "signature is already expired"
+
+
+def test_metrics(sbx):
+    metrics = sbx.get_metrics()
+    assert len(metrics) >= 1
+    sample = metrics[-1]
+    assert sample.cpu_count >= 1
+    assert 0 < sample.mem_used <= sample.mem_total
+    assert 0 < sample.disk_used <= sample.disk_total
+
+
+def test_connect_extends_but_never_shortens(sbx):
+    before = sbx.get_info().end_at
+    Sandbox.connect(sbx.sandbox_id, timeout=30)
+    assert sbx.get_info().end_at == before
+
+    sbx.set_timeout(1200)
+    longer = sbx.get_info().end_at
+    assert (longer - before).total_seconds() > 250
+    again = sbx.connect(timeout=1500)
+    assert again.sandbox_id == sbx.sandbox_id
+    assert (sbx.get_info().end_at - longer).total_seconds() > 250
+
+
+# ---- pause, list, connect ------------------------------------------------------
+
+
+def test_pause_list_and_connect_keep_files_and_processes(sbx, run_id):
+    other = Sandbox.create(
+        metadata={"suite": run_id, "role": "other", "odd key": "a value&more=x%"},
+        timeout=600,
+    )
+    try:
+        other.files.write(f"{HOME}/state.txt", "kept")
+        sleeper = other.commands.run("sleep 1000", background=True)
+        sleeper.disconnect()
+        other.commands.run("echo 41 > /tmp/counter")
+
+        assert other.pause() is True
+        assert Sandbox.pause(other.sandbox_id) is False  # 409: already paused
+        assert not other.is_running()
+        assert Sandbox.get_info(other.sandbox_id).state == SandboxState.PAUSED
+
+        ours = SandboxQuery(metadata={"suite": run_id})
+        paused = [
+            s.sandbox_id
+            for page in all_pages(
+                Sandbox.list(query=SandboxQuery(metadata={"suite": run_id}, state=[SandboxState.PAUSED]))
+            )
+            for s in page
+        ]
+        assert paused == [other.sandbox_id]
+        running = [
+            s.sandbox_id
+            for page in all_pages(
+                Sandbox.list(query=SandboxQuery(metadata={"suite": run_id}, state=[SandboxState.RUNNING]))
+            )
+            for s in page
+        ]
+        assert running == [sbx.sandbox_id]
+
+        pages = all_pages(Sandbox.list(query=ours, limit=1))
+        assert [len(p) for p in pages] == [1, 1]
+        # Newest first by default; ascending on request.
+        assert [p[0].sandbox_id for p in pages] == [other.sandbox_id, sbx.sandbox_id]
+        ascending = all_pages(Sandbox.list(query=ours, limit=1, order="asc"))
+        assert [p[0].sandbox_id for p in ascending] == [sbx.sandbox_id, other.sandbox_id]
+        listed = {s.sandbox_id: s for page in pages for s in page}
+        assert listed[other.sandbox_id].state == SandboxState.PAUSED
+        assert listed[sbx.sandbox_id].metadata == {"suite": run_id, "role": "main"}
+
+        after_main = sbx.get_info().started_at + datetime.timedelta(milliseconds=1)
+        newer = all_pages(Sandbox.list(query=SandboxQuery(metadata={"suite": run_id}, started_after=after_main)))
+        assert [s.sandbox_id for page in newer for s in page] == [other.sandbox_id]
+        by_template = all_pages(Sandbox.list(query=SandboxQuery(metadata={"suite": run_id}, template="base")))
+        assert len([s for page in by_template for s in page]) == 2
+        assert all_pages(Sandbox.list(query=SandboxQuery(template="no-such-template"))) == [[]]
+
+        odd = all_pages(Sandbox.list(query=SandboxQuery(metadata={"odd key": "a value&more=x%"})))
+        assert [s.sandbox_id for page in odd for s in page] == [other.sandbox_id]
+        none = all_pages(Sandbox.list(query=SandboxQuery(metadata={"suite": run_id, "role": "nope"})))
+        assert none == [[]]
+
+        resumed = Sandbox.connect(other.sandbox_id, timeout=600)
+        assert resumed.is_running()
+        assert resumed.get_info().state == SandboxState.RUNNING
+        assert resumed.files.read(f"{HOME}/state.txt") == "kept"
+        assert sleeper.pid in [p.pid for p in resumed.commands.list()]
+        assert resumed.commands.run("cat /tmp/counter").stdout == "41\n"
+
+        # And once more: pause and resume repeatedly.
+        assert resumed.pause() is True
+        again = resumed.connect()
+        assert again.commands.run("echo $((41 + 1))").stdout == "42\n"
+        assert sleeper.pid in [p.pid for p in again.commands.list()]
+    finally:
+        assert Sandbox.kill(other.sandbox_id) is True
+    assert Sandbox.kill(other.sandbox_id) is False
+    assert not other.is_running()
+
+
+def test_auto_pause_at_timeout_then_connect(run_id):
+    sandbox = Sandbox.create(
+        metadata={"suite": run_id, "role": "auto-pause"},
+        timeout=4,
+        lifecycle={"on_timeout": "pause"},
+    )
+    try:
+        assert sandbox.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": False}
+        sandbox.files.write(f"{HOME}/before-pause.txt", "still here")
+        wait_for(
+            lambda: Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED,
+            timeout=30,
+            what="the auto-pause at timeout",
+        )
+        assert not sandbox.is_running()
+        resumed = sandbox.connect(timeout=60)
+        assert resumed.files.read(f"{HOME}/before-pause.txt") == "still here"
+        info = resumed.get_info()
+        assert info.state == SandboxState.RUNNING
+        assert 50 < (info.end_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds() <= 61
+    finally:
+        assert Sandbox.kill(sandbox.sandbox_id) is True
+
+
+# ---- snapshots, timeout -------------------------------------------------------
+
+
+def test_snapshot_create_list_create_from_delete_and_timeout(sbx):
+    sbx.files.write(f"{HOME}/snapshot-marker.txt", "from the snapshot")
+    snapshot = sbx.create_snapshot()
+    assert snapshot.snapshot_id
+    assert sbx.is_running()
+
+    listed = [
+        s.snapshot_id
+        for page in all_pages(Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id))
+        for s in page
+    ]
+    assert snapshot.snapshot_id in listed
+
+    child = Sandbox.create(snapshot.snapshot_id, timeout=120)
+    try:
+        assert child.sandbox_id != sbx.sandbox_id
+        assert child.get_info().template_id == snapshot.snapshot_id
+        assert child.files.read(f"{HOME}/snapshot-marker.txt") == "from the snapshot"
+
+        # set_timeout shortens as well as extends; expiry kills.
+        child.set_timeout(3)
+        wait_for(lambda: not child.is_running(), timeout=30, what="the sandbox to time out")
+        assert Sandbox.kill(child.sandbox_id) is False
+    finally:
+        Sandbox.kill(child.sandbox_id)
+
+    assert Sandbox.delete_snapshot(snapshot.snapshot_id) is True
+    listed = [
+        s.snapshot_id
+        for page in all_pages(Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id))
+        for s in page
+    ]
+    assert snapshot.snapshot_id not in listed
+    assert Sandbox.delete_snapshot(snapshot.snapshot_id) is False
+
+
+# ---- kill (last: it ends the shared sandbox) -------------------------------------
+
+
+def test_kill(sbx):
+    assert sbx.kill() is True
+    assert not sbx.is_running()
+    assert Sandbox.kill(sbx.sandbox_id) is False
