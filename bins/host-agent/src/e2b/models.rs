@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// The envd version the control plane reports (`envdVersion`): the highest
-/// version whose features the guest agent implements. Kept equal to
-/// `envd::ENVD_COMPAT_VERSION` (the host agent does not link `envd`).
-pub const ENVD_VERSION: &str = "0.6.4";
+/// version whose features the guest agent implements.
+pub const ENVD_VERSION: &str = envd::ENVD_COMPAT_VERSION;
 
 /// `clientID` of every sandbox (E2B's is an opaque cluster id).
 pub const CLIENT_ID: &str = "petrel";

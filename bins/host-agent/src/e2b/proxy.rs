@@ -175,9 +175,8 @@ fn from_signature(app: &AppState, method: &Method, uri: &Uri) -> Option<Target> 
         .into_iter()
         .filter(|info| !info.envd_access_token.is_empty())
         .find(|info| {
-            let expected =
-                file_signature(path, operation, user, &info.envd_access_token, expiration);
-            constant_time_eq(&expected, signature)
+            file_signature(path, operation, user, &info.envd_access_token, expiration)
+                .is_some_and(|expected| constant_time_eq(&expected, signature))
         })
         .map(|info| Target {
             sandbox_id: info.id,
