@@ -348,3 +348,62 @@ async fn capacity_limit_refuses_more_running_sandboxes() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn warm_template_creates_from_its_snapshot_with_own_identity() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+
+    let warmed = manager.warm_template("base").await.unwrap();
+    let a = manager.create(base()).await.unwrap();
+    let b = manager.create(base()).await.unwrap();
+    let a_name = manager
+        .exec(&a.id, ExecRequest::shell("hostname"))
+        .await
+        .unwrap();
+    let b_name = manager
+        .exec(&b.id, ExecRequest::shell("hostname"))
+        .await
+        .unwrap();
+    let reregistered = manager.register_template("base", &images, "test").unwrap();
+    destroy_all(&manager).await;
+
+    assert!(warmed.warm_snapshot.is_some());
+    assert_eq!(String::from_utf8_lossy(&a_name.stdout).trim(), a.id);
+    assert_eq!(String::from_utf8_lossy(&b_name.stdout).trim(), b.id);
+    assert_eq!(a.template, "base");
+    assert_eq!(reregistered.warm_snapshot, warmed.warm_snapshot);
+}
+
+#[tokio::test]
+async fn fork_makes_independent_copies_of_a_running_sandbox() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let source = manager.create(base()).await.unwrap();
+    manager
+        .exec(&source.id, ExecRequest::shell("echo original > ~/f.txt"))
+        .await
+        .unwrap();
+
+    let forks = manager.fork(&source.id, 2, None).await.unwrap();
+    let ids: Vec<String> = forks.into_iter().map(|f| f.unwrap().id).collect();
+    manager
+        .exec(&ids[0], ExecRequest::shell("echo changed > ~/f.txt"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for id in [&source.id, &ids[0], &ids[1]] {
+        let out = manager
+            .exec(id, ExecRequest::shell("cat ~/f.txt"))
+            .await
+            .unwrap();
+        seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let too_many = manager.fork(&source.id, 21, None).await.unwrap_err();
+    destroy_all(&manager).await;
+
+    assert_eq!(seen, ["original\n", "changed\n", "original\n"]);
+    assert!(matches!(too_many, ManagerError::InvalidRequest(_)));
+}

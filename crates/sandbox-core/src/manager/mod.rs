@@ -197,6 +197,7 @@ impl Manager {
     ) -> Result<TemplateInfo, ManagerError> {
         let name = SafeName::new(name)?;
         images.check()?;
+        let warm = self.warm_dir(&name, images);
         let info = TemplateInfo {
             name: name.to_string(),
             kernel: images.kernel.clone(),
@@ -204,9 +205,70 @@ impl Manager {
             created_at: SystemTime::now(),
             size_bytes: std::fs::metadata(&images.rootfs).map_or(0, |m| m.len()),
             source: source.to_string(),
+            // A warm snapshot made earlier for these very images stays valid.
+            warm_snapshot: warm.join("vmstate.json").is_file().then_some(warm),
         };
         lock(&self.inner.store).put(Table::Templates, name.as_str(), &info)?;
         Ok(info)
+    }
+
+    /// Where the warm snapshot of `name` with `images` lives: keyed by the
+    /// images and the network mode, whose guest addresses it carries.
+    fn warm_dir(&self, name: &SafeName, images: &GuestImages) -> PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        images.kernel.hash(&mut hasher);
+        images.rootfs.hash(&mut hasher);
+        std::fs::metadata(&images.rootfs)
+            .map_or(0, |m| m.len())
+            .hash(&mut hasher);
+        self.inner.config.network.is_some().hash(&mut hasher);
+        name.join_under(&self.inner.config.data_dir.join("templates"))
+            .join(format!("warm-{:016x}", hasher.finish()))
+    }
+
+    /// Boots a guest of template `name` once and keeps a snapshot of it,
+    /// envd ready, from which later creates start in a fraction of a cold
+    /// boot (a create falls back to a cold boot while there is none).
+    pub async fn warm_template(&self, name: &str) -> Result<TemplateInfo, ManagerError> {
+        let mut template = self.template(name)?;
+        if template
+            .warm_snapshot
+            .as_ref()
+            .is_some_and(|d| d.join("vmstate.json").is_file())
+        {
+            return Ok(template);
+        }
+        let name = SafeName::new(name)?;
+        let images = GuestImages {
+            kernel: template.kernel.clone(),
+            rootfs: template.rootfs.clone(),
+        };
+        let dir = self.warm_dir(&name, &images);
+        let partial = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&partial);
+        let start = Instant::now();
+        let config = SandboxConfig {
+            network: self.inner.config.network.clone(),
+            ..SandboxConfig::new(
+                format!("warm-{}", new_id()?),
+                images,
+                &self.inner.config.data_dir,
+            )
+        };
+        let mut sandbox = Sandbox::boot(self.inner.hypervisor.as_ref(), config).await?;
+        let saved = sandbox.snapshot(&partial).await;
+        let destroyed = sandbox.destroy().await;
+        saved?;
+        destroyed?;
+        std::fs::rename(&partial, &dir).map_err(|e| ManagerError::Store {
+            path: dir.clone(),
+            message: format!("moving the warm snapshot into place: {e}"),
+        })?;
+        template.warm_snapshot = Some(dir);
+        lock(&self.inner.store).put(Table::Templates, name.as_str(), &template)?;
+        tracing::info!(template = %name, took_ms = start.elapsed().as_millis() as u64, "template warmed");
+        Ok(template)
     }
 
     pub fn templates(&self) -> Result<Vec<TemplateInfo>, ManagerError> {
@@ -245,7 +307,15 @@ impl Manager {
                 template.name
             )));
         }
-        lock(&self.inner.store).delete(Table::Templates, &template.name)
+        lock(&self.inner.store).delete(Table::Templates, &template.name)?;
+        let dir = SafeName::new(&template.name)?
+            .join_under(&self.inner.config.data_dir.join("templates"));
+        if let Err(err) = std::fs::remove_dir_all(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), %err, "cannot remove the template's warm snapshots");
+        }
+        Ok(())
     }
 
     // ---- sandboxes --------------------------------------------------------
@@ -358,13 +428,17 @@ impl Manager {
         let template: TemplateInfo = store
             .get(Table::Templates, name.as_str())?
             .ok_or_else(|| ManagerError::TemplateNotFound(name.to_string()))?;
+        // The fast path when the template is warm; a cold boot otherwise.
+        let warm = template
+            .warm_snapshot
+            .filter(|dir| dir.join("vmstate.json").is_file());
         Ok((
             template.name,
             GuestImages {
                 kernel: template.kernel,
                 rootfs: template.rootfs,
             },
-            None,
+            warm,
         ))
     }
 
@@ -549,6 +623,41 @@ impl Manager {
         };
         lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
         Ok(info)
+    }
+
+    /// `count` new sandboxes continuing a running one: a snapshot
+    /// (`fork-<hex>`, listed like any other, deletable once its forks are
+    /// gone) and one start from it per fork. Each fork's outcome is
+    /// reported on its own.
+    pub async fn fork(
+        &self,
+        id: &str,
+        count: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Result<SandboxInfo, ManagerError>>, ManagerError> {
+        if !(1..=20).contains(&count) {
+            return Err(ManagerError::InvalidRequest(format!(
+                "count must be 1..=20, got {count}"
+            )));
+        }
+        let source = self.get(id)?;
+        let name = format!("fork-{}", new_id()?);
+        self.snapshot(id, &name).await?;
+        let mut forks = Vec::with_capacity(count);
+        for _ in 0..count {
+            let request = CreateSandbox {
+                template: name.clone(),
+                vcpus: Some(source.vcpus),
+                memory_mib: Some(source.memory_mib),
+                timeout,
+                env_vars: source.env_vars.clone(),
+                metadata: source.metadata.clone(),
+                auto_pause: source.auto_pause,
+                internet: source.internet,
+            };
+            forks.push(self.create(request).await);
+        }
+        Ok(forks)
     }
 
     /// The template at the root of `name`, which may itself be a snapshot.

@@ -131,6 +131,10 @@ pub struct TemplateInfo {
     pub size_bytes: u64,
     /// Where it came from (e.g. `images/build.sh`).
     pub source: String,
+    /// A snapshot of a booted, envd-ready guest of this template: creates
+    /// restore it instead of cold-booting (see `Manager::warm_template`).
+    #[serde(default)]
+    pub warm_snapshot: Option<std::path::PathBuf>,
 }
 
 /// Filters of [`crate::Manager::list`]; empty fields match everything.
