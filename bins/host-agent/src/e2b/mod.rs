@@ -14,10 +14,10 @@
 //! The lifecycle itself is [`sandbox_core::Manager`]'s; this module maps
 //! E2B's requests and states onto it (`running`/`paused` only).
 //!
-//! Refused rather than silently ignored (400, or 501 for fork): `autoResume`,
+//! Refused rather than silently ignored (400): `autoResume`,
 //! network egress rules, `allowPublicTraffic: false`, volume mounts, MCP,
 //! IAM, filesystem-only pauses and snapshots (`memory: false`), connect with
-//! `memory: false` (reboot), fork. Not implemented: `Idempotency-Key` on
+//! `memory: false` (reboot). Not implemented: `Idempotency-Key` on
 //! create, WebSocket upgrades through the proxy, guest ports other than
 //! envd's for sandboxes on QEMU's user-mode network.
 

@@ -13,7 +13,7 @@
 //! | `POST /sandboxes/{id}/refreshes` | extend the TTL, never shorten (204) |
 //! | `POST /sandboxes/{id}/pause` | pause, memory and disk (204; 409 when paused) |
 //! | `GET /sandboxes/{id}/metrics` | one current sample from the guest's envd |
-//! | `POST /sandboxes/{id}/fork` | 501: not supported yet |
+//! | `POST /sandboxes/{id}/fork` | 201 `[{sandbox} or {error}]` |
 //!
 //! E2B shows two states: `running` (ours: running, resuming) and `paused`
 //! (paused, pausing). Sandboxes still starting, stopping or failed are not
@@ -35,9 +35,9 @@ use sandbox_core::{CreateSandbox, ListFilter, Manager, ManagerError, SandboxInfo
 
 use super::error::ApiError;
 use super::models::{
-    self, CLIENT_ID, ConnectRequest, ENVD_VERSION, EnvdMetrics, Lifecycle, ListedSandbox,
-    NewSandbox, PauseRequest, RefreshRequest, ResumeRequest, SandboxDetail, SandboxMetric,
-    TimeoutRequest,
+    self, CLIENT_ID, ConnectRequest, ENVD_VERSION, EnvdMetrics, ErrorBody, ForkRequest, ForkResult,
+    Lifecycle, ListedSandbox, NewSandbox, PauseRequest, RefreshRequest, ResumeRequest,
+    SandboxDetail, SandboxMetric, TimeoutRequest,
 };
 use super::query::{Cursor, decode_metadata_filter, paginate};
 use super::time::{format_rfc3339, parse_rfc3339};
@@ -649,17 +649,48 @@ async fn fetch_envd_metrics(
         .map_err(|_| "timed out".to_string())?
 }
 
-/// `POST /sandboxes/{id}/fork`: not supported yet (forks would be overlays
-/// of a snapshot that nothing would remove when the last fork ends).
+/// `POST /sandboxes/{id}/fork` `{"timeout"?, "count"?: 1..20}`: new
+/// sandboxes continuing this one (a `fork-<hex>` snapshot, then one start
+/// from it per fork); 201 with one `{sandbox}` or `{error}` per fork.
 async fn fork(
     State(control): State<Control>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    visible(&control.app.manager, &id)?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "fork is not supported yet: create a snapshot and create sandboxes from it",
-    ))
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ForkRequest = parse_body(&body)?;
+    let manager = &control.app.manager;
+    visible(manager, &id)?;
+    let count = request.count.unwrap_or(1);
+    if !(1..=20).contains(&count) {
+        return Err(ApiError::bad_request(format!(
+            "count must be 1..20, got {count}"
+        )));
+    }
+    let timeout = match request.timeout {
+        Some(t) => Some(ttl("timeout", t)?),
+        None => None,
+    };
+    let forks = manager.fork(&id, count as usize, timeout).await?;
+    let results: Vec<ForkResult> = forks
+        .into_iter()
+        .map(|fork| match fork {
+            Ok(info) => ForkResult {
+                sandbox: Some(sandbox_of(&info)),
+                error: None,
+            },
+            Err(err) => {
+                let api = ApiError::from(err);
+                ForkResult {
+                    sandbox: None,
+                    error: Some(ErrorBody {
+                        code: api.status.as_u16(),
+                        message: api.message,
+                    }),
+                }
+            }
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(results)).into_response())
 }
 
 #[cfg(test)]

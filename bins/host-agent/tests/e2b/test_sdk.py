@@ -446,6 +446,22 @@ def test_snapshot_create_list_create_from_delete_and_timeout(sbx):
     assert Sandbox.delete_snapshot(snapshot.snapshot_id) is False
 
 
+def test_fork_copies_a_running_sandbox(sbx):
+    sbx.files.write(f"{HOME}/fork-marker.txt", "before the fork")
+    forks = sbx.fork(count=2, timeout=120)
+    try:
+        assert len(forks) == 2
+        assert all(isinstance(f, Sandbox) for f in forks), forks
+        forks[0].files.write(f"{HOME}/fork-marker.txt", "changed in fork 0")
+        assert forks[1].files.read(f"{HOME}/fork-marker.txt") == "before the fork"
+        assert sbx.files.read(f"{HOME}/fork-marker.txt") == "before the fork"
+        assert sbx.is_running()
+    finally:
+        for f in forks:
+            if isinstance(f, Sandbox):
+                f.kill()
+
+
 # ---- kill (last: it ends the shared sandbox) -------------------------------------
 
 
