@@ -1,10 +1,13 @@
 //! `cargo xtask bench`: timings as JSON (the last line of stdout).
 
+use std::io::{Seek, SeekFrom, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use qemu_vmm::{Accel, Drive, NetConfig, QemuVm, VmConfig};
+use sandbox_core::disk::{self, RootfsProvider};
 use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
 use serde_json::json;
 
@@ -16,6 +19,8 @@ pub enum Which {
     Boot,
     /// CreateNetwork / RemoveNetwork (namespace, veth, TAP, NAT) latency.
     Network,
+    /// Rootfs provider create time over sparse 1, 4 and 16 GiB base images.
+    Providers,
 }
 
 pub fn run(which: Which, runs: usize) -> Result<()> {
@@ -25,6 +30,7 @@ pub fn run(which: Which, runs: usize) -> Result<()> {
             let images = images::build()?;
             demo::runtime()?.block_on(boot(&images, runs.max(1)))
         }
+        Which::Providers => demo::runtime()?.block_on(providers(runs.max(1))),
         Which::Network => {
             let runs = runs.max(1).to_string();
             crate::env::cargo(
@@ -128,6 +134,97 @@ async fn raw_boot(
     std::fs::remove_dir_all(run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
     reached?;
     Ok(took)
+}
+
+/// Base image sizes of the providers bench, in GiB.
+const PROVIDER_BASE_GIB: [u64; 3] = [1, 4, 16];
+/// Data in each base: 1 MiB every 64 MiB (16 MiB per GiB), the rest holes.
+const DATA_STRIDE: u64 = 64 << 20;
+
+async fn providers(runs: usize) -> Result<()> {
+    let work = demo::tempdir("petrel-bench-providers")?;
+    let result = provider_runs(runs, &work).await;
+    let cleanup = std::fs::remove_dir_all(&work);
+    let (results, reasons) = result?;
+    cleanup.with_context(|| format!("removing {}", work.display()))?;
+    let report = json!({
+        "bench": "providers",
+        "runs": runs,
+        "base": "sparse (truncate), 1 MiB of data every 64 MiB",
+        "dm": reasons,
+        "create_ms": results,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+async fn provider_runs(
+    runs: usize,
+    work: &std::path::Path,
+) -> Result<(serde_json::Map<String, serde_json::Value>, String)> {
+    let mut providers: Vec<Arc<dyn RootfsProvider>> =
+        vec![Arc::new(disk::Qcow2Provider), Arc::new(disk::CopyProvider)];
+    let dm = match disk::DmProvider::shared() {
+        Ok(dm) => {
+            providers.push(dm);
+            "measured".to_string()
+        }
+        Err(why) => format!("skipped: {why}"),
+    };
+    let mut results = serde_json::Map::new();
+    for gib in PROVIDER_BASE_GIB {
+        let base = work.join(format!("base-{gib}g.img"));
+        make_base(&base, gib << 30)?;
+        for provider in &providers {
+            let mut samples = Vec::new();
+            for run in 0..runs {
+                let run_dir = work.join(format!("{}-{gib}g-{run}", provider.name()));
+                std::fs::create_dir_all(&run_dir)
+                    .with_context(|| format!("creating {}", run_dir.display()))?;
+                let sandbox = format!("bench-{run}");
+                let start = Instant::now();
+                provider
+                    .create(&sandbox, &base, disk::DiskFormat::Raw, &run_dir)
+                    .await?;
+                samples.push(start.elapsed());
+                provider.remove(&sandbox, &run_dir).await?;
+                std::fs::remove_dir_all(&run_dir)
+                    .with_context(|| format!("removing {}", run_dir.display()))?;
+            }
+            eprintln!("[bench] {} {gib} GiB: {}", provider.name(), stats(&samples));
+            results
+                .entry(provider.name())
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .context("provider results are an object")?
+                .insert(format!("{gib}GiB"), stats(&samples));
+        }
+        std::fs::remove_file(&base).with_context(|| format!("removing {}", base.display()))?;
+    }
+    Ok((results, dm))
+}
+
+/// A sparse image of `bytes` (`truncate`) with 1 MiB of data every
+/// [`DATA_STRIDE`].
+fn make_base(path: &std::path::Path, bytes: u64) -> Result<()> {
+    let status = std::process::Command::new("truncate")
+        .arg("-s")
+        .arg(bytes.to_string())
+        .arg(path)
+        .status()
+        .context("running truncate")?;
+    anyhow::ensure!(status.success(), "truncate {} failed", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let chunk = vec![0xa5_u8; 1 << 20];
+    for offset in (0..bytes).step_by(usize::try_from(DATA_STRIDE)?) {
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(&chunk)?;
+    }
+    file.sync_all()?;
+    Ok(())
 }
 
 fn stats(samples: &[Duration]) -> serde_json::Value {

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use qemu_vmm::{Accel, AccelProbe, ProbeOutcome, probe_accelerator};
-use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
+use sandbox_core::{
+    BackendKind, GuestImages, QemuBackend, Sandbox, SandboxConfig, choose_provider,
+};
 
 use crate::{VmmChoice, env, images, setup};
 
@@ -141,7 +143,15 @@ pub fn doctor() -> Result<()> {
     println!("guest kernel:      {}", images.kernel.display());
     println!("guest rootfs:      {}", images.rootfs.display());
     println!("vmm backend:       qemu ({} on this host)", outcome.accel);
-    println!("rootfs provider:   qcow2 overlay on the template's raw base image");
+    for backend in [BackendKind::Qemu, BackendKind::Firecracker] {
+        println!(
+            "rootfs provider:   {}",
+            choose_provider(backend, None).map_or_else(
+                |err| format!("{} -> none ({err})", backend.as_str()),
+                |(provider, why)| format!("{} -> {} ({why})", backend.as_str(), provider.name())
+            )
+        );
+    }
     Ok(())
 }
 

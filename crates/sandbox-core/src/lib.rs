@@ -6,7 +6,9 @@
 //!   the backend-neutral [`VmSpec`].
 //! - [`qemu`]: the QEMU `microvm` backend (KVM when a probe shows it works,
 //!   TCG otherwise); [`firecracker`]: the Firecracker backend.
-//! - [`disk`]: per-sandbox copy-on-write root disks.
+//! - [`disk`]: per-sandbox copy-on-write root disks behind one trait
+//!   ([`RootfsProvider`]: qcow2 overlay, sparse copy, dm-snapshot) and
+//!   [`choose_provider`], which picks one for a backend and says why.
 //! - [`sandbox`]: one sandbox's cold boot, exec and teardown, with rollback of
 //!   everything it made when a step fails.
 //!
@@ -41,6 +43,7 @@ pub mod qemu;
 pub mod sandbox;
 pub mod vmm;
 
+pub use disk::{RootfsProvider, choose_provider};
 pub use error::SandboxError;
 pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;

@@ -336,13 +336,48 @@ async fn copy_ram_and_disk(config: &VmConfig, dir: &Path) -> Result<(), SandboxE
     let disk = config
         .drives
         .first()
-        .map(|d| d.path.clone())
+        .cloned()
         .ok_or_else(|| SandboxError::Unsupported {
             backend: "qemu",
             what: format!("snapshot vm {}: it has no disk", config.id),
         })?;
     sparse_copy(&ram, &dir.join("ram")).await?;
-    sparse_copy(&disk, &dir.join("disk.qcow2")).await
+    match disk.format {
+        qemu_vmm::DiskFormat::Qcow2 => sparse_copy(&disk.path, &dir.join("disk.qcow2")).await,
+        // A raw disk (sparse copy or dm-snapshot provider) becomes a
+        // standalone qcow2: the snapshot's disk is always qcow2.
+        qemu_vmm::DiskFormat::Raw => {
+            raw_to_qcow2(&config.id, &disk.path, &dir.join("disk.qcow2")).await
+        }
+    }
+}
+
+/// `qemu-img convert -O qcow2`: zeros become holes.
+async fn raw_to_qcow2(vm: &str, from: &Path, to: &Path) -> Result<(), SandboxError> {
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .map_err(|source| SandboxError::Io {
+            what: "run qemu-img for",
+            path: to.to_path_buf(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(SandboxError::Disk {
+            sandbox: vm.to_string(),
+            message: format!(
+                "qemu-img convert {} to {} failed: {}",
+                from.display(),
+                to.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
+    }
 }
 
 /// `cp --sparse=always --reflink=auto`: constant time on reflink
