@@ -59,6 +59,9 @@ pub struct AgentConfig {
     /// one host need disjoint ranges (slot `s` owns namespace `petrel-s`).
     pub net_slot_first: u16,
     pub net_slot_count: u16,
+    /// Keep a booted snapshot of the `base` template so creates restore it
+    /// instead of cold-booting (made in the background at start).
+    pub warm_templates: bool,
     /// Accepted E2B API keys (`X-API-KEY`); empty: E2B endpoints refuse all.
     pub api_keys: Vec<String>,
     /// The `base` template's images (built by `cargo xtask images`).
@@ -80,6 +83,7 @@ impl Default for AgentConfig {
             network: NetworkChoice::Auto,
             net_slot_first: 1,
             net_slot_count: 1024,
+            warm_templates: true,
             api_keys: Vec::new(),
             kernel: None,
             rootfs: None,

@@ -66,6 +66,16 @@ struct ServeArgs {
     /// Sandbox networking: a namespace each (default as root) or user-mode.
     #[arg(long, env = "PETREL_NETWORK", value_enum)]
     network: Option<NetworkChoice>,
+    /// First network slot of this agent (agents on one host need disjoint
+    /// slot ranges).
+    #[arg(long, env = "PETREL_NET_SLOT_FIRST")]
+    net_slot_first: Option<u16>,
+    #[arg(long, env = "PETREL_NET_SLOT_COUNT")]
+    net_slot_count: Option<u16>,
+    /// Keep a booted snapshot of the base template for fast creates
+    /// (default true).
+    #[arg(long, env = "PETREL_WARM_TEMPLATES")]
+    warm_templates: Option<bool>,
     /// E2B API keys (repeatable; PETREL_API_KEYS is comma-separated).
     #[arg(long = "api-key", env = "PETREL_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
@@ -113,6 +123,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.network {
             config.network = v;
+        }
+        if let Some(v) = self.net_slot_first {
+            config.net_slot_first = v;
+        }
+        if let Some(v) = self.net_slot_count {
+            config.net_slot_count = v;
+        }
+        if let Some(v) = self.warm_templates {
+            config.warm_templates = v;
         }
         if !self.api_keys.is_empty() {
             config.api_keys = self.api_keys;

@@ -73,10 +73,20 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     let manager = Manager::open(manager_config, hypervisor)
         .await
         .context("opening the sandbox manager")?;
+    let mut warming = None;
     if let Some(images) = &images {
         manager
             .register_template("base", images, "images/build.sh")
             .context("registering the base template")?;
+        if config.warm_templates {
+            // Creates cold-boot until the warm snapshot exists.
+            let manager = manager.clone();
+            warming = Some(tokio::spawn(async move {
+                if let Err(err) = manager.warm_template("base").await {
+                    tracing::warn!(%err, "warming the base template failed; creates cold-boot");
+                }
+            }));
+        }
     }
     let state = AppState {
         manager: manager.clone(),
@@ -84,14 +94,15 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         started_at: Instant::now(),
     };
     let (stop, stopped) = watch::channel(false);
-    let mut tasks = vec![tokio::spawn({
+    let mut tasks: Vec<JoinHandle<()>> = warming.into_iter().collect();
+    tasks.push(tokio::spawn({
         let reaper = manager.spawn_reaper(Duration::from_millis(500));
         let mut stopped = stopped.clone();
         async move {
             let _ = stopped.changed().await;
             reaper.abort();
         }
-    })];
+    }));
     let api = Router::new()
         .merge(crate::api::router(state.clone()))
         .merge(crate::ui::router(state.clone()))

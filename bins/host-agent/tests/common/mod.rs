@@ -86,6 +86,8 @@ pub async fn start_agent() -> Option<TestAgent> {
         // Agents of parallel tests need disjoint network slots.
         net_slot_first: next_slot_range(),
         net_slot_count: SLOTS_PER_AGENT,
+        // Tests create few sandboxes per agent: a warm-up boot would cost more.
+        warm_templates: false,
         kernel: Some(kernel),
         rootfs: Some(rootfs),
         ..AgentConfig::default()

@@ -1,0 +1,139 @@
+//! Kill -9 the real `host-agent` binary with one running and one paused
+//! sandbox; a new agent on the same data dir takes both over: the running
+//! one keeps working, the paused one resumes with its files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod client;
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::Client;
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The agent binary cargo built for this test, serving `data_dir`.
+fn spawn_agent(
+    data_dir: &std::path::Path,
+    port: u16,
+    kernel: &std::path::Path,
+    rootfs: &std::path::Path,
+) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_host-agent"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .args(["--accel", "tcg", "--warm-templates", "false"])
+        // Disjoint from the in-process test agents' slots.
+        .args(["--net-slot-first", "30000", "--net-slot-count", "32"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills the agent (SIGKILL, by its pid) when the test ends, even on panic.
+struct Agent(Child);
+
+impl Agent {
+    /// Like `kill -9`: the agent gets no chance to clean up.
+    fn kill_9(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(port: u16) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the agent did not listen on port {port} within 60 s");
+}
+
+async fn exec(client: &Client, id: &str, cmd: &str) -> Value {
+    client
+        .post(&format!("/v1/sandboxes/{id}/exec"), &json!({ "cmd": cmd }))
+        .await
+        .json()
+}
+
+#[tokio::test]
+async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
+    let Some((kernel, rootfs)) = common::images() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    let mut first = Agent(spawn_agent(data.path(), port, &kernel, &rootfs));
+    wait_ready(port).await;
+    let running = client
+        .post("/v1/sandboxes", &json!({"template": "base"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let paused = client
+        .post("/v1/sandboxes", &json!({"template": "base"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    exec(&client, &running, "echo alive > /tmp/mark").await;
+    exec(&client, &paused, "echo kept > /tmp/mark").await;
+    client
+        .post(&format!("/v1/sandboxes/{paused}/pause"), &json!({}))
+        .await;
+
+    first.kill_9();
+    let mut second = Agent(spawn_agent(data.path(), port, &kernel, &rootfs));
+    wait_ready(port).await;
+    let running_state =
+        client.get(&format!("/v1/sandboxes/{running}")).await.json()["state"].clone();
+    let alive = exec(&client, &running, "cat /tmp/mark").await;
+    let resumed = client
+        .post(&format!("/v1/sandboxes/{paused}/resume"), &json!({}))
+        .await
+        .json();
+    let kept = exec(&client, &paused, "cat /tmp/mark").await;
+    for id in [&running, &paused] {
+        client.delete(&format!("/v1/sandboxes/{id}")).await;
+    }
+    second.kill_9();
+
+    assert_eq!(running_state, "running");
+    assert_eq!(alive["stdout"], "alive\n");
+    assert_eq!(resumed["state"], "running");
+    assert_eq!(kept["stdout"], "kept\n");
+}
