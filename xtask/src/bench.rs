@@ -21,6 +21,8 @@ pub enum Which {
     Network,
     /// Rootfs provider create time over sparse 1, 4 and 16 GiB base images.
     Providers,
+    /// Cold and warm create, pause, resume, exec, disk use; beside raw QEMU.
+    Lifecycle,
 }
 
 pub fn run(which: Which, runs: usize) -> Result<()> {
@@ -31,6 +33,10 @@ pub fn run(which: Which, runs: usize) -> Result<()> {
             demo::runtime()?.block_on(boot(&images, runs.max(1)))
         }
         Which::Providers => demo::runtime()?.block_on(providers(runs.max(1))),
+        Which::Lifecycle => {
+            let images = images::build()?;
+            demo::runtime()?.block_on(lifecycle(&images, runs.max(1)))
+        }
         Which::Network => {
             let runs = runs.max(1).to_string();
             crate::env::cargo(
@@ -235,4 +241,141 @@ fn stats(samples: &[Duration]) -> serde_json::Value {
         (ms[index.min(ms.len() - 1)] * 10.0).round() / 10.0
     };
     json!({ "p50": pick(0.5), "p95": pick(0.95), "min": pick(0.0), "max": pick(1.0) })
+}
+
+/// Lifecycle timings of a 512 MiB guest (user-mode network): cold create,
+/// create from a warm snapshot, pause, resume, exec round trip and the
+/// disk a paused sandbox and a snapshot take, beside the raw QEMU
+/// operations (boot to init, save and restore of a file-backed-RAM guest)
+/// measured in the same run.
+async fn lifecycle(images: &GuestImages, runs: usize) -> Result<()> {
+    let outcome = demo::probe(images).await;
+    let work = demo::tempdir("petrel-bench-lifecycle")?;
+    let result = lifecycle_runs(images, outcome.accel, runs, &work).await;
+    let cleanup = std::fs::remove_dir_all(&work);
+    let report = result?;
+    cleanup.with_context(|| format!("removing {}", work.display()))?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn lifecycle_runs(
+    images: &GuestImages,
+    accel: Accel,
+    runs: usize,
+    work: &std::path::Path,
+) -> Result<serde_json::Value> {
+    let backend = QemuBackend::new(accel);
+    let mut source = Sandbox::boot(
+        &backend,
+        SandboxConfig::new("bench-src", images.clone(), work),
+    )
+    .await?;
+    let snapshot = work.join("warm");
+    source.snapshot(&snapshot).await?;
+    source.destroy().await?;
+    let snapshot_bytes = dmsnap::dir_size(&snapshot).unwrap_or(0);
+    let mut t = Timings::default();
+    for run in 0..runs {
+        t.raw_boot
+            .push(raw_boot(images, accel, &work.join(format!("raw-{run}"))).await?);
+        let (save, restore) =
+            raw_save_restore(images, accel, &work.join(format!("rawsr-{run}"))).await?;
+        t.raw_save.push(save);
+        t.raw_restore.push(restore);
+
+        let start = Instant::now();
+        let cold = Sandbox::boot(
+            &backend,
+            SandboxConfig::new(format!("cold-{run}"), images.clone(), work),
+        )
+        .await?;
+        t.cold.push(start.elapsed());
+        cold.destroy().await?;
+
+        let start = Instant::now();
+        let config = SandboxConfig {
+            snapshot: Some(snapshot.clone()),
+            ..SandboxConfig::new(format!("warm-{run}"), images.clone(), work)
+        };
+        let mut sandbox = Sandbox::boot(&backend, config).await?;
+        t.warm.push(start.elapsed());
+        let start = Instant::now();
+        sandbox.exec_shell("true").await?;
+        t.exec.push(start.elapsed());
+        let start = Instant::now();
+        sandbox.pause().await?;
+        t.pause.push(start.elapsed());
+        t.paused_bytes = dmsnap::dir_size(sandbox.run_dir()).unwrap_or(0);
+        let start = Instant::now();
+        sandbox.resume().await?;
+        t.resume.push(start.elapsed());
+        sandbox.destroy().await?;
+        eprintln!("[bench] run {}/{runs} done", run + 1);
+    }
+    Ok(json!({
+        "bench": "lifecycle",
+        "accel": accel.to_string(),
+        "runs": runs,
+        "memory_mib": 512,
+        "create_cold_ms": stats(&t.cold),
+        "create_from_warm_snapshot_ms": stats(&t.warm),
+        "pause_ms": stats(&t.pause),
+        "resume_ms": stats(&t.resume),
+        "exec_round_trip_ms": stats(&t.exec),
+        "paused_sandbox_disk_bytes": t.paused_bytes,
+        "snapshot_disk_bytes": snapshot_bytes,
+        "raw_qemu_boot_to_init_ms": stats(&t.raw_boot),
+        "raw_qemu_save_state_ms": stats(&t.raw_save),
+        "raw_qemu_restore_state_ms": stats(&t.raw_restore),
+    }))
+}
+
+#[derive(Default)]
+struct Timings {
+    raw_boot: Vec<Duration>,
+    raw_save: Vec<Duration>,
+    raw_restore: Vec<Duration>,
+    cold: Vec<Duration>,
+    warm: Vec<Duration>,
+    pause: Vec<Duration>,
+    resume: Vec<Duration>,
+    exec: Vec<Duration>,
+    paused_bytes: u64,
+}
+
+/// Raw QEMU: a guest with file-backed RAM whose init sleeps, saved to a
+/// file (`x-ignore-shared`) and restored into a new QEMU.
+async fn raw_save_restore(
+    images: &GuestImages,
+    accel: Accel,
+    dir: &std::path::Path,
+) -> Result<(Duration, Duration)> {
+    let config = |incoming: bool| VmConfig {
+        kernel: images.kernel.clone(),
+        kernel_args: "console=ttyS0 root=/dev/vda ro panic=-1 init=/bin/sleep 3600".into(),
+        drives: vec![Drive {
+            read_only: true,
+            ..Drive::raw(&images.rootfs)
+        }],
+        net: NetConfig::None,
+        memory_file: Some(dir.join("ram")),
+        incoming,
+        ..VmConfig::new(
+            "bench-raw-sr",
+            dir.join(if incoming { "b" } else { "a" }),
+            accel,
+        )
+    };
+    let mut vm = QemuVm::spawn(config(false)).await?;
+    vm.wait_for_console("Run /bin/sleep as init process", Duration::from_secs(60))
+        .await?;
+    let state = dir.join("state");
+    let saved = vm.save_state(&state).await?;
+    vm.kill().await?;
+    let mut restored = QemuVm::spawn(config(true)).await?;
+    let loaded = restored.restore_state(&state, saved.ram_in_state).await;
+    restored.kill().await?;
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok((saved.took, loaded?.took))
 }
