@@ -341,9 +341,11 @@ async fn copy_ram_and_disk(config: &VmConfig, dir: &Path) -> Result<(), SandboxE
             backend: "qemu",
             what: format!("snapshot vm {}: it has no disk", config.id),
         })?;
-    sparse_copy(&ram, &dir.join("ram")).await?;
+    sparse_copy(&config.id, &ram, &dir.join("ram")).await?;
     match disk.format {
-        qemu_vmm::DiskFormat::Qcow2 => sparse_copy(&disk.path, &dir.join("disk.qcow2")).await,
+        qemu_vmm::DiskFormat::Qcow2 => {
+            sparse_copy(&config.id, &disk.path, &dir.join("disk.qcow2")).await
+        }
         // A raw disk (sparse copy or dm-snapshot provider) becomes a
         // standalone qcow2: the snapshot's disk is always qcow2.
         qemu_vmm::DiskFormat::Raw => {
@@ -354,57 +356,29 @@ async fn copy_ram_and_disk(config: &VmConfig, dir: &Path) -> Result<(), SandboxE
 
 /// `qemu-img convert -O qcow2`: zeros become holes.
 async fn raw_to_qcow2(vm: &str, from: &Path, to: &Path) -> Result<(), SandboxError> {
-    let output = tokio::process::Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(from)
-        .arg(to)
-        .output()
-        .await
-        .map_err(|source| SandboxError::Io {
-            what: "run qemu-img for",
-            path: to.to_path_buf(),
-            source,
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(SandboxError::Disk {
-            sandbox: vm.to_string(),
-            message: format!(
-                "qemu-img convert {} to {} failed: {}",
-                from.display(),
-                to.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        })
-    }
+    let args: [&std::ffi::OsStr; 8] = [
+        "convert".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        from.as_os_str(),
+        to.as_os_str(),
+    ];
+    crate::disk::run_tool(vm, "qemu-img", &args, to).await
 }
 
 /// `cp --sparse=always --reflink=auto`: constant time on reflink
 /// filesystems, holes kept elsewhere.
-pub(crate) async fn sparse_copy(from: &Path, to: &Path) -> Result<(), SandboxError> {
-    let output = tokio::process::Command::new("cp")
-        .args(["--sparse=always", "--reflink=auto"])
-        .arg(from)
-        .arg(to)
-        .output()
-        .await
-        .map_err(|source| SandboxError::Io {
-            what: "run cp for",
-            path: to.to_path_buf(),
-            source,
-        })?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(SandboxError::Io {
-            what: "copy into",
-            path: to.to_path_buf(),
-            source: std::io::Error::other(
-                String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            ),
-        })
-    }
+pub(crate) async fn sparse_copy(vm: &str, from: &Path, to: &Path) -> Result<(), SandboxError> {
+    let args: [&std::ffi::OsStr; 4] = [
+        "--sparse=always".as_ref(),
+        "--reflink=auto".as_ref(),
+        from.as_os_str(),
+        to.as_os_str(),
+    ];
+    crate::disk::run_tool(vm, "cp", &args, to).await
 }
 
 fn create_dir(dir: &Path) -> Result<(), SandboxError> {

@@ -30,7 +30,7 @@ impl RootfsProvider for CopyProvider {
 
     async fn create(
         &self,
-        _sandbox: &str,
+        sandbox: &str,
         base: &Path,
         base_format: DiskFormat,
         run_dir: &Path,
@@ -39,7 +39,7 @@ impl RootfsProvider for CopyProvider {
             return Err(qcow2_base_unsupported(self.name(), base));
         }
         let path = run_dir.join(RAW_FILE);
-        if let Err(err) = sparse_copy(base, &path).await {
+        if let Err(err) = sparse_copy(sandbox, base, &path).await {
             // A partial copy must not pass for a disk.
             let _ = remove_file_if_exists(&path);
             return Err(err);

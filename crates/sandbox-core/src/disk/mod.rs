@@ -233,6 +233,40 @@ pub(crate) fn remove_file_if_exists(path: &Path) -> Result<(), SandboxError> {
     }
 }
 
+/// Runs a disk tool (`qemu-img`, `cp`) that writes `target`; a failure
+/// names the tool, its arguments and what it printed.
+pub(crate) async fn run_tool(
+    sandbox: &str,
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    target: &Path,
+) -> Result<(), SandboxError> {
+    let output = tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .map_err(|source| SandboxError::Io {
+            what: "run a disk tool for",
+            path: target.to_path_buf(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Err(SandboxError::Disk {
+        sandbox: sandbox.to_string(),
+        message: format!(
+            "{program} {} failed: {}",
+            shown.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

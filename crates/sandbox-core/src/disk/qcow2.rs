@@ -56,28 +56,18 @@ pub async fn create_qcow2_overlay(
         path: base.to_path_buf(),
         source,
     })?;
-    let output = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F"])
-        .arg(if base_is_qcow2 { "qcow2" } else { "raw" })
-        .arg("-b")
-        .arg(&base)
-        .arg(overlay)
-        .output()
-        .await
-        .map_err(|source| SandboxError::Io {
-            what: "run qemu-img for",
-            path: overlay.to_path_buf(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(SandboxError::Disk {
-            sandbox: sandbox.to_string(),
-            message: format!(
-                "qemu-img create {} failed: {}",
-                overlay.display(),
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
-        });
-    }
+    let format = if base_is_qcow2 { "qcow2" } else { "raw" };
+    let args: [&std::ffi::OsStr; 9] = [
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-F".as_ref(),
+        format.as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        overlay.as_os_str(),
+    ];
+    super::run_tool(sandbox, "qemu-img", &args, overlay).await?;
     Ok(overlay.to_path_buf())
 }
