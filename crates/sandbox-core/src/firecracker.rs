@@ -3,14 +3,29 @@
 //! Needs a `firecracker` binary and a usable KVM. Guests get their root disk
 //! as a raw image or block device and their network through a TAP device;
 //! Firecracker has no user-mode network.
+//!
+//! Pause and snapshots use Firecracker's own snapshots: `vmstate` (vCPU and
+//! device state) and `mem` (all of guest memory) in the state or snapshot
+//! directory. Resume and start from a snapshot load them into a fresh
+//! process with the Uffd memory backend: a page server thread of this
+//! process ([`uffd::UffdServer`]) fills guest pages from `mem` on first
+//! touch, so the file is shared read-only by every VM restored from it and
+//! must not change while they live (a later save writes new files and
+//! renames them into place).
+//!
+//! Firecracker runs with the VM's run directory as its working directory
+//! and opens the root disk as `rootfs`, a symlink there to the spec's disk:
+//! the path saved in a snapshot is then relative, and a VM restored from it
+//! opens its own disk, never the disk of the VM that was saved.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fc_client::{
-    BootSource, Drive, FirecrackerConfig, FirecrackerProcess, MachineConfiguration,
-    NetworkInterface,
+    BootSource, Drive, FirecrackerConfig, FirecrackerProcess, MachineConfiguration, MemoryBackend,
+    MemoryBackendType, NetworkInterface, NetworkOverride, SnapshotCreateParams, SnapshotLoadParams,
+    SnapshotType,
 };
 
 use crate::error::SandboxError;
@@ -53,6 +68,7 @@ impl Hypervisor for FirecrackerBackend {
             binary: self.binary.clone(),
             spec,
             process: None,
+            page_server: None,
         }))
     }
 
@@ -64,11 +80,30 @@ impl Hypervisor for FirecrackerBackend {
     }
 }
 
+/// The API socket inside a VM's run directory.
+const API_SOCKET: &str = "firecracker.sock";
+/// The page server's socket inside a VM's run directory.
+const UFFD_SOCKET: &str = "uffd.sock";
+/// The root disk's symlink inside a VM's run directory (Firecracker's
+/// working directory), as the drive is configured and saved.
+const ROOTFS_LINK: &str = "rootfs";
+/// vCPU and device state in a state or snapshot directory.
+const VMSTATE: &str = "vmstate";
+/// Guest memory in a state or snapshot directory.
+const MEM: &str = "mem";
+/// The root disk's copy in a snapshot directory.
+const SNAPSHOT_DISK: &str = "disk.raw";
+/// The guest network interface, as configured and saved.
+const GUEST_IFACE: &str = "eth0";
+
+/// A Firecracker guest: `process` is set while Firecracker runs, and
+/// `page_server` while that process was restored from a snapshot.
 #[derive(Debug)]
 struct FirecrackerInstance {
     binary: PathBuf,
     spec: VmSpec,
     process: Option<FirecrackerProcess>,
+    page_server: Option<uffd::ServerThread>,
 }
 
 impl FirecrackerInstance {
@@ -77,6 +112,36 @@ impl FirecrackerInstance {
             vm: self.spec.id.clone(),
             message: err.to_string(),
         }
+    }
+
+    fn running(&self, operation: &str) -> Result<&FirecrackerProcess, SandboxError> {
+        self.process
+            .as_ref()
+            .ok_or_else(|| self.error(format!("cannot {operation}: it is not running")))
+    }
+
+    /// Starts a fresh, unconfigured Firecracker in `network`'s namespace,
+    /// working in the run directory (where `rootfs` points at the root disk).
+    async fn spawn(&self, network: &VmNetwork) -> Result<FirecrackerProcess, SandboxError> {
+        link_rootfs(&self.spec)?;
+        let mut config = FirecrackerConfig::new(
+            &self.binary,
+            self.spec.run_dir.join(API_SOCKET),
+            &self.spec.id,
+        );
+        config.log_path = Some(self.spec.console_log());
+        config.ready_timeout = Duration::from_secs(5);
+        let mut command = config.command();
+        command.current_dir(&self.spec.run_dir);
+        if let VmNetwork::Tap {
+            netns: Some(netns), ..
+        } = network
+        {
+            netns::command_in_netns(&mut command, netns).map_err(|e| self.error(e))?;
+        }
+        FirecrackerProcess::spawn_command(config, command)
+            .await
+            .map_err(|e| self.error(e))
     }
 
     async fn configure(&self, process: &FirecrackerProcess) -> Result<(), SandboxError> {
@@ -92,17 +157,143 @@ impl FirecrackerInstance {
         ))
         .await
         .map_err(|e| self.error(e))?;
-        api.put_drive(&Drive::new("rootfs", &self.spec.root_disk, true, false))
+        api.put_drive(&Drive::new("rootfs", ROOTFS_LINK, true, false))
             .await
             .map_err(|e| self.error(e))?;
         if let VmNetwork::Tap { ifname, mac, .. } = &self.spec.network {
-            let mut iface = NetworkInterface::new("eth0", ifname);
+            let mut iface = NetworkInterface::new(GUEST_IFACE, ifname);
             iface.guest_mac = Some(mac.clone());
             api.put_network_interface(&iface)
                 .await
                 .map_err(|e| self.error(e))?;
         }
         api.start_instance().await.map_err(|e| self.error(e))
+    }
+
+    /// Pauses the vCPUs and writes a full snapshot into `dir` (`vmstate`,
+    /// `mem`). The files are written under new names and renamed into
+    /// place, so a memory file that a page server still maps is never
+    /// changed. The vCPUs stay paused on success; on failure they are
+    /// resumed and the partial files removed.
+    async fn save(&self, dir: &Path, operation: &str) -> Result<PauseStats, SandboxError> {
+        let start = Instant::now();
+        create_dir(dir)?;
+        let api = self.running(operation)?.client();
+        api.pause().await.map_err(|e| self.error(e))?;
+        let (vmstate, mem) = (dir.join(VMSTATE), dir.join(MEM));
+        let (vmstate_new, mem_new) = (dir.join("vmstate.new"), dir.join("mem.new"));
+        let params = SnapshotCreateParams {
+            snapshot_type: SnapshotType::Full,
+            snapshot_path: vmstate_new.clone(),
+            mem_file_path: mem_new.clone(),
+        };
+        let saved = match api.create_snapshot(&params).await {
+            Ok(()) => rename(&vmstate_new, &vmstate).and_then(|()| rename(&mem_new, &mem)),
+            Err(err) => Err(self.error(err)),
+        };
+        if let Err(err) = saved {
+            remove_if_exists(&vmstate_new)?;
+            remove_if_exists(&mem_new)?;
+            // Leave a running guest running when the save failed.
+            if let Err(resume) = api.resume().await {
+                tracing::warn!(vm = %self.spec.id, error = %resume, "cannot resume the guest after a failed save");
+            }
+            return Err(err);
+        }
+        Ok(PauseStats {
+            took: start.elapsed(),
+            state_bytes: file_size(&vmstate)? + file_size(&mem)?,
+        })
+    }
+
+    /// Starts a fresh Firecracker and loads `dir/vmstate` into it, guest
+    /// memory served from `dir/mem` by a page server, reachable through
+    /// `network`; the guest runs when this returns.
+    async fn load(&mut self, dir: &Path, network: VmNetwork) -> Result<Duration, SandboxError> {
+        let start = Instant::now();
+        if self.process.is_some() {
+            return Err(self.error("cannot restore: it is running"));
+        }
+        let VmNetwork::Tap { ifname, netns, .. } = &network else {
+            return Err(SandboxError::Unsupported {
+                backend: "firecracker",
+                what: "use a user-mode network (it needs a TAP device)".to_string(),
+            });
+        };
+        // Firecracker running as root silently makes a missing TAP, which
+        // leaves the guest unreachable: make sure it is there.
+        check_tap(ifname, netns.as_deref())
+            .await
+            .map_err(|e| self.error(e))?;
+        // A page server left over by a failed restore of this VM.
+        self.stop_page_server();
+        let socket = self.spec.run_dir.join(UFFD_SOCKET);
+        remove_if_exists(&socket)?;
+        let server = uffd::UffdServer::bind(&socket, dir.join(MEM))
+            .and_then(uffd::UffdServer::spawn)
+            .map_err(|e| self.error(e))?;
+        self.page_server = Some(server);
+        let mut process = match self.spawn(&network).await {
+            Ok(process) => process,
+            Err(err) => {
+                self.stop_page_server();
+                return Err(err);
+            }
+        };
+        let params = SnapshotLoadParams {
+            mem_backend: MemoryBackend {
+                backend_type: MemoryBackendType::Uffd,
+                backend_path: socket,
+            },
+            resume_vm: Some(true),
+            network_overrides: vec![NetworkOverride {
+                iface_id: GUEST_IFACE.to_string(),
+                host_dev_name: ifname.clone(),
+            }],
+            ..SnapshotLoadParams::from_file(dir.join(VMSTATE), dir.join(MEM))
+        };
+        if let Err(err) = process.client().load_snapshot(&params).await {
+            let err = self.error(err);
+            if let Err(kill) = process.kill().await {
+                tracing::warn!(vm = %self.spec.id, error = %kill, "cannot kill Firecracker after a failed load");
+            }
+            self.stop_page_server();
+            return Err(err);
+        }
+        self.process = Some(process);
+        self.spec.network = network;
+        Ok(start.elapsed())
+    }
+
+    /// Kills Firecracker (if running), then ends its page server.
+    async fn kill(&mut self) -> Result<(), SandboxError> {
+        let killed = match self.process.take() {
+            Some(mut process) => process.kill().await.map(drop).map_err(|e| self.error(e)),
+            None => Ok(()),
+        };
+        // The page server must outlive the process it serves: a VM whose
+        // server is gone hangs on its next fault.
+        self.stop_page_server();
+        killed
+    }
+
+    /// Stops and joins the page server; only when no Firecracker uses it.
+    fn stop_page_server(&mut self) {
+        let Some(server) = self.page_server.take() else {
+            return;
+        };
+        match server.stop_and_join() {
+            Ok(report) => tracing::debug!(
+                vm = %self.spec.id,
+                exit = ?report.exit,
+                faults = report.stats.faults_served,
+                bytes_copied = report.stats.bytes_copied,
+                "page server ended"
+            ),
+            Err(error) => {
+                tracing::warn!(vm = %self.spec.id, %error, "page server failed");
+            }
+        }
     }
 }
 
@@ -125,25 +316,9 @@ impl Vm for FirecrackerInstance {
         if self.process.is_some() {
             return Ok(());
         }
-        let mut config = FirecrackerConfig::new(
-            &self.binary,
-            self.spec.run_dir.join("firecracker.sock"),
-            &self.spec.id,
-        );
-        config.log_path = Some(self.spec.console_log());
-        config.ready_timeout = Duration::from_secs(5);
-        let mut command = config.command();
-        if let VmNetwork::Tap {
-            netns: Some(netns), ..
-        } = &self.spec.network
-        {
-            netns::command_in_netns(&mut command, netns).map_err(|e| self.error(e))?;
-        }
-        let process = FirecrackerProcess::spawn_command(config, command)
-            .await
-            .map_err(|e| self.error(e))?;
+        let network = self.spec.network.clone();
+        let mut process = self.spawn(&network).await?;
         if let Err(err) = self.configure(&process).await {
-            let mut process = process;
             let _ = process.kill().await;
             return Err(err);
         }
@@ -153,54 +328,182 @@ impl Vm for FirecrackerInstance {
 
     async fn start_from_snapshot(
         &mut self,
-        _snapshot_dir: &Path,
-        _network: VmNetwork,
+        snapshot_dir: &Path,
+        network: VmNetwork,
     ) -> Result<Duration, SandboxError> {
-        Err(SandboxError::Unsupported {
-            backend: "firecracker",
-            what: "start from a snapshot yet".to_string(),
-        })
+        // Every VM started from the snapshot maps its `mem` through its own
+        // page server: the file is read, never written.
+        self.load(snapshot_dir, network).await
     }
 
-    async fn snapshot(&mut self, _snapshot_dir: &Path) -> Result<PauseStats, SandboxError> {
-        Err(SandboxError::Unsupported {
-            backend: "firecracker",
-            what: "snapshot yet".to_string(),
-        })
+    async fn snapshot(&mut self, snapshot_dir: &Path) -> Result<PauseStats, SandboxError> {
+        let stats = self.save(snapshot_dir, "snapshot").await?;
+        // The vCPUs are paused and the block device idle: the disk is
+        // consistent with the saved state.
+        let copied = copy_disk(&self.spec.root_disk, &snapshot_dir.join(SNAPSHOT_DISK)).await;
+        let resumed = self
+            .running("snapshot")?
+            .client()
+            .resume()
+            .await
+            .map_err(|e| self.error(e));
+        copied?;
+        resumed?;
+        Ok(stats)
     }
 
-    async fn pause(&mut self, _state_dir: &Path) -> Result<PauseStats, SandboxError> {
-        Err(SandboxError::Unsupported {
-            backend: "firecracker",
-            what: "pause yet (snapshot/create + Uffd restore come with the lifecycle work)"
-                .to_string(),
-        })
+    async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError> {
+        let stats = self.save(state_dir, "pause").await?;
+        // Firecracker must let go of the disk and TAP before they are handed
+        // to anyone else; its page server (after a resume) ends with it.
+        self.kill().await?;
+        Ok(stats)
     }
 
     async fn resume(
         &mut self,
-        _state_dir: &Path,
-        _network: VmNetwork,
+        state_dir: &Path,
+        network: VmNetwork,
     ) -> Result<Duration, SandboxError> {
-        Err(SandboxError::Unsupported {
-            backend: "firecracker",
-            what: "resume yet".to_string(),
-        })
+        self.load(state_dir, network).await
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {
-        let Some(mut process) = self.process.take() else {
-            return Ok(());
-        };
-        process.kill().await.map(drop).map_err(|e| self.error(e))
+        self.kill().await
     }
 
-    fn detach(self: Box<Self>) {
-        // Dropping FirecrackerProcess kills it; keep it alive on purpose.
-        std::mem::forget(self.process);
+    fn detach(mut self: Box<Self>) {
+        // Dropping FirecrackerProcess kills it; keep it alive on purpose. A
+        // page server keeps running on its thread until this process exits
+        // (after which a restored guest hangs on its next fault).
+        std::mem::forget(self.process.take());
+        drop(self.page_server.take());
     }
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {
-        self.stop().await
+        self.stop().await?;
+        remove_if_exists(&self.spec.run_dir.join(ROOTFS_LINK))?;
+        remove_if_exists(&self.spec.run_dir.join(UFFD_SOCKET))
+    }
+}
+
+/// Points `run_dir/rootfs` at the spec's root disk (replacing an old link).
+fn link_rootfs(spec: &VmSpec) -> Result<(), SandboxError> {
+    let link = spec.run_dir.join(ROOTFS_LINK);
+    remove_if_exists(&link)?;
+    std::os::unix::fs::symlink(&spec.root_disk, &link).map_err(|source| SandboxError::Io {
+        what: "link the root disk at",
+        path: link,
+        source,
+    })
+}
+
+/// Fails unless network interface `ifname` exists in namespace `netns` (or
+/// in this process's namespace).
+async fn check_tap(ifname: &str, netns: Option<&Path>) -> Result<(), String> {
+    let ifname_owned = ifname.to_string();
+    let found = match netns {
+        // `/proc/thread-self/net` shows the namespace of the calling thread.
+        Some(netns) => netns::run_in_netns(netns, move || interface_exists(&ifname_owned))
+            .await
+            .map_err(|e| e.to_string())?,
+        None => interface_exists(ifname),
+    }
+    .map_err(|e| format!("cannot list network interfaces: {e}"))?;
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "TAP device {ifname} does not exist{}",
+            netns.map_or_else(String::new, |p| format!(" in {}", p.display()))
+        ))
+    }
+}
+
+fn interface_exists(ifname: &str) -> std::io::Result<bool> {
+    let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+    Ok(dev
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split_once(':'))
+        .any(|(name, _)| name.trim() == ifname))
+}
+
+fn create_dir(dir: &Path) -> Result<(), SandboxError> {
+    std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
+        what: "create directory",
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), SandboxError> {
+    std::fs::rename(from, to).map_err(|source| SandboxError::Io {
+        what: "rename into",
+        path: to.to_path_buf(),
+        source,
+    })
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), SandboxError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SandboxError::Io {
+            what: "remove",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn file_size(path: &Path) -> Result<u64, SandboxError> {
+    std::fs::metadata(path)
+        .map(|meta| meta.len())
+        .map_err(|source| SandboxError::Io {
+            what: "stat",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// `cp --sparse=always --reflink=auto` of a root disk (image or block
+/// device) into a snapshot.
+async fn copy_disk(from: &Path, to: &Path) -> Result<(), SandboxError> {
+    let io_error = |source| SandboxError::Io {
+        what: "copy the root disk into",
+        path: to.to_path_buf(),
+        source,
+    };
+    let output = tokio::process::Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .await
+        .map_err(io_error)?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(io_error(std::io::Error::other(
+            String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn check_tap_finds_loopback_and_refuses_a_missing_device() {
+        let found = check_tap("lo", None).await;
+        let missing = check_tap("ptl-no-such", None).await;
+
+        assert_eq!(found, Ok(()));
+        assert_eq!(
+            missing,
+            Err("TAP device ptl-no-such does not exist".to_string())
+        );
     }
 }

@@ -5,32 +5,16 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{TestDir, backend, images};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use qemu_vmm::Accel;
-use sandbox_core::{GuestImages, NetworkPool, QemuBackend, Sandbox, SandboxConfig};
-
-fn images() -> Option<GuestImages> {
-    match GuestImages::from_env() {
-        Ok(images) => Some(images),
-        Err(err) if std::env::var("PETREL_REQUIRE_VM").as_deref() != Ok("1") => {
-            eprintln!("skipped: {err}; run `cargo xtask test`");
-            None
-        }
-        Err(err) => panic!("VM tests required but images are missing: {err}"),
-    }
-}
-
-fn backend() -> QemuBackend {
-    QemuBackend::new(match std::env::var("PETREL_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    })
-}
+use sandbox_core::{NetworkPool, Sandbox, SandboxConfig};
 
 fn sh(args: &[&str]) {
     let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
@@ -109,23 +93,6 @@ impl Drop for Outside {
             .status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = &self.dir;
-    }
-}
-
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("petrel-nettest-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -14,62 +14,22 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{TestDir, backend, images};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use envd_client::{EnvdClient, ExecRequest};
-use qemu_vmm::Accel;
 use sandbox_core::disk::{self, RootfsProvider};
-use sandbox_core::{
-    GuestImages, Hypervisor, QemuBackend, Sandbox, SandboxConfig, VmNetwork, VmSpec,
-};
+use sandbox_core::{GuestImages, Hypervisor, Sandbox, SandboxConfig, VmNetwork, VmSpec};
 
 /// One VM test at a time: TCG guests on a small host.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MARK: &str = "/home/user/provider-mark";
-
-fn images() -> Option<GuestImages> {
-    match GuestImages::from_env() {
-        Ok(images) => Some(images),
-        Err(err) if std::env::var("PETREL_REQUIRE_VM").as_deref() != Ok("1") => {
-            eprintln!(
-                "skipped: {err}; run `cargo xtask test` to build the images and run VM tests"
-            );
-            None
-        }
-        Err(err) => panic!("VM tests required but images are missing: {err}"),
-    }
-}
-
-fn backend() -> QemuBackend {
-    QemuBackend::new(match std::env::var("PETREL_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    })
-}
-
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("petrel-provtest-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        if std::env::var_os("PETREL_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 fn sha256(path: &Path) -> String {
     let out = std::process::Command::new("sha256sum")

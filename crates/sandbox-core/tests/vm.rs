@@ -7,51 +7,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{TestDir, accel, images};
 use std::path::{Path, PathBuf};
 
 use envd_client::ExecRequest;
-use qemu_vmm::Accel;
-use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig, SandboxError};
-
-/// The images, or `None` (after saying why) when VM tests are not required.
-fn images() -> Option<GuestImages> {
-    match GuestImages::from_env() {
-        Ok(images) => Some(images),
-        Err(err) if std::env::var("PETREL_REQUIRE_VM").as_deref() != Ok("1") => {
-            eprintln!(
-                "skipped: {err}; run `cargo xtask test` to build the images and run VM tests"
-            );
-            None
-        }
-        Err(err) => panic!("VM tests required but images are missing: {err}"),
-    }
-}
-
-fn accel() -> Accel {
-    match std::env::var("PETREL_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    }
-}
-
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("petrel-vmtest-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        // PETREL_KEEP_TEST_DIRS=1 keeps logs and disks for debugging.
-        if std::env::var_os("PETREL_KEEP_TEST_DIRS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+use sandbox_core::{QemuBackend, Sandbox, SandboxConfig, SandboxError};
 
 async fn boot(name: &str, dir: &TestDir) -> Option<Sandbox> {
     let images = images()?;
