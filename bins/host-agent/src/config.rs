@@ -39,6 +39,30 @@ pub enum NetworkChoice {
     User,
 }
 
+/// Which provider makes sandboxes' copy-on-write root disks (see
+/// [`sandbox_core::choose_provider`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsProviderChoice {
+    /// A qcow2 overlay backed by the template's image (QEMU).
+    Qcow2,
+    /// A sparse (reflinked where possible) copy of the template's image.
+    Copy,
+    /// A device-mapper snapshot (needs device-mapper and root).
+    Dm,
+}
+
+impl RootfsProviderChoice {
+    /// The name [`sandbox_core::choose_provider`] takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootfsProviderChoice::Qcow2 => "qcow2",
+            RootfsProviderChoice::Copy => "copy",
+            RootfsProviderChoice::Dm => "dm",
+        }
+    }
+}
+
 /// Everything the agent is configured with.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,6 +86,9 @@ pub struct AgentConfig {
     /// Keep a booted snapshot of the `base` template so creates restore it
     /// instead of cold-booting (made in the background at start).
     pub warm_templates: bool,
+    /// Forces the rootfs provider; `None`: chosen from the backend and the
+    /// host (a qcow2 overlay on QEMU).
+    pub rootfs_provider: Option<RootfsProviderChoice>,
     /// Accepted E2B API keys (`X-API-KEY`); empty: E2B endpoints refuse all.
     pub api_keys: Vec<String>,
     /// The `base` template's images (built by `cargo xtask images`).
@@ -84,6 +111,7 @@ impl Default for AgentConfig {
             net_slot_first: 1,
             net_slot_count: 1024,
             warm_templates: true,
+            rootfs_provider: None,
             api_keys: Vec::new(),
             kernel: None,
             rootfs: None,

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use qemu_vmm::{Accel, AccelProbe};
 
-use crate::config::{AccelChoice, VmmChoice};
+use sandbox_core::{BackendKind, choose_provider};
+
+use crate::config::{AccelChoice, RootfsProviderChoice, VmmChoice};
 
 /// What `doctor` is asked about (the subset of `serve`'s flags that
 /// matter).
@@ -24,6 +26,8 @@ pub struct DoctorOptions {
     pub data_dir: PathBuf,
     pub vmm: VmmChoice,
     pub accel: AccelChoice,
+    /// `--rootfs-provider`; `None`: chosen per backend.
+    pub rootfs_provider: Option<RootfsProviderChoice>,
     pub kernel: Option<PathBuf>,
     pub rootfs: Option<PathBuf>,
 }
@@ -64,10 +68,12 @@ pub async fn run(options: &DoctorOptions) -> Report {
     lines.push(("nftables", first_line_of("nft", &["--version"]).await));
     lines.push(("vmm backend", vmm_choice(options.vmm)));
     lines.push(("accelerator", accel.choice));
-    lines.push((
-        "rootfs provider",
-        "qcow2 overlay on the template's read-only raw image".to_string(),
-    ));
+    for (label, backend) in [
+        ("rootfs provider (qemu)", BackendKind::Qemu),
+        ("rootfs provider (firecracker)", BackendKind::Firecracker),
+    ] {
+        lines.push((label, rootfs_provider(backend, options.rootfs_provider)));
+    }
     lines.push((
         "base template",
         match (&options.kernel, &options.rootfs) {
@@ -76,6 +82,14 @@ pub async fn run(options: &DoctorOptions) -> Report {
         },
     ));
     Report { lines }
+}
+
+/// The provider `backend` would get (the requested one, if usable) and why.
+fn rootfs_provider(backend: BackendKind, requested: Option<RootfsProviderChoice>) -> String {
+    match choose_provider(backend, requested.map(RootfsProviderChoice::as_str)) {
+        Ok((provider, why)) => format!("{} ({why})", provider.name()),
+        Err(err) => format!("none ({err})"),
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -250,6 +264,7 @@ mod tests {
             data_dir: PathBuf::from("/nonexistent"),
             vmm: VmmChoice::Auto,
             accel: AccelChoice::Auto,
+            rootfs_provider: None,
             kernel: None,
             rootfs: None,
         };
@@ -262,5 +277,22 @@ mod tests {
             .find(|(k, _)| *k == "accelerator")
             .map(|(_, v)| v.as_str());
         assert_eq!(accel, Some("tcg (no kernel/rootfs to probe KVM with)"));
+    }
+
+    #[test]
+    fn rootfs_provider_is_shown_with_its_reason_per_backend() {
+        let qemu = rootfs_provider(BackendKind::Qemu, None);
+        let copy = rootfs_provider(BackendKind::Firecracker, Some(RootfsProviderChoice::Copy));
+        let refused = rootfs_provider(BackendKind::Firecracker, Some(RootfsProviderChoice::Qcow2));
+
+        assert!(qemu.starts_with("qcow2 ("), "{qemu}");
+        assert!(
+            copy.starts_with("copy (") && copy.contains("requested"),
+            "{copy}"
+        );
+        assert!(
+            refused.starts_with("none (") && refused.contains("firecracker"),
+            "{refused}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use host_agent::AgentConfig;
-use host_agent::config::{AccelChoice, NetworkChoice, VmmChoice};
+use host_agent::config::{AccelChoice, NetworkChoice, RootfsProviderChoice, VmmChoice};
 
 #[derive(Parser)]
 #[command(name = "host-agent", about = "Petrel host agent")]
@@ -33,6 +33,9 @@ struct DoctorArgs {
     vmm: VmmChoice,
     #[arg(long, env = "PETREL_ACCEL", value_enum, default_value = "auto")]
     accel: AccelChoice,
+    /// Force the rootfs provider (default: chosen per backend).
+    #[arg(long, env = "PETREL_ROOTFS_PROVIDER", value_enum)]
+    rootfs_provider: Option<RootfsProviderChoice>,
     /// The guest kernel the KVM probe boots (default: PETREL_KERNEL).
     #[arg(long, env = "PETREL_KERNEL")]
     kernel: Option<PathBuf>,
@@ -76,6 +79,10 @@ struct ServeArgs {
     /// (default true).
     #[arg(long, env = "PETREL_WARM_TEMPLATES")]
     warm_templates: Option<bool>,
+    /// Force the sandboxes' root disk provider (default: qcow2 overlay on
+    /// QEMU); refused at start when unusable on this host.
+    #[arg(long, env = "PETREL_ROOTFS_PROVIDER", value_enum)]
+    rootfs_provider: Option<RootfsProviderChoice>,
     /// E2B API keys (repeatable; PETREL_API_KEYS is comma-separated).
     #[arg(long = "api-key", env = "PETREL_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
@@ -133,6 +140,9 @@ impl ServeArgs {
         if let Some(v) = self.warm_templates {
             config.warm_templates = v;
         }
+        if self.rootfs_provider.is_some() {
+            config.rootfs_provider = self.rootfs_provider;
+        }
         if !self.api_keys.is_empty() {
             config.api_keys = self.api_keys;
         }
@@ -169,6 +179,7 @@ async fn main() -> Result<()> {
                 data_dir: args.data_dir,
                 vmm: args.vmm,
                 accel: args.accel,
+                rootfs_provider: args.rootfs_provider,
                 kernel: args.kernel,
                 rootfs: args.rootfs,
             };

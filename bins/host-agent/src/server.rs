@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use axum::Router;
 use qemu_vmm::{Accel, AccelProbe};
-use sandbox_core::{GuestImages, Hypervisor, Manager, ManagerConfig, NetworkPool, QemuBackend};
+use sandbox_core::{
+    BackendKind, GuestImages, Hypervisor, Manager, ManagerConfig, NetworkPool, QemuBackend,
+    RootfsProvider,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{AccelChoice, AgentConfig, NetworkChoice, VmmChoice};
+use crate::config::{AccelChoice, AgentConfig, NetworkChoice, RootfsProviderChoice, VmmChoice};
 use crate::state::AppState;
 
 /// A running agent (in-process: tests and `main`).
@@ -62,12 +65,14 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let images = base_images(&config)?;
+    let rootfs_provider = rootfs_provider(&config)?;
     let hypervisor = hypervisor(&config, images.as_ref()).await?;
     let manager_config = ManagerConfig {
         default_vcpus: config.default_vcpus,
         default_memory_mib: config.default_memory_mib,
         max_running: config.max_sandboxes,
         network: network_pool(&config)?,
+        rootfs_provider,
         ..ManagerConfig::new(&config.data_dir)
     };
     let manager = Manager::open(manager_config, hypervisor)
@@ -173,6 +178,21 @@ fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
     let pool = NetworkPool::new(first..end).context("creating the network slot pool")?;
     tracing::info!(slots = ?(first..end), "sandboxes get their own network namespaces");
     Ok(Some(Arc::new(pool)))
+}
+
+/// The configured rootfs provider, checked usable here (`serve` runs QEMU);
+/// `None`: the backend's default choice.
+fn rootfs_provider(config: &AgentConfig) -> Result<Option<Arc<dyn RootfsProvider>>> {
+    let requested = config.rootfs_provider.map(RootfsProviderChoice::as_str);
+    let (provider, why) = sandbox_core::choose_provider(BackendKind::Qemu, requested)
+        .with_context(|| {
+            format!(
+                "rootfs_provider {} cannot be used here",
+                requested.unwrap_or("(default)")
+            )
+        })?;
+    tracing::info!(provider = provider.name(), reason = %why, "rootfs provider");
+    Ok(requested.is_some().then_some(provider))
 }
 
 fn base_images(config: &AgentConfig) -> Result<Option<GuestImages>> {

@@ -407,3 +407,70 @@ async fn fork_makes_independent_copies_of_a_running_sandbox() {
     assert_eq!(seen, ["original\n", "changed\n", "original\n"]);
     assert!(matches!(too_many, ManagerError::InvalidRequest(_)));
 }
+
+#[tokio::test]
+async fn templates_live_on_disk_and_bad_names_touch_nothing() {
+    // No VM: registering only needs the image files to exist.
+    let dir = tempfile::tempdir().unwrap();
+    let images = GuestImages {
+        kernel: dir.path().join("vmlinux"),
+        rootfs: dir.path().join("rootfs.ext4"),
+    };
+    std::fs::write(&images.kernel, b"kernel").unwrap();
+    std::fs::write(&images.rootfs, vec![0u8; 4096]).unwrap();
+    let data = dir.path().join("data");
+    let manager = Manager::open(ManagerConfig::new(&data), backend())
+        .await
+        .unwrap();
+    let templates = data.join("templates");
+    let tpl_dir = templates.join("my-tpl");
+
+    let info = manager
+        .register_template("my-tpl", &images, "test")
+        .unwrap();
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tpl_dir.join("template.json")).unwrap()).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&tpl_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let listed = manager.templates().unwrap();
+    let before_bad: Vec<_> = std::fs::read_dir(&templates)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let bad = manager
+        .register_template("../evil", &images, "test")
+        .unwrap_err();
+    let bad_delete = manager.delete_template("a/b").unwrap_err();
+    let after_bad: Vec<_> = std::fs::read_dir(&templates)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    manager.delete_template("my-tpl").unwrap();
+
+    assert_eq!(on_disk["name"], "my-tpl");
+    assert_eq!(on_disk["source"], "test");
+    assert_eq!(on_disk["size_bytes"], 4096);
+    assert_eq!(
+        on_disk["kernel"].as_str(),
+        images.kernel.to_str(),
+        "{on_disk}"
+    );
+    assert_eq!(on_disk["rootfs"].as_str(), images.rootfs.to_str());
+    assert!(on_disk["created_at"].is_object(), "{on_disk}");
+    assert_eq!(files, ["template.json"], "no temporary file left behind");
+    assert_eq!(listed, [info]);
+    assert!(matches!(bad, ManagerError::InvalidName(_)), "{bad}");
+    assert!(
+        matches!(bad_delete, ManagerError::InvalidName(_)),
+        "{bad_delete}"
+    );
+    assert_eq!(before_bad, after_bad);
+    assert!(!dir.path().join("evil").exists());
+    assert!(!tpl_dir.exists());
+    assert!(manager.templates().unwrap().is_empty());
+}

@@ -13,6 +13,7 @@ mod store;
 mod types;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +22,7 @@ use envd_client::{EnvdClient, ExecOutput, ExecRequest};
 use safename::SafeName;
 use serde::{Deserialize, Serialize};
 
+use crate::disk::RootfsProvider;
 use crate::images::GuestImages;
 use crate::sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxState};
 use crate::vmm::Hypervisor;
@@ -29,10 +31,13 @@ pub use types::{
     CreateSandbox, ListFilter, ManagerError, SandboxInfo, SnapshotInfo, State, TemplateInfo,
 };
 
+/// A template's metadata file in `data_dir/templates/<name>/`.
+pub const TEMPLATE_FILE: &str = "template.json";
+
 /// Limits and defaults.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// Holds `petrel.db`, `sandboxes/`, `snapshots/`.
+    /// Holds `petrel.db`, `sandboxes/`, `snapshots/`, `templates/`.
     pub data_dir: PathBuf,
     pub default_vcpus: u8,
     pub default_memory_mib: u32,
@@ -43,6 +48,11 @@ pub struct ManagerConfig {
     pub max_running: usize,
     /// Per-sandbox network namespaces; `None`: QEMU's user-mode network.
     pub network: Option<Arc<crate::network::NetworkPool>>,
+    /// Makes cold-booted sandboxes' root disks; `None`:
+    /// [`crate::disk::choose_provider`]'s choice for the backend. Starts
+    /// from a snapshot (warm or named) always use a qcow2 overlay of the
+    /// snapshot's disk, the only base they have.
+    pub rootfs_provider: Option<Arc<dyn RootfsProvider>>,
 }
 
 impl ManagerConfig {
@@ -57,6 +67,7 @@ impl ManagerConfig {
             default_timeout: Duration::from_secs(300),
             max_running: 16,
             network: None,
+            rootfs_provider: None,
         }
     }
 }
@@ -208,8 +219,39 @@ impl Manager {
             // A warm snapshot made earlier for these very images stays valid.
             warm_snapshot: warm.join("vmstate.json").is_file().then_some(warm),
         };
-        lock(&self.inner.store).put(Table::Templates, name.as_str(), &info)?;
+        self.save_template(&name, &info)?;
         Ok(info)
+    }
+
+    /// `data_dir/templates/<name>/`: the template's `template.json` and its
+    /// warm snapshots.
+    fn template_dir(&self, name: &SafeName) -> PathBuf {
+        name.join_under(&self.inner.config.data_dir.join("templates"))
+    }
+
+    /// Writes `info` to the template's `template.json` (a temporary file
+    /// renamed over it, so readers see the old or the new one whole) and
+    /// then to the store.
+    fn save_template(&self, name: &SafeName, info: &TemplateInfo) -> Result<(), ManagerError> {
+        let dir = self.template_dir(name);
+        let path = dir.join(TEMPLATE_FILE);
+        let tmp = dir.join(format!("{TEMPLATE_FILE}.{}.tmp", new_id()?));
+        let failed = |path: &std::path::Path, message: String| ManagerError::Store {
+            path: path.to_path_buf(),
+            message,
+        };
+        let json = serde_json::to_vec_pretty(info)
+            .map_err(|e| failed(&path, format!("encoding the template: {e}")))?;
+        std::fs::create_dir_all(&dir).map_err(|e| failed(&dir, e.to_string()))?;
+        let written = std::fs::File::create(&tmp).and_then(|mut file| {
+            file.write_all(&json)?;
+            file.sync_all()
+        });
+        if let Err(err) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(failed(&path, err.to_string()));
+        }
+        lock(&self.inner.store).put(Table::Templates, name.as_str(), info)
     }
 
     /// Where the warm snapshot of `name` with `images` lives: keyed by the
@@ -223,7 +265,7 @@ impl Manager {
             .map_or(0, |m| m.len())
             .hash(&mut hasher);
         self.inner.config.network.is_some().hash(&mut hasher);
-        name.join_under(&self.inner.config.data_dir.join("templates"))
+        self.template_dir(name)
             .join(format!("warm-{:016x}", hasher.finish()))
     }
 
@@ -250,6 +292,7 @@ impl Manager {
         let start = Instant::now();
         let config = SandboxConfig {
             network: self.inner.config.network.clone(),
+            rootfs_provider: self.inner.config.rootfs_provider.clone(),
             ..SandboxConfig::new(
                 format!("warm-{}", new_id()?),
                 images,
@@ -266,7 +309,7 @@ impl Manager {
             message: format!("moving the warm snapshot into place: {e}"),
         })?;
         template.warm_snapshot = Some(dir);
-        lock(&self.inner.store).put(Table::Templates, name.as_str(), &template)?;
+        self.save_template(&name, &template)?;
         tracing::info!(template = %name, took_ms = start.elapsed().as_millis() as u64, "template warmed");
         Ok(template)
     }
@@ -286,8 +329,9 @@ impl Manager {
             .ok_or_else(|| ManagerError::TemplateNotFound(name.to_string()))
     }
 
-    /// Removes a template's record (its images are not ours to delete);
-    /// refused while a sandbox or snapshot uses it.
+    /// Removes a template's record and its directory (`template.json`, warm
+    /// snapshots; its images are not ours to delete); refused while a
+    /// sandbox or snapshot uses it.
     pub fn delete_template(&self, name: &str) -> Result<(), ManagerError> {
         let template = self.template(name)?;
         let users: Vec<String> = lock(&self.inner.infos)
@@ -308,12 +352,11 @@ impl Manager {
             )));
         }
         lock(&self.inner.store).delete(Table::Templates, &template.name)?;
-        let dir = SafeName::new(&template.name)?
-            .join_under(&self.inner.config.data_dir.join("templates"));
+        let dir = self.template_dir(&SafeName::new(&template.name)?);
         if let Err(err) = std::fs::remove_dir_all(&dir)
             && err.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(dir = %dir.display(), %err, "cannot remove the template's warm snapshots");
+            tracing::warn!(dir = %dir.display(), %err, "cannot remove the template's directory");
         }
         Ok(())
     }
@@ -376,11 +419,18 @@ impl Manager {
         }
         lock(&self.inner.handles).insert(id.clone(), handle.clone());
         let start = Instant::now();
+        // A start from a snapshot needs a qcow2 overlay of its disk: the
+        // default choice unless qcow2 is what is configured.
+        let rootfs_provider = config
+            .rootfs_provider
+            .clone()
+            .filter(|p| snapshot.is_none() || p.name() == "qcow2");
         let sandbox_config = SandboxConfig {
             vcpus,
             memory_mib,
             env_vars: request.env_vars,
             snapshot,
+            rootfs_provider,
             network: config.network.clone(),
             internet: request.internet,
             ..SandboxConfig::new(&id, images, &config.data_dir)
