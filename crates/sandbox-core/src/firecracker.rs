@@ -340,7 +340,12 @@ impl Vm for FirecrackerInstance {
         let stats = self.save(snapshot_dir, "snapshot").await?;
         // The vCPUs are paused and the block device idle: the disk is
         // consistent with the saved state.
-        let copied = copy_disk(&self.spec.root_disk, &snapshot_dir.join(SNAPSHOT_DISK)).await;
+        let copied = crate::qemu::sparse_copy(
+            &self.spec.id,
+            &self.spec.root_disk,
+            &snapshot_dir.join(SNAPSHOT_DISK),
+        )
+        .await;
         let resumed = self
             .running("snapshot")?
             .client()
@@ -465,30 +470,6 @@ fn file_size(path: &Path) -> Result<u64, SandboxError> {
             path: path.to_path_buf(),
             source,
         })
-}
-
-/// `cp --sparse=always --reflink=auto` of a root disk (image or block
-/// device) into a snapshot.
-async fn copy_disk(from: &Path, to: &Path) -> Result<(), SandboxError> {
-    let io_error = |source| SandboxError::Io {
-        what: "copy the root disk into",
-        path: to.to_path_buf(),
-        source,
-    };
-    let output = tokio::process::Command::new("cp")
-        .args(["--sparse=always", "--reflink=auto"])
-        .arg(from)
-        .arg(to)
-        .output()
-        .await
-        .map_err(io_error)?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(io_error(std::io::Error::other(
-            String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        )))
-    }
 }
 
 #[cfg(test)]
