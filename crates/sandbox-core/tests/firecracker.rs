@@ -36,6 +36,19 @@ fn setup() -> Option<(FirecrackerBackend, PathBuf)> {
         );
         return None;
     }
+    // Under kvm_pvm no stock guest survives: it dies a few seconds after
+    // InstanceStart (KVM internal error), which makes this multi-step test
+    // depend on how busy the host is. It runs where KVM works, or on
+    // request (PETREL_FC_TESTS=1) as a check of the API path.
+    if std::path::Path::new("/sys/module/kvm_pvm").exists()
+        && std::env::var("PETREL_FC_TESTS").as_deref() != Ok("1")
+    {
+        eprintln!(
+            "skipped: /dev/kvm is kvm_pvm, where guests die seconds after start; \
+             set PETREL_FC_TESTS=1 to run it anyway"
+        );
+        return None;
+    }
     let required = std::env::var("PETREL_REQUIRE_VM").as_deref() == Ok("1");
     let skip = |reason: String| {
         assert!(!required, "VM tests required but {reason}");
