@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use client::Client;
 use serde_json::{Value, json};
 
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -91,6 +93,10 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
     let Some((kernel, rootfs)) = common::images() else {
         return;
     };
+    // A killed agent cannot give back the host's forwarding setting it
+    // turned on (that is what the next agent's cleanup cannot know either):
+    // the test restores it.
+    let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let client = Client::new(format!("http://127.0.0.1:{port}"));
@@ -131,6 +137,7 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
         client.delete(&format!("/v1/sandboxes/{id}")).await;
     }
     second.kill_9();
+    std::fs::write(IP_FORWARD, &forwarding).unwrap();
 
     assert_eq!(running_state, "running");
     assert_eq!(alive["stdout"], "alive\n");
