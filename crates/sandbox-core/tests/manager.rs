@@ -3,34 +3,21 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::images;
 use envd_client::ExecRequest;
-use qemu_vmm::Accel;
 use sandbox_core::{
     CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, ManagerError, QemuBackend,
     State,
 };
 
-fn images() -> Option<GuestImages> {
-    match GuestImages::from_env() {
-        Ok(images) => Some(images),
-        Err(err) if std::env::var("PETREL_REQUIRE_VM").as_deref() != Ok("1") => {
-            eprintln!("skipped: {err}; run `cargo xtask test`");
-            None
-        }
-        Err(err) => panic!("VM tests required but images are missing: {err}"),
-    }
-}
-
 fn backend() -> Arc<QemuBackend> {
-    let accel = match std::env::var("PETREL_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    };
-    Arc::new(QemuBackend::new(accel))
+    Arc::new(common::backend())
 }
 
 async fn open(dir: &std::path::Path, images: &GuestImages) -> Manager {
