@@ -18,22 +18,13 @@ pub fn run(vmm: VmmChoice) -> Result<()> {
     let images = images::build()?;
     if matches!(vmm, VmmChoice::Firecracker) {
         bail!(
-            "--vmm firecracker: the Firecracker backend cannot boot sandboxes yet (it needs per-sandbox TAP \
-             networking, issue 3); use the default --vmm qemu"
+            "--vmm firecracker: the demo does not drive the Firecracker backend yet (and on kvm_pvm hosts \
+             its guests never reach userspace); use the default --vmm qemu"
         );
     }
     runtime()?.block_on(async {
         let outcome = probe(&images).await;
-        env::step(&format!(
-            "booting a {} VM ({}: {})",
-            outcome.accel,
-            if outcome.cached {
-                "cached probe"
-            } else {
-                "probe"
-            },
-            outcome.reason
-        ));
+        announce_boot(&outcome);
         let work = tempdir("petrel-demo")?;
         let result = demo(&images, outcome.accel, &work).await;
         let cleanup =
@@ -99,6 +90,19 @@ pub async fn probe(images: &GuestImages) -> ProbeOutcome {
         _ => {}
     }
     outcome
+}
+
+/// Says which accelerator the VM boots with and why.
+pub fn announce_boot(outcome: &ProbeOutcome) {
+    let source = if outcome.cached {
+        "cached probe"
+    } else {
+        "probe"
+    };
+    env::step(&format!(
+        "booting a {} VM ({source}: {})",
+        outcome.accel, outcome.reason
+    ));
 }
 
 /// Prints what this host can do and what Petrel chose.

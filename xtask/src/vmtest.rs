@@ -48,16 +48,7 @@ pub fn run_with_args(package: &str, test_args: &[String]) -> Result<()> {
     let result = stripped_copies(&binaries, &work.join("bin")).and_then(|uploads| {
         demo::runtime()?.block_on(async {
             let outcome = demo::probe(&images).await;
-            env::step(&format!(
-                "booting a {} VM ({}: {})",
-                outcome.accel,
-                if outcome.cached {
-                    "cached probe"
-                } else {
-                    "probe"
-                },
-                outcome.reason
-            ));
+            demo::announce_boot(&outcome);
             run_in_vm(&images, outcome.accel, &work, package, &uploads, test_args).await
         })
     });

@@ -40,4 +40,4 @@ pub use config::{DiskFormat, Drive, NetConfig, PortForward, VmConfig, default_qe
 pub use error::QemuError;
 pub use qmp::QmpClient;
 pub use snapshot::MigrationStats;
-pub use vm::QemuVm;
+pub use vm::{QemuVm, log_tail};

@@ -160,7 +160,7 @@ impl QemuVm {
                 return Err(QemuError::ExitedEarly {
                     vm: self.config.id.clone(),
                     status,
-                    log_tail: tail(&path, 20),
+                    log_tail: log_tail(&path, 20),
                 });
             }
             if start.elapsed() > timeout {
@@ -168,7 +168,7 @@ impl QemuVm {
                     vm: self.config.id.clone(),
                     marker: marker.to_string(),
                     waited_ms: timeout.as_millis(),
-                    log_tail: tail(&path, 20),
+                    log_tail: log_tail(&path, 20),
                 });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -299,7 +299,7 @@ async fn early_exit(config: &VmConfig, child: &mut Child) -> QemuError {
     QemuError::ExitedEarly {
         vm: config.id.clone(),
         status,
-        log_tail: tail(&config.qemu_log(), 20),
+        log_tail: log_tail(&config.qemu_log(), 20),
     }
 }
 
@@ -307,8 +307,9 @@ fn console_contains(path: &Path, marker: &str) -> bool {
     std::fs::read(path).is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(marker))
 }
 
-/// The last `lines` lines of a text file, or a note that it could not be read.
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of a text file (a console or QEMU log), or a
+/// note that it could not be read.
+pub fn log_tail(path: &Path, lines: usize) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);

@@ -427,7 +427,7 @@ impl Sandbox {
                 return Err(SandboxError::EnvdNotReady {
                     sandbox: self.id.clone(),
                     message: err.to_string(),
-                    console: console_tail(&self.vm.console_log(), 30),
+                    console: qemu_vmm::log_tail(&self.vm.console_log(), 30),
                 });
             }
         };
@@ -558,7 +558,7 @@ async fn boot_steps(
     if let Err(err) = envd.wait_healthy(config.boot_timeout).await {
         let console = made
             .as_ref()
-            .map(|vm| console_tail(&vm.console_log(), 30))
+            .map(|vm| qemu_vmm::log_tail(&vm.console_log(), 30))
             .unwrap_or_default();
         return Err(SandboxError::EnvdNotReady {
             sandbox: config.id.clone(),
@@ -761,15 +761,4 @@ pub(crate) fn random_token() -> Result<String, SandboxError> {
             source,
         })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn console_tail(path: &Path, lines: usize) -> String {
-    std::fs::read(path).map_or_else(
-        |err| format!("(cannot read {}: {err})", path.display()),
-        |bytes| {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        },
-    )
 }
