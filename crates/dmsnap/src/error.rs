@@ -81,6 +81,10 @@ pub enum DmSnapError {
     /// `restore` found a file that is not a usable dm-snapshot exception store.
     #[error("CoW file {path} cannot be restored: {reason}")]
     BadCow { path: PathBuf, reason: String },
+    /// `adopt` found no device of that name, or one that is not the
+    /// snapshot of the given base and CoW file.
+    #[error("dm device {name} cannot be adopted: {reason}")]
+    NotAdoptable { name: String, reason: String },
     /// A flatten destination exists already.
     #[error("flatten destination {path} already exists")]
     DestinationExists { path: PathBuf },

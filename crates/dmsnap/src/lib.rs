@@ -12,7 +12,8 @@
 //!   (new sparse CoW file on its own loop device), [`restore`](SnapshotManager::restore)
 //!   (the device rebuilt from an existing CoW file, after a pause or an agent
 //!   restart), [`remove`](SnapshotManager::remove) (device, then loops; every
-//!   error collected).
+//!   error collected), [`adopt`](SnapshotManager::adopt) (take over a device
+//!   an earlier run left live because its VM still runs).
 //! - [`flatten()`] ([`mod@flatten`]): base + CoW merged into a new standalone sparse
 //!   image, the base of a new template.
 //! - [`SnapshotManager::cleanup_stale`] ([`cleanup`]): at startup, removes the
@@ -55,6 +56,7 @@
 //! # Ok(()) }
 //! ```
 
+mod adopt;
 pub mod cleanup;
 pub mod cow;
 mod error;

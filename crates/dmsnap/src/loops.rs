@@ -261,6 +261,48 @@ impl LoopRegistry {
         Ok(())
     }
 
+    /// Registers `device`, a loop device an earlier process bound to `base`
+    /// read-only, as the base's shared loop (see
+    /// [`SnapshotManager::adopt`](crate::SnapshotManager::adopt)): one more
+    /// user when the registry already shares it, the first otherwise. Fails
+    /// when the registry shares `base` through another loop device (adopt
+    /// before making new snapshots).
+    pub fn adopt_base(&self, base: &Path, device: LoopDev) -> Result<BaseLease> {
+        let id = FileId::of(base)?;
+        let mut bases = lock(&self.bases);
+        match bases.get_mut(&id) {
+            Some(shared) if shared.device.path == device.path => shared.users += 1,
+            Some(shared) => {
+                return Err(DmSnapError::BadBase {
+                    path: base.to_path_buf(),
+                    reason: format!(
+                        "shared through {} already; cannot adopt {} for it too",
+                        shared.device.path.display(),
+                        device.path.display()
+                    ),
+                });
+            }
+            None => {
+                bases.insert(
+                    id,
+                    Shared {
+                        device: device.clone(),
+                        users: 1,
+                    },
+                );
+            }
+        }
+        info!(base = %base.display(), loop_device = %device.path.display(), "base loop adopted");
+        Ok(BaseLease { id, device })
+    }
+
+    /// Registers a CoW loop device an earlier process attached, so that
+    /// [`detach_private`](Self::detach_private) and `cleanup_stale` treat it
+    /// as this registry's own.
+    pub fn adopt_private(&self, device: &LoopDev) {
+        lock(&self.private).insert(device.path.clone());
+    }
+
     /// How many leases on `base` are out (0 when it has no loop device).
     pub fn users(&self, base: &Path) -> Result<usize> {
         let id = FileId::of(base)?;
@@ -356,6 +398,71 @@ mod tests {
         let path = dir.path().join(name);
         std::fs::write(&path, b"base").unwrap();
         path
+    }
+
+    fn earlier_runs_loop(base: &Path) -> LoopDev {
+        LoopDev {
+            path: PathBuf::from("/dev/loop9"),
+            major: 7,
+            minor: 9,
+            file: base.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn an_adopted_base_loop_is_shared_with_later_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_file(&dir, "base.img");
+        let (fake, loops) = registry();
+
+        let adopted = loops.adopt_base(&base, earlier_runs_loop(&base)).unwrap();
+        let new = loops.acquire(&base).unwrap();
+
+        assert_eq!(new.device(), adopted.device());
+        assert_eq!(fake.attached.load(Ordering::SeqCst), 0);
+        assert_eq!(loops.users(&base).unwrap(), 2);
+    }
+
+    #[test]
+    fn an_adopted_base_loop_is_detached_by_its_last_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_file(&dir, "base.img");
+        let (fake, loops) = registry();
+        let first = loops.adopt_base(&base, earlier_runs_loop(&base)).unwrap();
+        let second = loops.adopt_base(&base, earlier_runs_loop(&base)).unwrap();
+
+        loops.release(first).unwrap();
+        let after_first = fake.detached.load(Ordering::SeqCst);
+        loops.release(second).unwrap();
+
+        assert_eq!(after_first, 0);
+        assert_eq!(fake.detached.load(Ordering::SeqCst), 1);
+        assert_eq!(loops.users(&base).unwrap(), 0);
+    }
+
+    #[test]
+    fn adopt_base_refuses_a_second_loop_for_a_shared_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_file(&dir, "base.img");
+        let (_fake, loops) = registry();
+        let _new = loops.acquire(&base).unwrap();
+
+        let err = loops
+            .adopt_base(&base, earlier_runs_loop(&base))
+            .unwrap_err();
+
+        assert!(err.to_string().contains("/dev/loop9"), "{err}");
+        assert_eq!(loops.users(&base).unwrap(), 1);
+    }
+
+    #[test]
+    fn an_adopted_cow_loop_counts_as_in_use() {
+        let (_fake, loops) = registry();
+        let cow = earlier_runs_loop(Path::new("/var/lib/petrel/sandboxes/a/root.cow"));
+
+        loops.adopt_private(&cow);
+
+        assert_eq!(loops.in_use(), [PathBuf::from("/dev/loop9")]);
     }
 
     #[test]

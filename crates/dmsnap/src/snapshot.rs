@@ -46,15 +46,15 @@ impl SnapshotSpec {
 #[derive(Debug)]
 #[must_use = "a snapshot not removed keeps its dm device and loop devices"]
 pub struct Snapshot {
-    sandbox: String,
-    name: String,
-    device: PathBuf,
-    major: u32,
-    minor: u32,
-    size_bytes: u64,
-    base: PathBuf,
-    cow: LoopDev,
-    lease: BaseLease,
+    pub(crate) sandbox: String,
+    pub(crate) name: String,
+    pub(crate) device: PathBuf,
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+    pub(crate) size_bytes: u64,
+    pub(crate) base: PathBuf,
+    pub(crate) cow: LoopDev,
+    pub(crate) lease: BaseLease,
 }
 
 impl Snapshot {
@@ -107,7 +107,7 @@ pub struct SnapshotManager {
     pub(crate) dm: DM,
     pub(crate) loops: LoopRegistry,
     /// Names of the devices this manager made and has not removed.
-    live: Mutex<HashSet<String>>,
+    pub(crate) live: Mutex<HashSet<String>>,
 }
 
 impl fmt::Debug for SnapshotManager {
@@ -339,7 +339,7 @@ fn base_size(base: &Path) -> Result<u64> {
 
 /// The node devtmpfs made for a block device (`/dev/dm-N`), found through
 /// `/sys/dev/block/MAJ:MIN/uevent`.
-fn device_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
+pub(crate) fn device_node(name: &str, major: u32, minor: u32) -> Result<PathBuf> {
     let fail = |reason: String| DmSnapError::DeviceNode {
         name: name.to_string(),
         major,

@@ -355,6 +355,66 @@ fn cleanup_stale_removes_leftover_devices_and_loops() {
     assert!(loop_bound(&other.device));
 }
 
+#[test]
+fn adopt_takes_over_a_device_an_earlier_run_left_live() {
+    let Some(env) = dm_env() else { return };
+    let base = pattern_base(&env, 4);
+    let spec = env.spec("t-adopt", &base);
+    let earlier = env.manager.create(&spec).unwrap();
+    let written = b"written by the earlier run".repeat(50);
+    write_at(earlier.device(), 2 << 20, &written);
+    let (base_loop, cow_loop) = (earlier.base_loop().clone(), earlier.cow_loop().clone());
+    // The earlier run "dies" with its VM still using the device.
+    drop(earlier);
+    let restarted = SnapshotManager::new().unwrap();
+
+    let adopted = restarted.adopt(&spec).unwrap();
+    let cleaned = restarted.cleanup_stale(&[env.dir.path()]).unwrap();
+    let seen = read_at(adopted.device(), 2 << 20, written.len());
+    let loops = (adopted.base_loop().clone(), adopted.cow_loop().clone());
+    restarted.remove(adopted).unwrap();
+
+    assert_eq!(loops, (base_loop.clone(), cow_loop.clone()));
+    assert_eq!(seen, written);
+    assert!(cleaned.dm_devices.is_empty(), "{cleaned:?}");
+    assert!(cleaned.loop_devices.is_empty(), "{cleaned:?}");
+    assert!(!restarted.device_exists("petrel-t-adopt").unwrap());
+    assert!(!loop_bound(&base_loop));
+    assert!(!loop_bound(&cow_loop));
+}
+
+#[test]
+fn adopt_refuses_a_device_over_another_cow_file() {
+    let Some(env) = dm_env() else { return };
+    let base = pattern_base(&env, 1);
+    let snapshot = env
+        .manager
+        .create(&env.spec("t-adopt-other", &base))
+        .unwrap();
+    let restarted = SnapshotManager::new().unwrap();
+    let wrong = SnapshotSpec::new("t-adopt-other", &base, env.path("elsewhere.cow"));
+    std::fs::write(env.path("elsewhere.cow"), b"").unwrap();
+
+    let err = restarted.adopt(&wrong).unwrap_err();
+
+    assert!(matches!(err, DmSnapError::NotAdoptable { .. }), "{err}");
+    assert!(err.to_string().contains("t-adopt-other.cow"), "{err}");
+    remove(&env, snapshot);
+}
+
+#[test]
+fn adopt_of_a_missing_device_names_it() {
+    let Some(env) = dm_env() else { return };
+    let base = pattern_base(&env, 1);
+
+    let err = env
+        .manager
+        .adopt(&env.spec("t-adopt-none", &base))
+        .unwrap_err();
+
+    assert!(err.to_string().contains("petrel-t-adopt-none"), "{err}");
+}
+
 /// A dm device that is not ours (a linear map over a loop device of a file
 /// outside our directories), which cleanup must leave alone.
 struct OtherDevice {
