@@ -61,6 +61,13 @@ enum Command {
     /// Run a crate's test binaries inside a VM (e.g. `vmtest dmsnap`: DM tests).
     Vmtest {
         package: String,
+        /// Only this integration test target.
+        #[arg(long)]
+        test: Option<String>,
+        /// Give the tests QEMU and the guest images to boot VMs of their own
+        /// inside the VM (slow: keep to a few tests).
+        #[arg(long)]
+        nested: bool,
         /// Extra arguments for each test binary (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -88,7 +95,17 @@ fn main() -> Result<()> {
         Command::Demo { vmm } => demo::run(vmm),
         Command::Test { cargo_args } => test(&cargo_args),
         Command::Bench { which, runs } => bench::run(which, runs),
-        Command::Vmtest { package, test_args } => vmtest::run_with_args(&package, &test_args),
+        Command::Vmtest {
+            package,
+            test,
+            nested,
+            test_args,
+        } => vmtest::run(&vmtest::VmTest {
+            package,
+            test,
+            nested,
+            test_args,
+        }),
     }
 }
 
@@ -122,9 +139,16 @@ fn test(cargo_args: &[String]) -> Result<()> {
             ("PETREL_REQUIRE_VM", "1"),
         ],
     )?;
-    if cargo_args.is_empty() {
+    if cargo_args.is_empty() && !dmsnap::device_mapper_available() {
         env::step("device-mapper tests inside a VM (this host kernel has no device-mapper)");
-        vmtest::run("dmsnap")?;
+        vmtest::run(&vmtest::VmTest::package("dmsnap"))?;
+        env::step("VMs booting from dm-snapshot disks, inside a VM (nested; minutes)");
+        vmtest::run(&vmtest::VmTest {
+            package: "sandbox-core".to_string(),
+            test: Some("providers".to_string()),
+            nested: true,
+            test_args: vec!["dm".to_string()],
+        })?;
     }
     env::step("all checks passed");
     Ok(())

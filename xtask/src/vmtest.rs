@@ -1,13 +1,21 @@
 //! `cargo xtask vmtest <package>`: runs a crate's test binaries inside a real
 //! VM, for tests that need what the host kernel lacks (device-mapper for
-//! `dmsnap`; our guest kernel has DM, dm-snapshot and loop built in).
+//! `dmsnap` and the dm rootfs provider; our guest kernel has DM,
+//! dm-snapshot and loop built in).
 //!
-//! Builds the test binaries (`cargo test -p <package> --no-run`), boots a
-//! sandbox as `cargo xtask demo` does, uploads the binaries (debug info
-//! stripped) through envd, runs each as root with `--test-threads=1` and
-//! `PETREL_REQUIRE_DM=1`, prints their output, destroys the sandbox, and
-//! fails unless every binary exited 0. The guest rootfs is Debian 12 like
-//! the host, so the binaries run there as built.
+//! Builds the test binaries (`cargo test -p <package> [--test <name>]
+//! --no-run`), puts them (debug info stripped) on an ext4 disk that a
+//! sandbox gets as `/dev/vdb` beside its root disk, boots the sandbox as
+//! `cargo xtask demo` does, mounts the disk, runs each binary as root with
+//! `--test-threads=1` and `PETREL_REQUIRE_DM=1`, prints their output,
+//! destroys the sandbox, and fails unless every binary exited 0. The guest
+//! rootfs is Debian 12 like the host, so the binaries run there as built.
+//!
+//! With `--nested` the disk also carries this host's QEMU (binary, shared
+//! libraries, firmware), the guest kernel and rootfs, and scratch space, so
+//! the tests boot VMs of their own inside the VM (`PETREL_KERNEL`,
+//! `PETREL_ROOTFS`, `PETREL_REQUIRE_VM=1` set; QEMU on `PATH`). Under TCG
+//! twice over, a guest takes minutes to boot: keep such runs to a few tests.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -21,73 +29,133 @@ use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
 
 use crate::{demo, env, images, setup};
 
-/// Where the binaries go in the guest (on its root disk, not in RAM).
-const GUEST_DIR: &str = "/var/tmp/petrel-vmtest";
-/// Bound of one test binary's run (TCG is slow).
-const RUN_TIMEOUT: Duration = Duration::from_mins(30);
-/// Bound of one upload through envd.
-const UPLOAD_TIMEOUT: Duration = Duration::from_mins(10);
+/// Where the test disk is mounted in the guest.
+const GUEST_DIR: &str = "/mnt/petrel-vmtest";
+/// Bound of one test binary's run (TCG is slow, nested TCG more so).
+const RUN_TIMEOUT: Duration = Duration::from_mins(45);
+/// How long a nested guest gets to answer on envd (`PETREL_BOOT_TIMEOUT_SECS`).
+const NESTED_BOOT_TIMEOUT_SECS: &str = "900";
+/// Free space on a nested test disk for the inner VMs' disks and RAM files.
+const NESTED_SCRATCH_BYTES: u64 = 6 << 30;
+/// Set for every job: the program runs in a vmtest guest (xtask's own
+/// tasks skip host setup there).
+pub const IN_GUEST_ENV: &str = "PETREL_IN_VMTEST";
+/// The host's QEMU programs a nested test disk carries.
+const QEMU_PROGRAMS: [&str; 2] = ["qemu-system-x86_64", "qemu-img"];
 
-/// Runs every test binary of `package` in a VM.
-#[allow(dead_code, reason = "for `cargo xtask test`, which is to call it")]
-pub fn run(package: &str) -> Result<()> {
-    run_with_args(package, &[])
+/// What to run in the VM.
+#[derive(Debug, Clone, Default)]
+pub struct VmTest {
+    pub package: String,
+    /// Only this integration test target (`cargo test --test <name>`).
+    pub test: Option<String>,
+    /// Give the tests QEMU and the guest images, to boot VMs themselves.
+    pub nested: bool,
+    /// Passed to each test binary (e.g. a test name filter).
+    pub test_args: Vec<String>,
 }
 
-/// Like [`run`], passing `test_args` (e.g. a test name filter) to each test
-/// binary.
-pub fn run_with_args(package: &str, test_args: &[String]) -> Result<()> {
+impl VmTest {
+    /// Every test binary of `package`, no nesting, no arguments.
+    pub fn package(package: &str) -> Self {
+        Self {
+            package: package.to_string(),
+            ..Self::default()
+        }
+    }
+}
+
+/// One program to run in the guest, as root, from the test disk.
+#[derive(Debug, Clone)]
+pub struct GuestJob {
+    /// A host executable; copied (debug info stripped) onto the disk.
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// How a [`GuestJob`] ended.
+#[derive(Debug, Clone)]
+pub struct GuestOutput {
+    pub name: String,
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+}
+
+/// Runs the test binaries `what` names in a VM.
+pub fn run(what: &VmTest) -> Result<()> {
     setup::run()?;
-    let images = images::build()?;
+    let package = &what.package;
     env::step(&format!("building the test binaries of {package}"));
-    let binaries = test_binaries(package)?;
+    let binaries = test_binaries(what)?;
     if binaries.is_empty() {
         bail!("cargo test -p {package} --no-run built no test binary");
     }
-    let work = demo::tempdir("petrel-vmtest")?;
-    let result = stripped_copies(&binaries, &work.join("bin")).and_then(|uploads| {
-        demo::runtime()?.block_on(async {
-            let outcome = demo::probe(&images).await;
-            demo::announce_boot(&outcome);
-            run_in_vm(&images, outcome.accel, &work, package, &uploads, test_args).await
+    let jobs: Vec<GuestJob> = binaries
+        .into_iter()
+        .map(|binary| GuestJob {
+            binary,
+            args: std::iter::once("--test-threads=1".to_string())
+                .chain(what.test_args.iter().cloned())
+                .collect(),
+            env: vec![("PETREL_REQUIRE_DM".to_string(), "1".to_string())],
         })
-    });
-    let cleanup =
-        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()));
-    let exits = result?;
-    cleanup?;
-    let failed: Vec<String> = exits
+        .collect();
+    let outputs = run_in_guest(&format!("vmtest-{package}"), &jobs, what.nested)?;
+    let failed: Vec<String> = outputs
         .iter()
-        .filter(|(_, code)| *code != 0)
-        .map(|(name, code)| format!("{name} (exit code {code})"))
+        .inspect(|out| print!("{}", String::from_utf8_lossy(&out.stdout)))
+        .filter(|out| out.exit_code != 0)
+        .map(|out| format!("{} (exit code {})", out.name, out.exit_code))
         .collect();
     if !failed.is_empty() {
         bail!("tests of {package} failed in the VM: {}", failed.join(", "));
     }
     env::step(&format!(
         "all {} test binaries of {package} passed in the VM",
-        exits.len()
+        outputs.len()
     ));
     Ok(())
 }
 
-/// The test executables `cargo test -p <package> --no-run` builds, from its
-/// JSON messages (diagnostics still rendered on stderr).
-fn test_binaries(package: &str) -> Result<Vec<PathBuf>> {
+/// Boots a sandbox named `name` with a test disk holding the jobs'
+/// binaries (and, `nested`, QEMU and the guest images), runs each job as
+/// root (its stderr shown as it ends, its stdout returned), destroys the
+/// sandbox.
+pub fn run_in_guest(name: &str, jobs: &[GuestJob], nested: bool) -> Result<Vec<GuestOutput>> {
+    let images = images::build()?;
+    let work = demo::tempdir("petrel-vmtest")?;
+    let binaries: Vec<PathBuf> = jobs.iter().map(|job| job.binary.clone()).collect();
+    let result = test_disk(nested, &images, &binaries, &work).and_then(|disk| {
+        demo::runtime()?.block_on(async {
+            let outcome = demo::probe(&images).await;
+            demo::announce_boot(&outcome);
+            run_in_vm(&images, outcome.accel, &work, name, nested, &disk, jobs).await
+        })
+    });
+    let cleanup =
+        std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()));
+    let outputs = result?;
+    cleanup?;
+    Ok(outputs)
+}
+
+/// The test executables `cargo test --no-run` builds, from its JSON
+/// messages (diagnostics still rendered on stderr).
+fn test_binaries(what: &VmTest) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut child = Command::new(&cargo)
-        .args([
-            "test",
-            "--package",
-            package,
-            "--no-run",
-            "--message-format=json-render-diagnostics",
-        ])
+    let mut command = Command::new(&cargo);
+    command.args(["test", "--package", &what.package]);
+    if let Some(test) = &what.test {
+        command.args(["--test", test]);
+    }
+    let mut child = command
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
         .current_dir(env::root())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("running {cargo} test -p {package} --no-run"))?;
+        .with_context(|| format!("running {cargo} test -p {} --no-run", what.package))?;
     let stdout = child.stdout.take().context("cargo's stdout")?;
     let mut binaries = Vec::new();
     for line in BufReader::new(stdout).lines() {
@@ -103,118 +171,277 @@ fn test_binaries(package: &str) -> Result<Vec<PathBuf>> {
     }
     let status = child.wait().context("waiting for cargo")?;
     if !status.success() {
-        bail!("cargo test -p {package} --no-run failed ({status})");
+        bail!("cargo test -p {} --no-run failed ({status})", what.package);
     }
     Ok(binaries)
 }
 
-/// Copies of the binaries without debug info (a debug test binary is tens of
-/// MB, most of it DWARF; the upload goes through QEMU's user network).
-fn stripped_copies(binaries: &[PathBuf], dir: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    binaries
-        .iter()
-        .map(|binary| {
-            let name = binary
-                .file_name()
-                .with_context(|| format!("{} has no file name", binary.display()))?;
-            let copy = dir.join(name);
-            let status = Command::new("objcopy")
-                .arg("--strip-debug")
-                .arg(binary)
-                .arg(&copy)
-                .status()
-                .context("running objcopy (binutils)")?;
-            if !status.success() {
-                bail!(
-                    "objcopy --strip-debug {} failed ({status})",
-                    binary.display()
-                );
-            }
-            Ok(copy)
-        })
-        .collect()
+/// The ext4 image the guest gets as `/dev/vdb`: `bin/` with the test
+/// binaries (and, nested, QEMU wrappers), `qemu/` with QEMU's programs,
+/// libraries and firmware, `vmlinux`, `rootfs.ext4` and `tmp/`.
+fn test_disk(
+    nested: bool,
+    images: &GuestImages,
+    binaries: &[PathBuf],
+    work: &Path,
+) -> Result<PathBuf> {
+    let tree = work.join("disk");
+    let bin = tree.join("bin");
+    std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    for binary in binaries {
+        strip_into(binary, &bin)?;
+    }
+    let mut free = 256 << 20;
+    if nested {
+        env::step("adding this host's QEMU and the guest images for nested VMs");
+        add_qemu(&tree)?;
+        copy_sparse(&images.kernel, &tree.join("vmlinux"))?;
+        copy_sparse(&images.rootfs, &tree.join("rootfs.ext4"))?;
+        let tmp = tree.join("tmp");
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        free += NESTED_SCRATCH_BYTES;
+    }
+    let used = apparent_size(&tree)?;
+    let disk = work.join("vmtest.ext4");
+    let size_mib = (used + free) / (1 << 20) + 64;
+    run_tool(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "petrel-vmtest", "-d"])
+            .arg(&tree)
+            .arg(&disk)
+            .arg(format!("{size_mib}M")),
+    )?;
+    std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
+    Ok(disk)
 }
 
-/// Boots the sandbox, runs the binaries, destroys it; the exit code of each.
+/// A copy of `binary` in `dir` without debug info (a debug test binary is
+/// tens of MB, most of it DWARF).
+fn strip_into(binary: &Path, dir: &Path) -> Result<()> {
+    let name = binary
+        .file_name()
+        .with_context(|| format!("{} has no file name", binary.display()))?;
+    run_tool(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(binary)
+            .arg(dir.join(name)),
+    )
+}
+
+/// This host's QEMU programs with every shared library they load (run
+/// through the copied dynamic loader, so the guest's own libraries do not
+/// matter) and its firmware directory, behind wrappers in `bin/`.
+fn add_qemu(tree: &Path) -> Result<()> {
+    let qemu = tree.join("qemu");
+    let lib = qemu.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    for program in QEMU_PROGRAMS {
+        let path = which(program)?;
+        copy_sparse(&path, &qemu.join(program))?;
+        for library in shared_libraries(&path)? {
+            let name = library
+                .file_name()
+                .with_context(|| format!("{} has no file name", library.display()))?;
+            copy_sparse(&library, &lib.join(name))?;
+        }
+        let wrapper = tree.join("bin").join(program);
+        let script = format!(
+            "#!/bin/sh\n\
+             # {program} of the host that built this disk, with its own libraries.\n\
+             d=\"$(dirname \"$(readlink -f \"$0\")\")/../qemu\"\n\
+             exec \"$d/lib/ld-linux-x86-64.so.2\" --library-path \"$d/lib\" \"$d/{program}\"{} \"$@\"\n",
+            if program == "qemu-img" {
+                ""
+            } else {
+                " -L \"$d/share\""
+            }
+        );
+        std::fs::write(&wrapper, script)
+            .with_context(|| format!("writing {}", wrapper.display()))?;
+        run_tool(Command::new("chmod").arg("+x").arg(&wrapper))?;
+    }
+    run_tool(
+        Command::new("cp")
+            .args(["-rL", "/usr/share/qemu"])
+            .arg(qemu.join("share")),
+    )
+}
+
+/// The full path of `program` on PATH.
+fn which(program: &str) -> Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .with_context(|| format!("{program} is not on PATH (run cargo xtask setup)"))
+}
+
+/// The shared libraries `ldd` says `program` loads, the dynamic loader
+/// included.
+fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
+    let output = Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("running ldd")?;
+    if !output.status.success() {
+        bail!("ldd {} failed ({})", program.display(), output.status);
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let libraries: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| {
+            let path = match line.split_once("=>") {
+                Some((_, target)) => target.split_whitespace().next()?,
+                None => line.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect();
+    if !libraries
+        .iter()
+        .any(|l| l.ends_with("ld-linux-x86-64.so.2"))
+    {
+        bail!("ldd {} named no ld-linux-x86-64.so.2", program.display());
+    }
+    Ok(libraries)
+}
+
+fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
+    run_tool(
+        Command::new("cp")
+            .args(["-L", "--sparse=always"])
+            .arg(from)
+            .arg(to),
+    )
+}
+
+/// The bytes the files below `dir` hold (sparse ones counted whole, as
+/// `mkfs.ext4 -d` may need).
+fn apparent_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("stat {}", entry.path().display()))?;
+        total += if meta.is_dir() {
+            apparent_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+fn run_tool(command: &mut Command) -> Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Boots the sandbox with the test disk, runs the jobs, destroys it.
 async fn run_in_vm(
     images: &GuestImages,
     accel: Accel,
     work: &Path,
-    package: &str,
-    binaries: &[PathBuf],
-    test_args: &[String],
-) -> Result<Vec<(String, i32)>> {
+    name: &str,
+    nested: bool,
+    disk: &Path,
+    jobs: &[GuestJob],
+) -> Result<Vec<GuestOutput>> {
     let backend = QemuBackend::new(accel);
     let boot_start = Instant::now();
-    let sandbox = Sandbox::boot(
-        &backend,
-        SandboxConfig::new(format!("vmtest-{package}"), images.clone(), work),
-    )
-    .await
-    .context("booting the vmtest sandbox")?;
+    let mut config = SandboxConfig::new(name, images.clone(), work);
+    config.extra_drives = vec![disk.to_path_buf()];
+    if nested {
+        // Room for two inner guests and their page cache.
+        config.vcpus = 2;
+        config.memory_mib = 3072;
+    }
+    let sandbox = Sandbox::boot(&backend, config)
+        .await
+        .context("booting the vmtest sandbox")?;
     env::step(&format!(
         "guest ready in {}",
         demo::ms(boot_start.elapsed())
     ));
-    let exits = run_binaries(&sandbox, binaries, test_args).await;
+    let outputs = run_jobs(&sandbox, nested, jobs).await;
     let destroyed = sandbox.destroy().await;
-    let exits = exits?;
+    let outputs = outputs?;
     destroyed.context("destroying the vmtest sandbox")?;
-    Ok(exits)
+    Ok(outputs)
 }
 
-async fn run_binaries(
-    sandbox: &Sandbox,
-    binaries: &[PathBuf],
-    test_args: &[String],
-) -> Result<Vec<(String, i32)>> {
-    let envd = sandbox.envd().clone().with_request_timeout(UPLOAD_TIMEOUT);
-    let mut exits = Vec::new();
-    for binary in binaries {
-        let name = binary
+async fn root_shell(sandbox: &Sandbox, script: &str) -> Result<()> {
+    let out = sandbox
+        .exec(
+            ExecRequest::new("/bin/sh")
+                .args(["-c", script])
+                .user("root"),
+        )
+        .await
+        .with_context(|| format!("running {script:?} in the guest"))?;
+    if !out.success() {
+        bail!(
+            "{script:?} failed in the guest: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+async fn run_jobs(sandbox: &Sandbox, nested: bool, jobs: &[GuestJob]) -> Result<Vec<GuestOutput>> {
+    root_shell(
+        sandbox,
+        &format!("mkdir -p {GUEST_DIR} && mount /dev/vdb {GUEST_DIR}"),
+    )
+    .await?;
+    let mut outputs = Vec::new();
+    for job in jobs {
+        let name = job
+            .binary
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .with_context(|| format!("{} has no file name", binary.display()))?;
-        let guest_path = format!("{GUEST_DIR}/{name}");
-        let bytes =
-            std::fs::read(binary).with_context(|| format!("reading {}", binary.display()))?;
-        env::step(&format!(
-            "uploading {name} ({} KiB) to {guest_path}",
-            bytes.len() / 1024
-        ));
-        envd.write_file(&guest_path, Some("root"), bytes)
-            .await
-            .with_context(|| format!("uploading {name} to the guest"))?;
-        let chmod = sandbox
-            .exec(
-                ExecRequest::new("chmod")
-                    .args(["+x", guest_path.as_str()])
-                    .user("root"),
-            )
-            .await
-            .with_context(|| format!("chmod +x {guest_path}"))?;
-        if !chmod.success() {
-            bail!(
-                "chmod +x {guest_path} failed: {}",
-                String::from_utf8_lossy(&chmod.stderr)
-            );
-        }
+            .with_context(|| format!("{} has no file name", job.binary.display()))?;
+        let guest_path = format!("{GUEST_DIR}/bin/{name}");
         env::step(&format!("running {name} in the guest as root"));
         let start = Instant::now();
-        let request = ExecRequest::new(guest_path.as_str())
-            .arg("--test-threads=1")
-            .args(test_args.iter().cloned())
-            .env("PETREL_REQUIRE_DM", "1")
+        let mut request = ExecRequest::new(guest_path.as_str())
+            .args(job.args.iter().cloned())
             .env("RUST_BACKTRACE", "1")
+            .env(IN_GUEST_ENV, "1")
             .cwd(GUEST_DIR)
             .user("root")
             .timeout(RUN_TIMEOUT);
+        if nested {
+            request = request
+                .env(
+                    "PATH",
+                    format!("{GUEST_DIR}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+                )
+                .env("PETREL_KERNEL", format!("{GUEST_DIR}/vmlinux"))
+                .env("PETREL_ROOTFS", format!("{GUEST_DIR}/rootfs.ext4"))
+                .env("PETREL_REQUIRE_VM", "1")
+                .env("PETREL_BOOT_TIMEOUT_SECS", NESTED_BOOT_TIMEOUT_SECS)
+                .env("TMPDIR", format!("{GUEST_DIR}/tmp"));
+        }
+        for (key, value) in &job.env {
+            request = request.env(key.as_str(), value.as_str());
+        }
         let output = sandbox
             .exec(request)
             .await
             .with_context(|| format!("running {name} in the guest"))?;
-        print!("{}", String::from_utf8_lossy(&output.stdout));
         eprint!("{}", String::from_utf8_lossy(&output.stderr));
         eprintln!(
             "[vmtest] {name}: exit code {} ({}) in {}",
@@ -222,7 +449,11 @@ async fn run_binaries(
             output.status,
             demo::ms(start.elapsed())
         );
-        exits.push((name, output.exit_code));
+        outputs.push(GuestOutput {
+            name,
+            exit_code: output.exit_code,
+            stdout: output.stdout,
+        });
     }
-    Ok(exits)
+    Ok(outputs)
 }

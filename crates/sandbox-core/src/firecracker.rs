@@ -58,6 +58,12 @@ impl Hypervisor for FirecrackerBackend {
                 what: "boot from a qcow2 disk (it needs a raw image or block device)".to_string(),
             });
         }
+        if !spec.extra_drives.is_empty() {
+            return Err(SandboxError::Unsupported {
+                backend: "firecracker",
+                what: "attach extra drives".to_string(),
+            });
+        }
         if let VmNetwork::UserForward { .. } = spec.network {
             return Err(SandboxError::Unsupported {
                 backend: "firecracker",

@@ -52,7 +52,7 @@ pub use manager::{
     State, TemplateInfo,
 };
 pub use network::NetworkPool;
-pub use qemu::QemuBackend;
+pub use qemu::{QemuBackend, default_boot_timeout};
 pub use sandbox::{
     BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxRecordConfig, SandboxState,
 };

@@ -35,13 +35,15 @@ impl QemuBackend {
         } else {
             Drive::raw(&spec.root_disk)
         };
+        let mut drives = vec![drive];
+        drives.extend(spec.extra_drives.iter().map(Drive::raw));
         VmConfig {
             binary: self.binary.clone(),
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             kernel: spec.kernel.clone(),
             kernel_args: spec.kernel_args.clone(),
-            drives: vec![drive],
+            drives,
             net: net_config(&spec.network),
             netns: netns_of(&spec.network),
             // Guest RAM lives in a file of the VM's own, so a pause saves
@@ -417,3 +419,13 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 
 /// How long a TCG guest gets to answer on envd after QEMU started.
 pub const TCG_BOOT_TIMEOUT: Duration = Duration::from_mins(1);
+
+/// How long a guest gets to answer on envd after its VMM started (boot or
+/// resume): `PETREL_BOOT_TIMEOUT_SECS` if set (slow hosts, e.g. QEMU
+/// emulated inside an emulated VM), else [`TCG_BOOT_TIMEOUT`].
+pub fn default_boot_timeout() -> Duration {
+    std::env::var("PETREL_BOOT_TIMEOUT_SECS")
+        .ok()
+        .and_then(|secs| secs.trim().parse().ok())
+        .map_or(TCG_BOOT_TIMEOUT, Duration::from_secs)
+}

@@ -15,7 +15,7 @@ use crate::disk;
 use crate::error::SandboxError;
 use crate::images::GuestImages;
 use crate::network::NetworkPool;
-use crate::qemu::TCG_BOOT_TIMEOUT;
+use crate::qemu::default_boot_timeout;
 use crate::vmm::{Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
 /// The guest's address on QEMU's user-mode network, and what it routes to.
@@ -48,10 +48,13 @@ pub struct SandboxConfig {
     /// Makes the root disk; `None`: [`disk::choose_provider`]'s choice for
     /// the backend (qcow2 overlay on QEMU).
     pub rootfs_provider: Option<Arc<dyn disk::RootfsProvider>>,
+    /// Further raw disk images the guest sees, writable, as `/dev/vdb`,
+    /// `/dev/vdc`, ... (QEMU only; the caller owns the files).
+    pub extra_drives: Vec<PathBuf>,
 }
 
 impl SandboxConfig {
-    /// 1 vCPU, 512 MiB, the TCG boot timeout, no extra env.
+    /// 1 vCPU, 512 MiB, [`default_boot_timeout`], no extra env.
     pub fn new(id: impl Into<String>, images: GuestImages, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             id: id.into(),
@@ -59,12 +62,13 @@ impl SandboxConfig {
             data_dir: data_dir.into(),
             vcpus: 1,
             memory_mib: 512,
-            boot_timeout: TCG_BOOT_TIMEOUT,
+            boot_timeout: default_boot_timeout(),
             env_vars: BTreeMap::new(),
             snapshot: None,
             network: None,
             internet: true,
             rootfs_provider: None,
+            extra_drives: Vec::new(),
         }
     }
 }
@@ -111,6 +115,8 @@ pub struct SandboxRecordConfig {
     pub snapshot: Option<PathBuf>,
     #[serde(default = "default_true")]
     pub internet: bool,
+    #[serde(default)]
+    pub extra_drives: Vec<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -146,6 +152,9 @@ pub struct Sandbox {
     /// The sandbox's namespace while it runs.
     net: Option<Network>,
     internet: bool,
+    /// What made the root disk: releases it at pause, restores it at resume.
+    provider: Arc<dyn disk::RootfsProvider>,
+    extra_drives: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -171,9 +180,22 @@ impl Sandbox {
             path: run_dir.clone(),
             source,
         })?;
+        let provider = match &config.rootfs_provider {
+            Some(provider) => Arc::clone(provider),
+            None => match disk::choose_provider(hypervisor.kind(), None) {
+                Ok((provider, _why)) => provider,
+                Err(err) => {
+                    let _ = std::fs::remove_dir_all(&run_dir);
+                    return Err(err);
+                }
+            },
+        };
         let mut vm = None;
         let mut net = None;
-        match boot_steps(hypervisor, &config, &run_dir, &mut vm, &mut net, start).await {
+        let steps = boot_steps(
+            hypervisor, &config, &*provider, &run_dir, &mut vm, &mut net, start,
+        );
+        match steps.await {
             Ok((envd, token, timings)) => {
                 let vm = vm.ok_or_else(|| SandboxError::Unsupported {
                     backend: hypervisor.kind().as_str(),
@@ -207,6 +229,8 @@ impl Sandbox {
                     pool: config.network,
                     net,
                     internet: config.internet,
+                    provider,
+                    extra_drives: config.extra_drives,
                 })
             }
             Err(err) => {
@@ -242,6 +266,7 @@ impl Sandbox {
                 env_vars: self.env_vars.clone(),
                 snapshot: self.snapshot.clone(),
                 internet: self.internet,
+                extra_drives: self.extra_drives.clone(),
             },
             token: self.token.clone(),
             state: self.state,
@@ -267,45 +292,57 @@ impl Sandbox {
             snapshot: rc.snapshot,
             network: pool.clone(),
             internet: rc.internet,
+            extra_drives: rc.extra_drives,
             ..SandboxConfig::new(rc.id, rc.images, rc.data_dir)
         };
         let run_dir = config.data_dir.join("sandboxes").join(&config.id);
+        let provider = disk::provider_of(&run_dir)?;
         let placeholder = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let mut net = None;
         let (vm, envd) = match (record.state, record.vmm_pid, record.envd_addr) {
             (SandboxState::Running, Some(pid), Some(addr)) => {
-                let attach = match (record.net_slot, &pool) {
-                    (Some(slot), Some(pool)) => {
-                        Attach::Namespace(net.insert(pool.adopt(slot, config.internet).await?))
-                    }
-                    (Some(slot), None) => {
-                        return Err(SandboxError::Network(format!(
-                            "sandbox {} ran in network slot {slot} but no network pool is configured",
-                            config.id
-                        )));
-                    }
-                    (None, _) => Attach::User(addr),
-                };
-                let vm = match hypervisor
-                    .adopt(vm_spec(&config, &run_dir, &attach), pid)
-                    .await
-                {
-                    Ok(vm) => vm,
+                // The VM runs on its disk: a dm device is taken over as is.
+                let (base, _) = root_base(&config.images, config.snapshot.as_deref());
+                provider.restore(&config.id, &base, &run_dir).await?;
+                let adopted: Result<_, SandboxError> = async {
+                    let attach = match (record.net_slot, &pool) {
+                        (Some(slot), Some(pool)) => Attach::Namespace(
+                            net.insert(pool.adopt(slot, config.internet).await?),
+                        ),
+                        (Some(slot), None) => {
+                            return Err(SandboxError::Network(format!(
+                                "sandbox {} ran in network slot {slot} but no network pool is configured",
+                                config.id
+                            )));
+                        }
+                        (None, _) => Attach::User(addr),
+                    };
+                    let vm = hypervisor
+                        .adopt(vm_spec(&config, &run_dir, &attach), pid)
+                        .await?;
+                    let envd = EnvdClient::new(addr).with_access_token(record.token.clone());
+                    envd.wait_healthy(Duration::from_secs(10))
+                        .await
+                        .map_err(|source| SandboxError::Envd {
+                            sandbox: config.id.clone(),
+                            source: Box::new(source),
+                        })?;
+                    Ok((vm, envd))
+                }
+                .await;
+                match adopted {
+                    Ok(adopted) => adopted,
                     Err(err) => {
+                        // What was taken over goes back (the caller cleans up).
                         if let (Some(pool), Some(net)) = (&pool, net.take()) {
                             let _ = pool.remove(net).await;
                         }
+                        if let Err(undo) = provider.release(&config.id, &run_dir).await {
+                            tracing::warn!(sandbox = %config.id, %undo, "releasing the disk of a failed reattach");
+                        }
                         return Err(err);
                     }
-                };
-                let envd = EnvdClient::new(addr).with_access_token(record.token.clone());
-                envd.wait_healthy(Duration::from_secs(10))
-                    .await
-                    .map_err(|source| SandboxError::Envd {
-                        sandbox: config.id.clone(),
-                        source: Box::new(source),
-                    })?;
-                (vm, envd)
+                }
             }
             (SandboxState::Paused, _, _) => {
                 let vm = hypervisor
@@ -340,6 +377,8 @@ impl Sandbox {
             pool,
             net,
             internet: config.internet,
+            provider,
+            extra_drives: config.extra_drives,
         })
     }
 
@@ -390,6 +429,10 @@ impl Sandbox {
         self.require(SandboxState::Running, "pause")?;
         let stats = self.vm.pause(&self.run_dir.join("state")).await?;
         self.state = SandboxState::Paused;
+        // Nor a dm device: its writes are in the CoW file until resume.
+        if let Err(err) = self.provider.release(&self.id, &self.run_dir).await {
+            tracing::error!(sandbox = %self.id, %err, "releasing the paused sandbox's root disk failed");
+        }
         // A paused sandbox holds no network slot.
         if let (Some(pool), Some(net)) = (&self.pool, self.net.take())
             && let Err(err) = pool.remove(net).await
@@ -405,9 +448,25 @@ impl Sandbox {
     pub async fn resume(&mut self) -> Result<Duration, SandboxError> {
         self.require(SandboxState::Paused, "resume")?;
         let start = Instant::now();
+        let (base, _) = root_base(&self.images, self.snapshot.as_deref());
+        self.provider
+            .restore(&self.id, &base, &self.run_dir)
+            .await?;
         let attach = match &self.pool {
-            Some(pool) => Attach::Namespace(self.net.insert(pool.create(self.internet).await?)),
-            None => Attach::User(free_local_port()?),
+            Some(pool) => match pool.create(self.internet).await {
+                Ok(net) => Attach::Namespace(self.net.insert(net)),
+                Err(err) => {
+                    self.release_disk().await;
+                    return Err(err);
+                }
+            },
+            None => match free_local_port() {
+                Ok(port) => Attach::User(port),
+                Err(err) => {
+                    self.release_disk().await;
+                    return Err(err);
+                }
+            },
         };
         let (network, envd_addr) = (attach.vm_network(), attach.envd_addr());
         let vm_took = match self.vm.resume(&self.run_dir.join("state"), network).await {
@@ -416,6 +475,7 @@ impl Sandbox {
                 if let (Some(pool), Some(net)) = (&self.pool, self.net.take()) {
                     let _ = pool.remove(net).await;
                 }
+                self.release_disk().await;
                 return Err(err);
             }
         };
@@ -424,6 +484,7 @@ impl Sandbox {
             Ok(ready) => ready,
             Err(err) => {
                 let _ = self.vm.stop().await;
+                self.release_disk().await;
                 return Err(SandboxError::EnvdNotReady {
                     sandbox: self.id.clone(),
                     message: err.to_string(),
@@ -435,6 +496,7 @@ impl Sandbox {
         let init = init_request(&self.token, &self.env_vars);
         if let Err(source) = envd.init(&init).await {
             let _ = self.vm.stop().await;
+            self.release_disk().await;
             return Err(SandboxError::Envd {
                 sandbox: self.id.clone(),
                 source: Box::new(source),
@@ -451,6 +513,14 @@ impl Sandbox {
             "sandbox resumed"
         );
         Ok(took)
+    }
+
+    /// Undoes the disk restore of a resume that failed (the sandbox stays
+    /// paused and holds no device).
+    async fn release_disk(&self) {
+        if let Err(err) = self.provider.release(&self.id, &self.run_dir).await {
+            tracing::error!(sandbox = %self.id, %err, "releasing the root disk after a failed resume failed");
+        }
     }
 
     fn require(&self, state: SandboxState, operation: &str) -> Result<(), SandboxError> {
@@ -496,20 +566,14 @@ impl Sandbox {
 async fn boot_steps(
     hypervisor: &dyn Hypervisor,
     config: &SandboxConfig,
+    provider: &dyn disk::RootfsProvider,
     run_dir: &Path,
     made: &mut Option<Box<dyn Vm>>,
     made_net: &mut Option<Network>,
     start: Instant,
 ) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
     {
-        let (base, base_format) = match &config.snapshot {
-            Some(snapshot) => (snapshot.join("disk.qcow2"), disk::DiskFormat::Qcow2),
-            None => (config.images.rootfs.clone(), disk::DiskFormat::Raw),
-        };
-        let provider = match &config.rootfs_provider {
-            Some(provider) => Arc::clone(provider),
-            None => disk::choose_provider(hypervisor.kind(), None)?.0,
-        };
+        let (base, base_format) = root_base(&config.images, config.snapshot.as_deref());
         // Under the fixed name vm_spec() finds (disk::locate).
         provider
             .create(&config.id, &base, base_format, run_dir)
@@ -629,6 +693,15 @@ async fn refresh_identity(envd: &EnvdClient, id: &str) -> Result<(), SandboxErro
     Ok(())
 }
 
+/// The read-only base of a sandbox's root disk: its snapshot's disk, else
+/// its template's raw image.
+fn root_base(images: &GuestImages, snapshot: Option<&Path>) -> (PathBuf, disk::DiskFormat) {
+    match snapshot {
+        Some(snapshot) => (snapshot.join("disk.qcow2"), disk::DiskFormat::Qcow2),
+        None => (images.rootfs.clone(), disk::DiskFormat::Raw),
+    }
+}
+
 fn init_request(token: &str, env_vars: &BTreeMap<String, String>) -> InitRequest {
     InitRequest {
         access_token: Some(token.to_string()),
@@ -731,6 +804,7 @@ fn vm_spec(config: &SandboxConfig, run_dir: &Path, attach: &Attach<'_>) -> VmSpe
         ),
         root_disk: disk::locate(run_dir).path,
         root_disk_qcow2: disk::locate(run_dir).is_qcow2(),
+        extra_drives: config.extra_drives.clone(),
         network: attach.vm_network(),
         run_dir: run_dir.to_path_buf(),
     }

@@ -54,6 +54,8 @@ pub struct VmSpec {
     /// for Firecracker.
     pub root_disk: PathBuf,
     pub root_disk_qcow2: bool,
+    /// Further raw disks (writable), after the root disk: `/dev/vdb`, ...
+    pub extra_drives: Vec<PathBuf>,
     pub network: VmNetwork,
     /// Per-VM directory for sockets and logs (owned by the caller).
     pub run_dir: PathBuf,

@@ -115,6 +115,7 @@ fn spec(id: &str, kernel: &Path, root_disk: PathBuf, run_dir: PathBuf, net: VmNe
         kernel_args: "console=ttyS0 reboot=k panic=0 pci=off".to_string(),
         root_disk,
         root_disk_qcow2: false,
+        extra_drives: Vec::new(),
         network: net,
         run_dir,
     }

@@ -44,6 +44,15 @@ impl DmProvider {
         if let Some(provider) = shared.as_ref() {
             return Ok(Arc::clone(provider));
         }
+        let provider = Arc::new(Self::new()?);
+        *shared = Some(Arc::clone(&provider));
+        Ok(provider)
+    }
+
+    /// A provider of its own, with its own loop registry, beside the
+    /// process's [`shared`](Self::shared) one (which an agent uses: teardown
+    /// and reattach go through it). For tests that play an earlier process.
+    pub fn new() -> Result<DmProvider, String> {
         if !dmsnap::device_mapper_available() {
             return Err(
                 "the host kernel has no device-mapper (/proc/misc, /dev/mapper/control)"
@@ -55,17 +64,40 @@ impl DmProvider {
         }
         let manager =
             SnapshotManager::new().map_err(|err| format!("opening device-mapper: {err}"))?;
-        let provider = Arc::new(DmProvider {
+        Ok(DmProvider {
             manager,
             live: Mutex::new(HashMap::new()),
-        });
-        *shared = Some(Arc::clone(&provider));
-        Ok(provider)
+        })
     }
 
     /// The process's dm provider if one was made.
     pub fn existing() -> Option<Arc<DmProvider>> {
         lock(&SHARED).clone()
+    }
+
+    /// Removes the `petrel-*` dm devices this provider does not hold (left
+    /// by an earlier run for sandboxes that are gone), and the loop devices
+    /// over files below `owned_dirs` that none of its devices uses. Adopt
+    /// (restore) the devices of running sandboxes first. The names of the
+    /// removed devices and loops.
+    pub fn cleanup_stale(&self, owned_dirs: &[&Path]) -> Result<Vec<String>, SandboxError> {
+        let report =
+            self.manager
+                .cleanup_stale(owned_dirs)
+                .map_err(|err| SandboxError::Rootfs {
+                    provider: "dm".to_string(),
+                    message: err.to_string(),
+                })?;
+        Ok(report
+            .dm_devices
+            .into_iter()
+            .chain(
+                report
+                    .loop_devices
+                    .iter()
+                    .map(|path| path.display().to_string()),
+            )
+            .collect())
     }
 
     fn disk_error(sandbox: &str, err: &dmsnap::DmSnapError) -> SandboxError {
@@ -146,10 +178,19 @@ impl RootfsProvider for DmProvider {
             return Ok(super::locate(run_dir));
         }
         let spec = SnapshotSpec::new(sandbox, base, run_dir.join(DM_COW_FILE));
-        let snapshot = self
+        let name = dmsnap::device_name(sandbox).map_err(|err| Self::disk_error(sandbox, &err))?;
+        let exists = self
             .manager
-            .restore(&spec)
+            .device_exists(&name)
             .map_err(|err| Self::disk_error(sandbox, &err))?;
+        // Live after an agent restart (its VM kept running): taken over as
+        // is; else rebuilt from the CoW file (after a pause).
+        let snapshot = if exists {
+            self.manager.adopt(&spec)
+        } else {
+            self.manager.restore(&spec)
+        }
+        .map_err(|err| Self::disk_error(sandbox, &err))?;
         self.link(sandbox, run_dir, snapshot)
     }
 

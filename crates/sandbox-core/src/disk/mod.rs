@@ -142,6 +142,25 @@ pub fn locate(run_dir: &Path) -> RootDisk {
     }
 }
 
+/// The provider of the root disk in `run_dir`, known by its fixed name
+/// (after an agent restart too): this process's [`DmProvider`] for a
+/// dm-snapshot, else the file provider that made it (whose `restore` and
+/// `release` do nothing).
+pub fn provider_of(run_dir: &Path) -> Result<Arc<dyn RootfsProvider>, SandboxError> {
+    let disk = locate(run_dir);
+    if disk.path.ends_with(DM_LINK) {
+        let dm = DmProvider::shared().map_err(|message| SandboxError::Rootfs {
+            provider: "dm".to_string(),
+            message: format!("{} needs it: {message}", disk.path.display()),
+        })?;
+        return Ok(dm);
+    }
+    Ok(match disk.format {
+        DiskFormat::Qcow2 => Arc::new(Qcow2Provider),
+        DiskFormat::Raw => Arc::new(CopyProvider),
+    })
+}
+
 /// Lets go of the root disk in `run_dir` whatever made it (teardown, with
 /// the VM already gone): a dm device is removed through this process's
 /// [`DmProvider`]; files go with the run directory.

@@ -14,7 +14,7 @@ mod types;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -126,9 +126,21 @@ impl Manager {
                 handles: Mutex::new(HashMap::new()),
             }),
         };
+        // Where the bases and CoW files of an earlier run's dm devices lie.
+        let mut disk_dirs: Vec<PathBuf> = vec![manager.inner.config.data_dir.clone()];
+        for (_, entry) in &persisted {
+            if let Some(dir) = entry
+                .record
+                .as_ref()
+                .and_then(|r| r.config.images.rootfs.parent())
+            {
+                disk_dirs.push(dir.to_path_buf());
+            }
+        }
         for (id, entry) in persisted {
             manager.reattach(id, entry).await;
         }
+        manager.cleanup_stale_disks(&disk_dirs);
         if let Some(pool) = &manager.inner.config.network {
             let mut in_use = Vec::new();
             for handle in lock(&manager.inner.handles).values() {
@@ -145,6 +157,32 @@ impl Manager {
             }
         }
         Ok(manager)
+    }
+
+    /// Removes dm-snapshot devices (and their loops) that an earlier run
+    /// left for sandboxes that are gone; reattached ones were adopted and
+    /// stay. Only where dm-snapshots are in use.
+    fn cleanup_stale_disks(&self, dirs: &[PathBuf]) {
+        let configured = self
+            .inner
+            .config
+            .rootfs_provider
+            .as_ref()
+            .is_some_and(|provider| provider.name() == "dm");
+        let dm = match crate::disk::DmProvider::existing() {
+            Some(dm) => dm,
+            None if configured => match crate::disk::DmProvider::shared() {
+                Ok(dm) => dm,
+                Err(_) => return,
+            },
+            None => return,
+        };
+        let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        match dm.cleanup_stale(&dirs) {
+            Ok(removed) if removed.is_empty() => {}
+            Ok(removed) => tracing::info!(?removed, "removed stale dm devices and loops"),
+            Err(err) => tracing::warn!(%err, "stale dm device cleanup incomplete"),
+        }
     }
 
     async fn reattach(&self, id: String, entry: Persisted) {
