@@ -82,6 +82,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     if let Some(images) = &images {
         manager
             .register_template("base", images, "images/build.sh")
+            .await
             .context("registering the base template")?;
         if config.warm_templates {
             // Creates cold-boot until the warm snapshot exists.

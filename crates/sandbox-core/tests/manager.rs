@@ -24,7 +24,10 @@ async fn open(dir: &std::path::Path, images: &GuestImages) -> Manager {
     let manager = Manager::open(ManagerConfig::new(dir), backend())
         .await
         .unwrap();
-    manager.register_template("base", images, "test").unwrap();
+    manager
+        .register_template("base", images, "test")
+        .await
+        .unwrap();
     manager
 }
 
@@ -318,7 +321,10 @@ async fn capacity_limit_refuses_more_running_sandboxes() {
         ..ManagerConfig::new(dir.path())
     };
     let manager = Manager::open(config, backend()).await.unwrap();
-    manager.register_template("base", &images, "test").unwrap();
+    manager
+        .register_template("base", &images, "test")
+        .await
+        .unwrap();
     manager.create(base()).await.unwrap();
 
     let err = manager.create(base()).await.unwrap_err();
@@ -353,7 +359,10 @@ async fn warm_template_creates_from_its_snapshot_with_own_identity() {
         .exec(&b.id, ExecRequest::shell("hostname"))
         .await
         .unwrap();
-    let reregistered = manager.register_template("base", &images, "test").unwrap();
+    let reregistered = manager
+        .register_template("base", &images, "test")
+        .await
+        .unwrap();
     destroy_all(&manager).await;
 
     assert!(warmed.warm_snapshot.is_some());
@@ -414,14 +423,21 @@ async fn templates_live_on_disk_and_bad_names_touch_nothing() {
 
     let info = manager
         .register_template("my-tpl", &images, "test")
+        .await
+        .unwrap();
+    let again = manager
+        .register_template("my-tpl", &images, "test")
+        .await
         .unwrap();
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tpl_dir.join("template.json")).unwrap()).unwrap();
-    let files: Vec<_> = std::fs::read_dir(&tpl_dir)
+    let mut files: Vec<String> = std::fs::read_dir(&tpl_dir)
         .unwrap()
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
+    files.sort();
+    let base_content = std::fs::read(&info.rootfs).unwrap();
     let listed = manager.templates().unwrap();
     let before_bad: Vec<_> = std::fs::read_dir(&templates)
         .unwrap()
@@ -430,6 +446,7 @@ async fn templates_live_on_disk_and_bad_names_touch_nothing() {
         .collect();
     let bad = manager
         .register_template("../evil", &images, "test")
+        .await
         .unwrap_err();
     let bad_delete = manager.delete_template("a/b").unwrap_err();
     let after_bad: Vec<_> = std::fs::read_dir(&templates)
@@ -447,10 +464,17 @@ async fn templates_live_on_disk_and_bad_names_touch_nothing() {
         images.kernel.to_str(),
         "{on_disk}"
     );
-    assert_eq!(on_disk["rootfs"].as_str(), images.rootfs.to_str());
+    assert_eq!(info.rootfs.parent(), Some(tpl_dir.as_path()), "{info:?}");
+    assert_eq!(on_disk["rootfs"].as_str(), info.rootfs.to_str());
+    assert_eq!(base_content, vec![0u8; 4096]);
+    assert_eq!(again.rootfs, info.rootfs, "the same image is imported once");
     assert!(on_disk["created_at"].is_object(), "{on_disk}");
-    assert_eq!(files, ["template.json"], "no temporary file left behind");
-    assert_eq!(listed, [info]);
+    assert_eq!(files.len(), 2, "no temporary file left behind: {files:?}");
+    let base = std::path::Path::new(&files[0]);
+    assert!(files[0].starts_with("rootfs-"), "{files:?}");
+    assert_eq!(base.extension().and_then(|e| e.to_str()), Some("ext4"));
+    assert_eq!(files[1], "template.json");
+    assert_eq!(listed, [again]);
     assert!(matches!(bad, ManagerError::InvalidName(_)), "{bad}");
     assert!(
         matches!(bad_delete, ManagerError::InvalidName(_)),
@@ -460,4 +484,36 @@ async fn templates_live_on_disk_and_bad_names_touch_nothing() {
     assert!(!dir.path().join("evil").exists());
     assert!(!tpl_dir.exists());
     assert!(manager.templates().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_new_image_gets_a_new_base_file_and_the_old_one_stays() {
+    // No VM: registering only needs the image files to exist.
+    let dir = tempfile::tempdir().unwrap();
+    let images = GuestImages {
+        kernel: dir.path().join("vmlinux"),
+        rootfs: dir.path().join("rootfs.ext4"),
+    };
+    std::fs::write(&images.kernel, b"kernel").unwrap();
+    std::fs::write(&images.rootfs, vec![1u8; 4096]).unwrap();
+    let manager = Manager::open(ManagerConfig::new(dir.path().join("data")), backend())
+        .await
+        .unwrap();
+    let old = manager
+        .register_template("tpl", &images, "test")
+        .await
+        .unwrap();
+    // A rebuilt image: a new file in the source's place.
+    std::fs::remove_file(&images.rootfs).unwrap();
+    std::fs::write(&images.rootfs, vec![2u8; 4096]).unwrap();
+
+    let new = manager
+        .register_template("tpl", &images, "test")
+        .await
+        .unwrap();
+
+    assert_ne!(new.rootfs, old.rootfs);
+    assert_eq!(std::fs::read(&old.rootfs).unwrap(), vec![1u8; 4096]);
+    assert_eq!(std::fs::read(&new.rootfs).unwrap(), vec![2u8; 4096]);
+    assert_eq!(manager.template("tpl").unwrap().rootfs, new.rootfs);
 }

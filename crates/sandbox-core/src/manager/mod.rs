@@ -23,6 +23,7 @@ use safename::SafeName;
 use serde::{Deserialize, Serialize};
 
 use crate::disk::RootfsProvider;
+use crate::error::SandboxError;
 use crate::images::GuestImages;
 use crate::sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxState};
 use crate::vmm::Hypervisor;
@@ -237,8 +238,9 @@ impl Manager {
 
     // ---- templates ------------------------------------------------------
 
-    /// Adds or replaces a template.
-    pub fn register_template(
+    /// Adds or replaces a template: `templates/<name>/` gets its own base
+    /// image (see [`import_base`]), `template.json` references the kernel.
+    pub async fn register_template(
         &self,
         name: &str,
         images: &GuestImages,
@@ -246,6 +248,11 @@ impl Manager {
     ) -> Result<TemplateInfo, ManagerError> {
         let name = SafeName::new(name)?;
         images.check()?;
+        let rootfs = import_base(&self.template_dir(&name), &images.rootfs).await?;
+        let images = &GuestImages {
+            kernel: images.kernel.clone(),
+            rootfs,
+        };
         let warm = self.warm_dir(&name, images);
         let info = TemplateInfo {
             name: name.to_string(),
@@ -261,8 +268,8 @@ impl Manager {
         Ok(info)
     }
 
-    /// `data_dir/templates/<name>/`: the template's `template.json` and its
-    /// warm snapshots.
+    /// `data_dir/templates/<name>/`: the template's `template.json`, its
+    /// base images and its warm snapshots.
     fn template_dir(&self, name: &SafeName) -> PathBuf {
         name.join_under(&self.inner.config.data_dir.join("templates"))
     }
@@ -367,9 +374,9 @@ impl Manager {
             .ok_or_else(|| ManagerError::TemplateNotFound(name.to_string()))
     }
 
-    /// Removes a template's record and its directory (`template.json`, warm
-    /// snapshots; its images are not ours to delete); refused while a
-    /// sandbox or snapshot uses it.
+    /// Removes a template's record and its directory (`template.json`, its
+    /// base images, warm snapshots; the kernel it references is not ours to
+    /// delete); refused while a sandbox or snapshot uses it.
     pub fn delete_template(&self, name: &str) -> Result<(), ManagerError> {
         let template = self.template(name)?;
         let users: Vec<String> = lock(&self.inner.infos)
@@ -959,6 +966,60 @@ impl Manager {
 
 /// Kills what is left of a sandbox whose VM cannot be taken over and
 /// removes its files.
+/// The template's own copy of the base image `source`, in its directory
+/// `dir`: `rootfs-<key>.<ext>`, the key from the source's identity (device,
+/// inode, size, modification time), so registering the same image again
+/// reuses it, and a new image gets a new file while the sandboxes and
+/// snapshots of the old one keep theirs. A sparse copy (a reflink, in
+/// constant time, where the filesystem can), so later writes to the source
+/// never reach sandboxes of the template. A `source` already in `dir` is
+/// returned as is.
+async fn import_base(dir: &Path, source: &Path) -> Result<PathBuf, ManagerError> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    if source.parent() == Some(dir) {
+        return Ok(source.to_path_buf());
+    }
+    let io = |what: &'static str, path: &Path, source: std::io::Error| {
+        ManagerError::from(SandboxError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let meta = std::fs::metadata(source).map_err(|e| io("stat base image", source, e))?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+        .hash(&mut hasher);
+    let ext = source
+        .extension()
+        .map_or_else(|| "img".to_string(), |e| e.to_string_lossy().into_owned());
+    let base = dir.join(format!("rootfs-{:016x}.{ext}", hasher.finish()));
+    if base.is_file() {
+        return Ok(base);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("create template directory", dir, e))?;
+    let tmp = dir.join(format!(".import-{}.tmp", new_id()?));
+    let imported = crate::qemu::sparse_copy("template", source, &tmp)
+        .await
+        .map_err(ManagerError::from)
+        .and_then(|()| {
+            std::fs::rename(&tmp, &base).map_err(|e| io("rename base image to", &base, e))
+        });
+    if let Err(err) = imported {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err);
+    }
+    tracing::info!(source = %source.display(), base = %base.display(), "template base image imported");
+    Ok(base)
+}
+
 fn clean_dead(record: &SandboxRecord) {
     if let Some(pid) = record.vmm_pid {
         let run_dir = record
