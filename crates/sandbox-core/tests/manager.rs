@@ -404,16 +404,22 @@ async fn fork_makes_independent_copies_of_a_running_sandbox() {
     assert!(matches!(too_many, ManagerError::InvalidRequest(_)));
 }
 
-#[tokio::test]
-async fn templates_live_on_disk_and_bad_names_touch_nothing() {
-    // No VM: registering only needs the image files to exist.
-    let dir = tempfile::tempdir().unwrap();
+/// Image files in `dir` for tests without a VM (registering a template
+/// only needs them to exist): a 4 KiB rootfs filled with `byte`.
+fn fake_images(dir: &std::path::Path, byte: u8) -> GuestImages {
     let images = GuestImages {
-        kernel: dir.path().join("vmlinux"),
-        rootfs: dir.path().join("rootfs.ext4"),
+        kernel: dir.join("vmlinux"),
+        rootfs: dir.join("rootfs.ext4"),
     };
     std::fs::write(&images.kernel, b"kernel").unwrap();
-    std::fs::write(&images.rootfs, vec![0u8; 4096]).unwrap();
+    std::fs::write(&images.rootfs, vec![byte; 4096]).unwrap();
+    images
+}
+
+#[tokio::test]
+async fn templates_live_on_disk_and_bad_names_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = fake_images(dir.path(), 0);
     let data = dir.path().join("data");
     let manager = Manager::open(ManagerConfig::new(&data), backend())
         .await
@@ -488,14 +494,8 @@ async fn templates_live_on_disk_and_bad_names_touch_nothing() {
 
 #[tokio::test]
 async fn a_new_image_gets_a_new_base_file_and_the_old_one_stays() {
-    // No VM: registering only needs the image files to exist.
     let dir = tempfile::tempdir().unwrap();
-    let images = GuestImages {
-        kernel: dir.path().join("vmlinux"),
-        rootfs: dir.path().join("rootfs.ext4"),
-    };
-    std::fs::write(&images.kernel, b"kernel").unwrap();
-    std::fs::write(&images.rootfs, vec![1u8; 4096]).unwrap();
+    let images = fake_images(dir.path(), 1);
     let manager = Manager::open(ManagerConfig::new(dir.path().join("data")), backend())
         .await
         .unwrap();

@@ -8,8 +8,9 @@
 //!
 //! The dm tests need device-mapper and root: skipped (saying so) where
 //! they are missing, unless `PETREL_REQUIRE_DM=1`. A host kernel without
-//! device-mapper runs them inside a VM: `cargo xtask vmtest-dm` (part of
-//! `cargo xtask test`).
+//! device-mapper runs them inside a VM, booting their VMs there (part of
+//! `cargo xtask test`): `cargo xtask vmtest sandbox-core --test providers
+//! --nested -- dm`.
 //!
 //! Images from `PETREL_KERNEL` / `PETREL_ROOTFS`; skipped without them
 //! unless `PETREL_REQUIRE_VM=1`.
@@ -88,7 +89,7 @@ fn dm_usable() -> bool {
             // Straight to stdout, past the harness's capture, so it shows.
             let _ = writeln!(
                 std::io::stdout(),
-                "skipped: {why} (cargo xtask vmtest-dm runs it in a VM)"
+                "skipped: {why} (`cargo xtask vmtest sandbox-core --test providers --nested -- dm` runs it in a VM)"
             );
             false
         }
