@@ -5,9 +5,13 @@
 //! - `images`: builds envd and the guest kernel and rootfs (cached by recipe).
 //! - `doctor`: shows the host's capabilities and the accelerator probe.
 //! - `demo`: boots a VM, runs `echo hello` in it through envd, cleans up.
-//! - `test`: fmt, clippy and every test, VM tests included.
-//! - `bench boot`: boot and exec timings as JSON; `bench providers`: rootfs
-//!   provider create times over 1, 4 and 16 GiB sparse bases (JSON).
+//! - `test`: fmt, clippy and every test, VM tests included (dm tests inside
+//!   a VM where the host has no device-mapper).
+//! - `bench boot|network|providers|lifecycle`: timings as JSON (the last
+//!   line of stdout); `providers` also measures inside a VM where the host
+//!   has no device-mapper.
+//! - `vmtest <package>`: a crate's test binaries run inside a VM (`--nested`:
+//!   with QEMU and the guest images, to boot VMs in there).
 
 mod bench;
 mod demo;
