@@ -654,3 +654,38 @@ async fn metrics_show_sandboxes_by_state_latencies_and_errors() {
     );
     assert!(missing.is_empty(), "missing {missing:?} in\n{text}");
 }
+
+#[tokio::test]
+async fn metrics_show_the_disk_space_each_sandbox_really_uses() {
+    let Some(agent) = common::start_agent().await else {
+        return;
+    };
+    let api = Client::new(agent.url());
+    let created = api
+        .post("/v1/sandboxes", &sandbox_request(&json!({})))
+        .await;
+    let id = id_of(&created);
+    let before = api.get("/metrics").await.text();
+    api.post(
+        &format!("/v1/sandboxes/{id}/exec"),
+        &json!({"cmd": "head -c 32M /dev/urandom > ~/big && sync"}),
+    )
+    .await;
+    let after = api.get("/metrics").await.text();
+
+    agent.stop().await;
+
+    let disk_bytes = |text: &str| -> u64 {
+        let prefix = format!("petrel_sandbox_disk_bytes{{sandbox=\"{id}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no disk line for {id} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let (before, after) = (disk_bytes(&before), disk_bytes(&after));
+    // Allocated blocks, not the sparse files' apparent sizes (a 2 GiB base
+    // behind the overlay, a 256 MiB RAM file).
+    assert!(before < 200 << 20, "{before}");
+    assert!(after >= before + (32 << 20), "{before} -> {after}");
+}

@@ -3,6 +3,8 @@
 //!
 //! - `petrel_sandboxes{state}`: gauge, sandboxes by state (every state, 0
 //!   included), read from [`sandbox_core::Manager::list`] at scrape time;
+//! - `petrel_sandbox_disk_bytes{sandbox}`: gauge, the disk space each
+//!   sandbox's files take (allocated blocks), stopped ones left out;
 //! - `petrel_snapshots`, `petrel_templates`: gauges;
 //! - `petrel_api_request_duration_seconds{operation}`: histogram of the
 //!   handlers' latency (to the response head; for the SSE stream that is
@@ -177,6 +179,19 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
     for s in STATES {
         let count = sandboxes.iter().filter(|i| i.state == s).count();
         let _ = writeln!(out, "petrel_sandboxes{{state=\"{s}\"}} {count}");
+    }
+    out.push_str("# HELP petrel_sandbox_disk_bytes Disk space a sandbox's files take (allocated blocks: overlay or CoW file, RAM file, state).\n# TYPE petrel_sandbox_disk_bytes gauge\n");
+    for info in sandboxes
+        .iter()
+        .filter(|i| i.state != SandboxState::Stopped)
+    {
+        if let Ok(bytes) = manager.disk_usage(&info.id) {
+            let _ = writeln!(
+                out,
+                "petrel_sandbox_disk_bytes{{sandbox=\"{}\"}} {bytes}",
+                info.id
+            );
+        }
     }
     let snapshots = manager.snapshots().map_or(0, |s| s.len());
     let templates = manager.templates().map_or(0, |t| t.len());

@@ -544,6 +544,22 @@ impl Manager {
             .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))
     }
 
+    /// The disk space the sandbox's files take (root disk overlay or CoW
+    /// file, RAM file, saved state): allocated blocks, so sparse files count
+    /// what they really use. 0 once they are gone.
+    pub fn disk_usage(&self, id: &str) -> Result<u64, ManagerError> {
+        let id = SafeName::new(id)?;
+        self.get(id.as_str())?;
+        let dir = id.join_under(&self.inner.config.data_dir.join("sandboxes"));
+        if !dir.exists() {
+            return Ok(0);
+        }
+        dmsnap::dir_size(&dir).map_err(|err| ManagerError::Store {
+            path: dir,
+            message: err.to_string(),
+        })
+    }
+
     /// Sandboxes matching `filter`, oldest first.
     pub fn list(&self, filter: &ListFilter) -> Vec<SandboxInfo> {
         let mut out: Vec<SandboxInfo> = lock(&self.inner.infos)
