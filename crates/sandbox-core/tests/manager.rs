@@ -493,7 +493,7 @@ async fn templates_live_on_disk_and_bad_names_touch_nothing() {
 }
 
 #[tokio::test]
-async fn a_new_image_gets_a_new_base_file_and_the_old_one_stays() {
+async fn a_new_image_gets_a_new_base_file_and_the_unused_old_one_goes() {
     let dir = tempfile::tempdir().unwrap();
     let images = fake_images(dir.path(), 1);
     let manager = Manager::open(ManagerConfig::new(dir.path().join("data")), backend())
@@ -503,6 +503,7 @@ async fn a_new_image_gets_a_new_base_file_and_the_old_one_stays() {
         .register_template("tpl", &images, "test")
         .await
         .unwrap();
+    let old_content = std::fs::read(&old.rootfs).unwrap();
     // A rebuilt image: a new file in the source's place.
     std::fs::remove_file(&images.rootfs).unwrap();
     std::fs::write(&images.rootfs, vec![2u8; 4096]).unwrap();
@@ -513,7 +514,67 @@ async fn a_new_image_gets_a_new_base_file_and_the_old_one_stays() {
         .unwrap();
 
     assert_ne!(new.rootfs, old.rootfs);
-    assert_eq!(std::fs::read(&old.rootfs).unwrap(), vec![1u8; 4096]);
+    assert_eq!(old_content, vec![1u8; 4096]);
+    assert!(!old.rootfs.exists(), "nothing used the old base");
     assert_eq!(std::fs::read(&new.rootfs).unwrap(), vec![2u8; 4096]);
     assert_eq!(manager.template("tpl").unwrap().rootfs, new.rootfs);
+}
+
+#[tokio::test]
+async fn an_old_base_stays_while_a_sandbox_or_snapshot_uses_it() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(&dir.path().join("data"), &images).await;
+    let old_base = manager.template("base").unwrap().rootfs;
+    let sandbox = manager.create(base()).await.unwrap();
+    manager
+        .exec(
+            &sandbox.id,
+            ExecRequest::shell("echo kept > ~/f.txt && sync"),
+        )
+        .await
+        .unwrap();
+    manager.snapshot(&sandbox.id, "keep-me").await.unwrap();
+    // A rebuilt image: another file with the same content.
+    let rebuilt = GuestImages {
+        kernel: images.kernel.clone(),
+        rootfs: dir.path().join("rebuilt.ext4"),
+    };
+    let copied = std::process::Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&images.rootfs)
+        .arg(&rebuilt.rootfs)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    manager
+        .register_template("base", &rebuilt, "test")
+        .await
+        .unwrap();
+    let kept_for_both = old_base.exists();
+    manager.pause(&sandbox.id).await.unwrap();
+    manager.resume(&sandbox.id, None).await.unwrap();
+    let after_resume = manager
+        .exec(&sandbox.id, ExecRequest::shell("cat ~/f.txt"))
+        .await
+        .unwrap();
+    manager.destroy(&sandbox.id).await.unwrap();
+    manager
+        .register_template("base", &rebuilt, "test")
+        .await
+        .unwrap();
+    let kept_for_snapshot = old_base.exists();
+    manager.delete_snapshot("keep-me").unwrap();
+    manager
+        .register_template("base", &rebuilt, "test")
+        .await
+        .unwrap();
+    let kept_for_nothing = old_base.exists();
+    destroy_all(&manager).await;
+
+    assert!(kept_for_both);
+    assert_eq!(String::from_utf8_lossy(&after_resume.stdout), "kept\n");
+    assert!(kept_for_snapshot);
+    assert!(!kept_for_nothing);
 }

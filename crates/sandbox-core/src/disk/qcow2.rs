@@ -71,3 +71,118 @@ pub async fn create_qcow2_overlay(
     super::run_tool(sandbox, "qemu-img", &args, overlay).await?;
     Ok(overlay.to_path_buf())
 }
+
+/// The backing file named in the header of the qcow2 image at `path`
+/// (`None` for an image without one), read without running `qemu-img`.
+pub fn backing_file(path: &Path) -> Result<Option<PathBuf>, SandboxError> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::ffi::OsStringExt;
+    let io = |source: std::io::Error| SandboxError::Io {
+        what: "read the qcow2 header of",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut header = [0_u8; 20];
+    file.read_exact(&mut header).map_err(io)?;
+    if header[..4] != *b"QFI\xfb" {
+        return Err(io(std::io::Error::other("not a qcow2 image")));
+    }
+    let mut offset = [0_u8; 8];
+    offset.copy_from_slice(&header[8..16]);
+    let mut size = [0_u8; 4];
+    size.copy_from_slice(&header[16..20]);
+    let (offset, size) = (u64::from_be_bytes(offset), u32::from_be_bytes(size));
+    if offset == 0 || size == 0 {
+        return Ok(None);
+    }
+    if size > 1023 {
+        return Err(io(std::io::Error::other(format!(
+            "backing file name of {size} bytes"
+        ))));
+    }
+    let mut name = vec![0_u8; size as usize];
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    file.read_exact(&mut name).map_err(io)?;
+    Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(name))))
+}
+
+/// Every file behind the qcow2 image at `path`: its backing file, that
+/// one's if it is qcow2 too, and so on (at most 16 deep).
+pub fn backing_chain(path: &Path) -> Result<Vec<PathBuf>, SandboxError> {
+    let mut chain = Vec::new();
+    let mut current = path.to_path_buf();
+    while chain.len() < 16 {
+        let Some(backing) = backing_file(&current)? else {
+            break;
+        };
+        chain.push(backing.clone());
+        if !is_qcow2(&backing) {
+            break;
+        }
+        current = backing;
+    }
+    Ok(chain)
+}
+
+/// Whether the file at `path` starts with the qcow2 magic.
+fn is_qcow2(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0_u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok_and(|()| magic == *b"QFI\xfb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn backing_file_names_the_base_of_an_overlay() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.img");
+        std::fs::write(&base, vec![0_u8; 1 << 20]).unwrap();
+        let overlay = dir.path().join("overlay.qcow2");
+        create_qcow2_overlay("t", &base, &overlay, false)
+            .await
+            .unwrap();
+
+        let backing = backing_file(&overlay).unwrap();
+
+        assert_eq!(backing, Some(base.canonicalize().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn backing_chain_follows_qcow2_backing_files_to_the_raw_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.img");
+        std::fs::write(&base, vec![0_u8; 1 << 20]).unwrap();
+        let middle = dir.path().join("middle.qcow2");
+        create_qcow2_overlay("t", &base, &middle, false)
+            .await
+            .unwrap();
+        let top = dir.path().join("top.qcow2");
+        create_qcow2_overlay("t", &middle, &top, true)
+            .await
+            .unwrap();
+
+        let chain = backing_chain(&top).unwrap();
+
+        assert_eq!(
+            chain,
+            [middle.canonicalize().unwrap(), base.canonicalize().unwrap()]
+        );
+    }
+
+    #[test]
+    fn backing_file_refuses_a_file_that_is_not_qcow2() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw.img");
+        std::fs::write(&raw, vec![0_u8; 4096]).unwrap();
+
+        let err = backing_file(&raw).unwrap_err();
+
+        assert!(err.to_string().contains("not a qcow2 image"), "{err}");
+    }
+}

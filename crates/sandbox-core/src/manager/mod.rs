@@ -262,10 +262,89 @@ impl Manager {
             size_bytes: std::fs::metadata(&images.rootfs).map_or(0, |m| m.len()),
             source: source.to_string(),
             // A warm snapshot made earlier for these very images stays valid.
-            warm_snapshot: warm.join("vmstate.json").is_file().then_some(warm),
+            warm_snapshot: warm.join("vmstate.json").is_file().then(|| warm.clone()),
         };
         self.save_template(&name, &info)?;
+        self.prune_template_files(&name, &info.rootfs, &warm);
         Ok(info)
+    }
+
+    /// Removes what a re-registration left unused in the template's
+    /// directory: warm snapshots of other images that no sandbox started
+    /// from, then base images (`rootfs-*`) other than `base` that no
+    /// sandbox runs on and no snapshot's disk (named or warm, through its
+    /// backing chain) is backed by. Skipped while a sandbox is between
+    /// states (a create may be taking a base); when in doubt a file stays:
+    /// it costs space, never data.
+    fn prune_template_files(&self, name: &SafeName, base: &Path, warm: &Path) {
+        let settled = lock(&self.inner.infos).values().all(|info| {
+            matches!(
+                info.state,
+                State::Running | State::Paused | State::Stopped | State::Error
+            )
+        });
+        let all = lock(&self.inner.store).all::<Persisted>(Table::Sandboxes);
+        let (true, Ok(all)) = (settled, all) else {
+            tracing::debug!(template = %name, "not pruning template files now");
+            return;
+        };
+        let records: Vec<SandboxRecord> = all.into_iter().filter_map(|(_, p)| p.record).collect();
+        let dir = self.template_dir(name);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        let named = |path: &Path, prefix: &str| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+        };
+        let started_from: Vec<&Path> = records
+            .iter()
+            .filter_map(|r| r.config.snapshot.as_deref())
+            .collect();
+        for old in entries.iter().filter(|p| named(p, "warm-")) {
+            if old == warm || started_from.contains(&old.as_path()) {
+                continue;
+            }
+            if let Err(err) = std::fs::remove_dir_all(old) {
+                tracing::warn!(dir = %old.display(), %err, "cannot remove an unused warm snapshot");
+            }
+        }
+        let mut used = vec![canonical(base)];
+        used.extend(records.iter().map(|r| canonical(&r.config.images.rootfs)));
+        for parent in [dir.clone(), self.inner.config.data_dir.join("snapshots")] {
+            let Ok(snapshots) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for disk in snapshots.flatten().map(|e| e.path().join("disk.qcow2")) {
+                if !disk.is_file() {
+                    continue;
+                }
+                match crate::disk::qcow2::backing_chain(&disk) {
+                    Ok(chain) => used.extend(chain.iter().map(|p| canonical(p))),
+                    Err(err) => {
+                        tracing::warn!(disk = %disk.display(), %err, "not pruning base images: a backing chain is unreadable");
+                        return;
+                    }
+                }
+            }
+        }
+        for old in entries
+            .iter()
+            .filter(|p| named(p, "rootfs-") && p.is_file())
+        {
+            if used.contains(&canonical(old)) {
+                continue;
+            }
+            match std::fs::remove_file(old) {
+                Ok(()) => {
+                    tracing::info!(base = %old.display(), "removed an unused template base image");
+                }
+                Err(err) => {
+                    tracing::warn!(base = %old.display(), %err, "cannot remove an unused template base image");
+                }
+            }
+        }
     }
 
     /// `data_dir/templates/<name>/`: the template's `template.json`, its
@@ -1034,6 +1113,11 @@ async fn import_base(dir: &Path, source: &Path) -> Result<PathBuf, ManagerError>
     }
     tracing::info!(source = %source.display(), base = %base.display(), "template base image imported");
     Ok(base)
+}
+
+/// `path` with symlinks resolved, or as given when it cannot be.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn clean_dead(record: &SandboxRecord) {
