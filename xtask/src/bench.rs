@@ -185,7 +185,7 @@ fn providers_in_vm(runs: usize) -> Result<serde_json::Value> {
             .to_vec(),
         env: Vec::new(),
     };
-    let outputs = crate::vmtest::run_in_guest("bench-providers", &[job], true)?;
+    let outputs = crate::vmtest::run_in_guest("bench-providers", &[job], true, false)?;
     let output = outputs.first().context("the guest ran no bench")?;
     if output.exit_code != 0 {
         anyhow::bail!(

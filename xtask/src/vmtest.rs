@@ -23,7 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use envd_client::ExecRequest;
+use envd_client::{ExecEvent, ExecRequest};
+use futures::StreamExt as _;
 use qemu_vmm::Accel;
 use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
 
@@ -101,10 +102,9 @@ pub fn run(what: &VmTest) -> Result<()> {
             env: vec![("PETREL_REQUIRE_DM".to_string(), "1".to_string())],
         })
         .collect();
-    let outputs = run_in_guest(&format!("vmtest-{package}"), &jobs, what.nested)?;
+    let outputs = run_in_guest(&format!("vmtest-{package}"), &jobs, what.nested, true)?;
     let failed: Vec<String> = outputs
         .iter()
-        .inspect(|out| print!("{}", String::from_utf8_lossy(&out.stdout)))
         .filter(|out| out.exit_code != 0)
         .map(|out| format!("{} (exit code {})", out.name, out.exit_code))
         .collect();
@@ -120,9 +120,14 @@ pub fn run(what: &VmTest) -> Result<()> {
 
 /// Boots a sandbox named `name` with a test disk holding the jobs'
 /// binaries (and, `nested`, QEMU and the guest images), runs each job as
-/// root (its stderr shown as it ends, its stdout returned), destroys the
-/// sandbox.
-pub fn run_in_guest(name: &str, jobs: &[GuestJob], nested: bool) -> Result<Vec<GuestOutput>> {
+/// root (its stderr shown as it comes, its stdout too when `echo_stdout`;
+/// stdout returned), destroys the sandbox.
+pub fn run_in_guest(
+    name: &str,
+    jobs: &[GuestJob],
+    nested: bool,
+    echo_stdout: bool,
+) -> Result<Vec<GuestOutput>> {
     let images = images::build()?;
     let work = demo::tempdir("petrel-vmtest")?;
     let binaries: Vec<PathBuf> = jobs.iter().map(|job| job.binary.clone()).collect();
@@ -130,7 +135,12 @@ pub fn run_in_guest(name: &str, jobs: &[GuestJob], nested: bool) -> Result<Vec<G
         demo::runtime()?.block_on(async {
             let outcome = demo::probe(&images).await;
             demo::announce_boot(&outcome);
-            run_in_vm(&images, outcome.accel, &work, name, nested, &disk, jobs).await
+            let vm = GuestVm {
+                name,
+                nested,
+                echo_stdout,
+            };
+            run_in_vm(&images, outcome.accel, &work, &vm, &disk, jobs).await
         })
     });
     let cleanup =
@@ -349,21 +359,27 @@ fn run_tool(command: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The sandbox a run uses and how its jobs' output is shown.
+struct GuestVm<'a> {
+    name: &'a str,
+    nested: bool,
+    echo_stdout: bool,
+}
+
 /// Boots the sandbox with the test disk, runs the jobs, destroys it.
 async fn run_in_vm(
     images: &GuestImages,
     accel: Accel,
     work: &Path,
-    name: &str,
-    nested: bool,
+    vm: &GuestVm<'_>,
     disk: &Path,
     jobs: &[GuestJob],
 ) -> Result<Vec<GuestOutput>> {
     let backend = QemuBackend::new(accel);
     let boot_start = Instant::now();
-    let mut config = SandboxConfig::new(name, images.clone(), work);
+    let mut config = SandboxConfig::new(vm.name, images.clone(), work);
     config.extra_drives = vec![disk.to_path_buf()];
-    if nested {
+    if vm.nested {
         // Room for two inner guests and their page cache.
         config.vcpus = 2;
         config.memory_mib = 3072;
@@ -375,7 +391,7 @@ async fn run_in_vm(
         "guest ready in {}",
         demo::ms(boot_start.elapsed())
     ));
-    let outputs = run_jobs(&sandbox, nested, jobs).await;
+    let outputs = run_jobs(&sandbox, vm, jobs).await;
     let destroyed = sandbox.destroy().await;
     let outputs = outputs?;
     destroyed.context("destroying the vmtest sandbox")?;
@@ -400,7 +416,11 @@ async fn root_shell(sandbox: &Sandbox, script: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run_jobs(sandbox: &Sandbox, nested: bool, jobs: &[GuestJob]) -> Result<Vec<GuestOutput>> {
+async fn run_jobs(
+    sandbox: &Sandbox,
+    vm: &GuestVm<'_>,
+    jobs: &[GuestJob],
+) -> Result<Vec<GuestOutput>> {
     root_shell(
         sandbox,
         &format!("mkdir -p {GUEST_DIR} && mount /dev/vdb {GUEST_DIR}"),
@@ -423,7 +443,7 @@ async fn run_jobs(sandbox: &Sandbox, nested: bool, jobs: &[GuestJob]) -> Result<
             .cwd(GUEST_DIR)
             .user("root")
             .timeout(RUN_TIMEOUT);
-        if nested {
+        if vm.nested {
             request = request
                 .env(
                     "PATH",
@@ -438,22 +458,50 @@ async fn run_jobs(sandbox: &Sandbox, nested: bool, jobs: &[GuestJob]) -> Result<
         for (key, value) in &job.env {
             request = request.env(key.as_str(), value.as_str());
         }
-        let output = sandbox
-            .exec(request)
+        let (exit_code, stdout) = stream_job(sandbox, request, vm.echo_stdout)
             .await
             .with_context(|| format!("running {name} in the guest"))?;
-        eprint!("{}", String::from_utf8_lossy(&output.stderr));
         eprintln!(
-            "[vmtest] {name}: exit code {} ({}) in {}",
-            output.exit_code,
-            output.status,
+            "[vmtest] {name}: exit code {exit_code} in {}",
             demo::ms(start.elapsed())
         );
         outputs.push(GuestOutput {
             name,
-            exit_code: output.exit_code,
-            stdout: output.stdout,
+            exit_code,
+            stdout,
         });
     }
     Ok(outputs)
+}
+
+/// Runs `request` in the guest, its stderr (and stdout when `echo_stdout`)
+/// shown as it comes; its exit code and stdout.
+async fn stream_job(
+    sandbox: &Sandbox,
+    request: ExecRequest,
+    echo_stdout: bool,
+) -> Result<(i32, Vec<u8>)> {
+    use std::io::Write as _;
+    let mut events = sandbox.envd().exec_stream(request).await?;
+    let mut stdout = Vec::new();
+    let mut exit_code = None;
+    while let Some(event) = events.next().await {
+        match event? {
+            ExecEvent::Stdout(data) => {
+                if echo_stdout {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&data)?;
+                    out.flush()?;
+                }
+                stdout.extend_from_slice(&data);
+            }
+            ExecEvent::Stderr(data) => std::io::stderr().lock().write_all(&data)?,
+            ExecEvent::Exited {
+                exit_code: code, ..
+            } => exit_code = Some(code),
+            ExecEvent::Started { .. } => {}
+        }
+    }
+    let exit_code = exit_code.context("the guest's process stream ended without an exit")?;
+    Ok((exit_code, stdout))
 }
