@@ -18,6 +18,7 @@
 //! twice over, a guest takes minutes to boot: keep such runs to a few tests.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -269,7 +270,8 @@ fn add_qemu(tree: &Path) -> Result<()> {
         );
         std::fs::write(&wrapper, script)
             .with_context(|| format!("writing {}", wrapper.display()))?;
-        run_tool(Command::new("chmod").arg("+x").arg(&wrapper))?;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {} executable", wrapper.display()))?;
     }
     run_tool(
         Command::new("cp")

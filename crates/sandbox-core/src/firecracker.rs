@@ -198,8 +198,8 @@ impl FirecrackerInstance {
             Err(err) => Err(self.error(err)),
         };
         if let Err(err) = saved {
-            remove_if_exists(&vmstate_new)?;
-            remove_if_exists(&mem_new)?;
+            crate::disk::remove_file_if_exists(&vmstate_new)?;
+            crate::disk::remove_file_if_exists(&mem_new)?;
             // Leave a running guest running when the save failed.
             if let Err(resume) = api.resume().await {
                 tracing::warn!(vm = %self.spec.id, error = %resume, "cannot resume the guest after a failed save");
@@ -234,7 +234,7 @@ impl FirecrackerInstance {
         // A page server left over by a failed restore of this VM.
         self.stop_page_server();
         let socket = self.spec.run_dir.join(UFFD_SOCKET);
-        remove_if_exists(&socket)?;
+        crate::disk::remove_file_if_exists(&socket)?;
         let server = uffd::UffdServer::bind(&socket, dir.join(MEM))
             .and_then(uffd::UffdServer::spawn)
             .map_err(|e| self.error(e))?;
@@ -393,15 +393,15 @@ impl Vm for FirecrackerInstance {
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {
         self.stop().await?;
-        remove_if_exists(&self.spec.run_dir.join(ROOTFS_LINK))?;
-        remove_if_exists(&self.spec.run_dir.join(UFFD_SOCKET))
+        crate::disk::remove_file_if_exists(&self.spec.run_dir.join(ROOTFS_LINK))?;
+        crate::disk::remove_file_if_exists(&self.spec.run_dir.join(UFFD_SOCKET))
     }
 }
 
 /// Points `run_dir/rootfs` at the spec's root disk (replacing an old link).
 fn link_rootfs(spec: &VmSpec) -> Result<(), SandboxError> {
     let link = spec.run_dir.join(ROOTFS_LINK);
-    remove_if_exists(&link)?;
+    crate::disk::remove_file_if_exists(&link)?;
     std::os::unix::fs::symlink(&spec.root_disk, &link).map_err(|source| SandboxError::Io {
         what: "link the root disk at",
         path: link,
@@ -454,18 +454,6 @@ fn rename(from: &Path, to: &Path) -> Result<(), SandboxError> {
         path: to.to_path_buf(),
         source,
     })
-}
-
-fn remove_if_exists(path: &Path) -> Result<(), SandboxError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SandboxError::Io {
-            what: "remove",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
 }
 
 fn file_size(path: &Path) -> Result<u64, SandboxError> {
