@@ -104,9 +104,11 @@ rootfs_base() {
     work=$(mktemp -d "$cache/.rootfs-build.XXXXXX")
     local include
     include=$(grep -v '^#' "$here/rootfs/packages" | xargs | tr ' ' ',')
-    log "rootfs-base: debootstrap bookworm with $include (1-3 minutes)"
+    # The host's own Debian mirror (xtask reads it from apt's sources).
+    local mirror=${PETREL_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    log "rootfs-base: debootstrap bookworm from $mirror with $include (1-3 minutes)"
     run_logged "rootfs-base: debootstrap" "$work/debootstrap.log" \
-        debootstrap --variant=minbase --include="$include" bookworm "$work/tree" http://deb.debian.org/debian
+        debootstrap --variant=minbase --include="$include" bookworm "$work/tree" "$mirror"
     cp "$here/rootfs/setup-chroot.sh" "$work/tree/setup-chroot.sh"
     chroot "$work/tree" /bin/bash /setup-chroot.sh >&2
     rm -f "$work/tree/setup-chroot.sh"

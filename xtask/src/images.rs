@@ -1,14 +1,33 @@
 //! Builds envd and runs `images/build.sh` for the kernel and rootfs.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use sandbox_core::GuestImages;
 
 use crate::env;
 
+/// The guest images: kernel and root filesystem.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+impl Images {
+    /// `PETREL_KERNEL` and `PETREL_ROOTFS`, as the tests and `xtask-vm`
+    /// take them.
+    pub fn envs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PETREL_KERNEL", self.kernel.display().to_string()),
+            ("PETREL_ROOTFS", self.rootfs.display().to_string()),
+        ]
+    }
+}
+
 /// Builds (or finds cached) guest images with the current envd in them.
-pub fn build() -> Result<GuestImages> {
+/// Setup must have run (envd needs protoc; the kernel its source).
+pub fn build() -> Result<Images> {
     env::step("building envd");
     env::cargo(
         &["build", "--quiet", "--package", "envd", "--bin", "envd"],
@@ -19,24 +38,34 @@ pub fn build() -> Result<GuestImages> {
     let kernel = build_sh(&["kernel"])?;
     env::step("guest rootfs");
     let rootfs = build_sh(&["rootfs", &envd.display().to_string()])?;
-    let images = GuestImages {
+    let images = Images {
         kernel: kernel.into(),
         rootfs: rootfs.into(),
     };
-    images
-        .check()
-        .context("images/build.sh printed a path that does not exist")?;
+    for path in [&images.kernel, &images.rootfs] {
+        if !path.is_file() {
+            bail!(
+                "images/build.sh printed {}, which does not exist",
+                path.display()
+            );
+        }
+    }
     Ok(images)
 }
 
 /// Runs images/build.sh; progress goes to our stderr, the last stdout line
-/// is the output path.
+/// is the output path. debootstrap uses the host's Debian mirror.
 fn build_sh(args: &[&str]) -> Result<String> {
     let script = env::root().join("images/build.sh");
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(&script)
         .args(args)
-        .env("PETREL_CACHE_DIR", env::cache_dir())
+        .env("PETREL_CACHE_DIR", env::cache_dir());
+    if let Some(mirror) = crate::setup::debian_mirror() {
+        command.env("PETREL_DEBIAN_MIRROR", mirror);
+    }
+    let output = command
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", script.display()))?;

@@ -1,27 +1,41 @@
 //! `cargo xtask`: Petrel's developer tasks.
 //!
-//! - `setup`: installs the host packages Petrel needs (apt, QEMU 10 from
-//!   bookworm-backports, the kernel source, debootstrap, ...), when missing.
+//! This binary compiles with no system library (`tests/bare_host.rs` keeps
+//! it so): on a bare Debian host with only Rust, every task first runs
+//! [`setup`] for what that task needs, then builds the rest. The tasks that
+//! link Petrel's own crates (demo, doctor, bench, vmtest) live in
+//! `xtask/vm` (`xtask-vm`), which this binary runs through a second
+//! `cargo run` once setup has installed what those crates need.
+//!
+//! - `setup [--task T] [--dry-run [--bare]]`: installs the host packages a
+//!   task needs (all by default), saying what and why.
 //! - `images`: builds envd and the guest kernel and rootfs (cached by recipe).
 //! - `doctor`: shows the host's capabilities and the accelerator probe.
 //! - `demo`: boots a VM, runs `echo hello` in it through envd, cleans up.
+//! - `serve`: builds what is missing and runs the host agent with the
+//!   `base` template, printing the URLs, an API key and the E2B exports.
 //! - `test`: fmt, clippy and every test, VM tests included (dm tests inside
 //!   a VM where the host has no device-mapper).
 //! - `bench boot|network|providers|lifecycle`: timings as JSON (the last
-//!   line of stdout); `providers` also measures inside a VM where the host
-//!   has no device-mapper.
-//! - `vmtest <package>`: a crate's test binaries run inside a VM (`--nested`:
-//!   with QEMU and the guest images, to boot VMs in there).
+//!   line of stdout).
+//! - `vmtest <package>`: a crate's test binaries run inside a VM.
+//!
+//! ```sh
+//! cargo xtask setup --dry-run --bare   # what a bare host gets, per task
+//! cargo xtask demo                     # installs what the demo needs, prints hello
+//! ```
 
-mod bench;
-mod demo;
 mod env;
 mod images;
+mod serve;
 mod setup;
-mod vmtest;
+mod test;
+
+use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use setup::Task;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Petrel developer tasks")]
@@ -30,25 +44,31 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum VmmChoice {
-    Qemu,
-    Firecracker,
-}
-
 #[derive(Subcommand)]
 enum Command {
-    /// Install missing host packages (needs root).
-    Setup,
+    /// Install the host packages a task needs (needs root when some are missing).
+    Setup {
+        /// Only what this task needs (default: every task).
+        #[arg(long, value_enum, default_value = "all")]
+        task: Task,
+        /// Print each task's packages and the backports source; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: as for a bare host, where none is installed.
+        #[arg(long, requires = "dry_run")]
+        bare: bool,
+    },
     /// Build envd, the guest kernel and the rootfs; print their paths.
     Images,
     /// Show host capabilities and the accelerator choice.
     Doctor,
     /// Boot a VM, run `echo hello` through envd, print it, clean up.
     Demo {
-        #[arg(long, value_enum, default_value = "qemu")]
-        vmm: VmmChoice,
+        #[arg(long, value_parser = ["qemu", "firecracker"], default_value = "qemu")]
+        vmm: String,
     },
+    /// Build what is missing and run the host agent with the `base` template.
+    Serve(serve::ServeArgs),
     /// fmt check, clippy, and all tests including VM tests.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -57,8 +77,8 @@ enum Command {
     },
     /// Benchmarks; the last line of stdout is one JSON object.
     Bench {
-        #[arg(value_enum, default_value = "boot")]
-        which: bench::Which,
+        #[arg(value_parser = ["boot", "network", "providers", "lifecycle"], default_value = "boot")]
+        which: String,
         #[arg(long, default_value_t = 10)]
         runs: usize,
     },
@@ -78,82 +98,67 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Setup => setup::run(),
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: what failed and why, without a backtrace dump.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Setup {
+            task,
+            dry_run: true,
+            bare,
+        } => setup::dry_run((task != Task::All).then_some(task), bare),
+        Command::Setup { task, .. } => setup::run(task),
         Command::Images => {
-            setup::run()?;
+            setup::run(Task::Images)?;
             let images = images::build()?;
-            println!("PETREL_KERNEL={}", images.kernel.display());
-            println!("PETREL_ROOTFS={}", images.rootfs.display());
+            for (key, value) in images.envs() {
+                println!("{key}={value}");
+            }
             Ok(())
         }
-        Command::Doctor => demo::doctor(),
-        Command::Demo { vmm } => demo::run(vmm),
-        Command::Test { cargo_args } => test(&cargo_args),
-        Command::Bench { which, runs } => bench::run(which, runs),
+        Command::Doctor => with_images(Task::Doctor, &["doctor"]),
+        Command::Demo { vmm } => with_images(Task::Demo, &["demo", "--vmm", &vmm]),
+        Command::Serve(args) => serve::run(&args),
+        Command::Test { cargo_args } => test::run(&cargo_args),
+        Command::Bench { which, runs } => {
+            let runs = runs.to_string();
+            with_images(Task::Bench, &["bench", &which, "--runs", &runs])
+        }
         Command::Vmtest {
             package,
             test,
             nested,
             test_args,
-        } => vmtest::run(&vmtest::VmTest {
-            package,
-            test,
-            nested,
-            test_args,
-        }),
+        } => {
+            let mut args = vec!["vmtest", package.as_str()];
+            if let Some(test) = &test {
+                args.extend(["--test", test.as_str()]);
+            }
+            if nested {
+                args.push("--nested");
+            }
+            if !test_args.is_empty() {
+                args.push("--");
+                args.extend(test_args.iter().map(String::as_str));
+            }
+            with_images(Task::Vmtest, &args)
+        }
     }
 }
 
-fn test(cargo_args: &[String]) -> Result<()> {
-    setup::run()?;
+/// Setup for `task`, the images, then `xtask-vm ARGS`.
+fn with_images(task: Task, args: &[&str]) -> Result<()> {
+    setup::run(task)?;
     let images = images::build()?;
-    env::step("cargo fmt --check");
-    env::cargo(&["fmt", "--all", "--", "--check"], &[])?;
-    env::step("cargo clippy");
-    env::cargo(
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
-    env::step("cargo test (VM tests boot real guests)");
-    let mut args = vec!["test", "--workspace"];
-    args.extend(cargo_args.iter().map(String::as_str));
-    let kernel = images.kernel.display().to_string();
-    let rootfs = images.rootfs.display().to_string();
-    env::cargo(
-        &args,
-        &[
-            ("PETREL_KERNEL", kernel.as_str()),
-            ("PETREL_ROOTFS", rootfs.as_str()),
-            ("PETREL_REQUIRE_VM", "1"),
-        ],
-    )?;
-    if cargo_args.is_empty() && !dmsnap::device_mapper_available() {
-        env::step("device-mapper tests inside a VM (this host kernel has no device-mapper)");
-        vmtest::run(&vmtest::VmTest::package("dmsnap"))?;
-        env::step("VMs booting from dm-snapshot disks, inside a VM (nested; minutes)");
-        vmtest::run(&vmtest::VmTest {
-            package: "sandbox-core".to_string(),
-            test: Some("providers".to_string()),
-            nested: true,
-            test_args: vec!["dm".to_string()],
-        })?;
-    }
-    env::step("all checks passed");
-    Ok(())
+    env::xtask_vm(args, Some(&images))
 }

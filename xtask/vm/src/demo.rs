@@ -9,13 +9,12 @@ use sandbox_core::{
     BackendKind, GuestImages, QemuBackend, Sandbox, SandboxConfig, choose_provider,
 };
 
-use crate::{VmmChoice, env, images, setup};
+use crate::{VmmChoice, env, images};
 
 /// Boots a VM, runs `echo hello` in it through envd, prints the output and
 /// the time of each step, and removes everything it made.
 pub fn run(vmm: VmmChoice) -> Result<()> {
-    setup::run()?;
-    let images = images::build()?;
+    let images = images::from_env()?;
     if matches!(vmm, VmmChoice::Firecracker) {
         bail!(
             "--vmm firecracker: the demo does not drive the Firecracker backend yet (and on kvm_pvm hosts \
@@ -107,8 +106,7 @@ pub fn announce_boot(outcome: &ProbeOutcome) {
 
 /// Prints what this host can do and what Petrel chose.
 pub fn doctor() -> Result<()> {
-    setup::run()?;
-    let images = images::build()?;
+    let images = images::from_env()?;
     let outcome = runtime()?.block_on(probe(&images));
     let yes = |b: bool| if b { "yes" } else { "no" };
     let kvm_module = ["kvm_pvm", "kvm_intel", "kvm_amd"]

@@ -11,7 +11,7 @@ use sandbox_core::disk::{self, RootfsProvider};
 use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
 use serde_json::json;
 
-use crate::{demo, images, setup};
+use crate::{demo, images};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Which {
@@ -26,10 +26,9 @@ pub enum Which {
 }
 
 pub fn run(which: Which, runs: usize) -> Result<()> {
-    setup::run()?;
     match which {
         Which::Boot => {
-            let images = images::build()?;
+            let images = images::from_env()?;
             demo::runtime()?.block_on(boot(&images, runs.max(1)))
         }
         Which::Providers => {
@@ -46,7 +45,7 @@ pub fn run(which: Which, runs: usize) -> Result<()> {
             Ok(())
         }
         Which::Lifecycle => {
-            let images = images::build()?;
+            let images = images::from_env()?;
             demo::runtime()?.block_on(lifecycle(&images, runs.max(1)))
         }
         Which::Network => {
@@ -179,7 +178,7 @@ async fn providers(runs: usize) -> Result<serde_json::Value> {
 /// disk with `qemu-img`): its JSON report.
 fn providers_in_vm(runs: usize) -> Result<serde_json::Value> {
     let job = crate::vmtest::GuestJob {
-        binary: std::env::current_exe().context("locating the xtask binary")?,
+        binary: std::env::current_exe().context("locating the xtask-vm binary")?,
         args: ["bench", "providers", "--runs", &runs.to_string()]
             .map(String::from)
             .to_vec(),

@@ -29,7 +29,7 @@ use futures::StreamExt as _;
 use qemu_vmm::Accel;
 use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
 
-use crate::{demo, env, images, setup};
+use crate::{demo, env, images};
 
 /// Where the test disk is mounted in the guest.
 const GUEST_DIR: &str = "/mnt/petrel-vmtest";
@@ -39,8 +39,8 @@ const RUN_TIMEOUT: Duration = Duration::from_mins(45);
 const NESTED_BOOT_TIMEOUT_SECS: &str = "900";
 /// Free space on a nested test disk for the inner VMs' disks and RAM files.
 const NESTED_SCRATCH_BYTES: u64 = 6 << 30;
-/// Set for every job: the program runs in a vmtest guest (xtask's own
-/// tasks skip host setup there).
+/// Set for every job: the program runs in a vmtest guest (`bench
+/// providers` does not start another VM from there).
 pub const IN_GUEST_ENV: &str = "PETREL_IN_VMTEST";
 /// The host's QEMU programs a nested test disk carries.
 const QEMU_PROGRAMS: [&str; 2] = ["qemu-system-x86_64", "qemu-img"];
@@ -86,7 +86,6 @@ pub struct GuestOutput {
 
 /// Runs the test binaries `what` names in a VM.
 pub fn run(what: &VmTest) -> Result<()> {
-    setup::run()?;
     let package = &what.package;
     env::step(&format!("building the test binaries of {package}"));
     let binaries = test_binaries(what)?;
@@ -129,7 +128,7 @@ pub fn run_in_guest(
     nested: bool,
     echo_stdout: bool,
 ) -> Result<Vec<GuestOutput>> {
-    let images = images::build()?;
+    let images = images::from_env()?;
     let work = demo::tempdir("petrel-vmtest")?;
     let binaries: Vec<PathBuf> = jobs.iter().map(|job| job.binary.clone()).collect();
     let result = test_disk(nested, &images, &binaries, &work).and_then(|disk| {

@@ -1,0 +1,41 @@
+//! `cargo xtask test`: fmt, clippy and every test, VM tests included.
+
+use anyhow::Result;
+
+use crate::setup::Task;
+use crate::{env, images, serve, setup};
+
+/// Runs every check; `cargo_args` go to `cargo test` (a filter skips the
+/// steps after it).
+pub fn run(cargo_args: &[String]) -> Result<()> {
+    setup::run(Task::Test)?;
+    let images = images::build()?;
+    env::step("cargo fmt --check");
+    env::cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    env::step("cargo clippy");
+    env::cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    env::step("cargo test (VM tests boot real guests)");
+    let mut args = vec!["test", "--workspace"];
+    args.extend(cargo_args.iter().map(String::as_str));
+    let mut envs = images.envs();
+    envs.push(("PETREL_REQUIRE_VM", "1".to_string()));
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env::cargo(&args, &envs)?;
+    if cargo_args.is_empty() {
+        env::step("`cargo xtask serve` answers with the printed key and URLs");
+        serve::smoke_test(&images)?;
+        env::xtask_vm(&["dm-tests"], Some(&images))?;
+    }
+    env::step("all checks passed");
+    Ok(())
+}
