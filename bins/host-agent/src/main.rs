@@ -1,5 +1,9 @@
-//! `host-agent`: serve the API, or print the host's capabilities.
+//! `host-agent`: serve the API, print the host's capabilities, or install
+//! itself as a systemd service.
 
+mod install;
+
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -22,6 +26,9 @@ enum Command {
     /// Print the host's capabilities (KVM, device-mapper, userfaultfd,
     /// nftables, QEMU, Firecracker) and the choices `serve` would make.
     Doctor(DoctorArgs),
+    /// Install as the systemd service petrel-host-agent (binary, unit,
+    /// documented config, data dir) and start it; --uninstall removes it.
+    Install(install::InstallArgs),
 }
 
 #[derive(clap::Args)]
@@ -158,10 +165,14 @@ impl ServeArgs {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Colours only on a terminal: under systemd, stdout is the journal.
+    let ansi = std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_ansi(ansi)
         .init();
     match Cli::parse().command {
         Command::Serve(args) => {
@@ -186,6 +197,7 @@ async fn main() -> Result<()> {
             print!("{}", host_agent::doctor::run(&options).await);
             Ok(())
         }
+        Command::Install(args) => install::run(&args).await,
     }
 }
 
