@@ -41,15 +41,3 @@ pub fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     }
     Ok(())
 }
-
-/// Runs the `xtask-vm` binary (the tasks that link Petrel's crates) through
-/// `cargo run`, with the guest images and the cache dir in its environment.
-/// Setup must have run: those crates need system packages to compile.
-pub fn xtask_vm(args: &[&str], images: Option<&crate::images::Images>) -> Result<()> {
-    let mut envs: Vec<(&str, String)> = images.map(crate::images::Images::envs).unwrap_or_default();
-    envs.push(("PETREL_CACHE_DIR", cache_dir().display().to_string()));
-    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut cargo_args = vec!["run", "--quiet", "--package", "xtask-vm", "--"];
-    cargo_args.extend(args);
-    cargo(&cargo_args, &envs)
-}

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::env;
+use xtask::env;
 
 /// The guest images: kernel and root filesystem.
 #[derive(Debug, Clone)]
@@ -83,4 +83,16 @@ fn build_sh(args: &[&str]) -> Result<String> {
         .last()
         .map(str::to_string)
         .with_context(|| format!("{} {} printed no path", script.display(), args.join(" ")))
+}
+
+/// Runs the `xtask-vm` binary (the tasks that link Petrel's crates) through
+/// `cargo run`, with the guest images and the cache dir in its environment.
+/// Setup must have run: those crates need system packages to compile.
+pub fn xtask_vm(args: &[&str], images: Option<&Images>) -> Result<()> {
+    let mut envs: Vec<(&str, String)> = images.map(Images::envs).unwrap_or_default();
+    envs.push(("PETREL_CACHE_DIR", env::cache_dir().display().to_string()));
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut cargo_args = vec!["run", "--quiet", "--package", "xtask-vm", "--"];
+    cargo_args.extend(args);
+    env::cargo(&cargo_args, &envs)
 }

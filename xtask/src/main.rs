@@ -25,7 +25,6 @@
 //! cargo xtask demo                     # installs what the demo needs, prints hello
 //! ```
 
-mod env;
 mod images;
 mod serve;
 mod setup;
@@ -36,6 +35,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use setup::Task;
+use xtask::env;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Petrel developer tasks")]
@@ -160,5 +160,5 @@ fn run(command: Command) -> Result<()> {
 fn with_images(task: Task, args: &[&str]) -> Result<()> {
     setup::run(task)?;
     let images = images::build()?;
-    env::xtask_vm(args, Some(&images))
+    images::xtask_vm(args, Some(&images))
 }

@@ -34,7 +34,7 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
     if cargo_args.is_empty() {
         env::step("`cargo xtask serve` answers with the printed key and URLs");
         serve::smoke_test(&images)?;
-        env::xtask_vm(&["dm-tests"], Some(&images))?;
+        images::xtask_vm(&["dm-tests"], Some(&images))?;
     }
     env::step("all checks passed");
     Ok(())

@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 pub use packages::Task;
 use packages::{Need, Package};
 
-use crate::env;
+use xtask::env;
 
 /// What setup would do for one task on this host.
 #[derive(Debug)]

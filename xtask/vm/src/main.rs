@@ -21,12 +21,12 @@
 
 mod bench;
 mod demo;
-mod env;
 mod images;
 mod vmtest;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
+use xtask::env;
 
 #[derive(Parser)]
 #[command(
