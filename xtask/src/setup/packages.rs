@@ -15,6 +15,8 @@ pub enum Need {
     Vm,
     /// Give sandboxes network namespaces.
     Network,
+    /// Programs the tests run on the host.
+    TestTools,
     /// The E2B Python SDK suite.
     SdkTests,
     /// The test UI's browser test.
@@ -23,12 +25,13 @@ pub enum Need {
 
 impl Need {
     /// Every need, in the order they are reported.
-    pub const ALL: [Need; 7] = [
+    pub const ALL: [Need; 8] = [
         Need::Build,
         Need::Kernel,
         Need::Rootfs,
         Need::Vm,
         Need::Network,
+        Need::TestTools,
         Need::SdkTests,
         Need::Browser,
     ];
@@ -43,6 +46,7 @@ impl Need {
             Need::Rootfs => "build the guest root filesystem",
             Need::Vm => "run VMs (QEMU 10)",
             Need::Network => "give each sandbox a network namespace with NAT and egress rules",
+            Need::TestTools => "let the tests call curl and pgrep on the host",
             Need::SdkTests => "run the E2B Python SDK suite in a venv",
             Need::Browser => "drive the test UI in headless Chromium",
         }
@@ -78,6 +82,7 @@ impl Need {
             Package::new_in_backports("qemu-utils"),
         ];
         const NETWORK: &[Package] = &[Package::main("iproute2"), Package::main("nftables")];
+        const TEST_TOOLS: &[Package] = &[Package::main("curl"), Package::main("procps")];
         const SDK_TESTS: &[Package] = &[Package::main("python3-venv")];
         const BROWSER: &[Package] = &[Package::main("chromium"), Package::main("chromium-driver")];
         match self {
@@ -86,6 +91,7 @@ impl Need {
             Need::Rootfs => ROOTFS,
             Need::Vm => VM,
             Need::Network => NETWORK,
+            Need::TestTools => TEST_TOOLS,
             Need::SdkTests => SDK_TESTS,
             Need::Browser => BROWSER,
         }
@@ -100,6 +106,7 @@ impl fmt::Display for Need {
             Need::Rootfs => "rootfs",
             Need::Vm => "vm",
             Need::Network => "network",
+            Need::TestTools => "test-tools",
             Need::SdkTests => "sdk-tests",
             Need::Browser => "browser",
         })
