@@ -191,7 +191,7 @@ fn install(plan: &Plan) -> Result<()> {
             eprintln!("[setup] wrote {}", path.display());
         }
     }
-    apt_update(plan)?;
+    apt_update()?;
     let backports = plan.names(true);
     if !backports.is_empty() {
         let suite = plan.release.backports_suite();
@@ -223,7 +223,7 @@ fn install(plan: &Plan) -> Result<()> {
 }
 
 /// `apt-get update`, turning an unreachable mirror into one clear line.
-fn apt_update(plan: &Plan) -> Result<()> {
+fn apt_update() -> Result<()> {
     eprintln!("[setup] apt-get update");
     let mut child = Command::new("apt-get")
         .args(["update", "-q"])
@@ -251,15 +251,8 @@ fn apt_update(plan: &Plan) -> Result<()> {
     }
     let status = child.wait().context("waiting for apt-get update")?;
     if let Some(first) = failures.first() {
-        let mirror = match &plan.backports {
-            Backports::Write { paragraph, .. } => paragraph
-                .lines()
-                .find_map(|l| l.strip_prefix("URIs: "))
-                .unwrap_or("the package mirror")
-                .to_string(),
-            _ => "the package mirror".to_string(),
-        };
-        bail!("cannot reach {mirror} (apt-get update: {})", first.trim());
+        // apt-get exits 0 when it could not fetch (it keeps old lists).
+        bail!("cannot reach the package mirror: apt-get update says {}", first.trim());
     }
     if !status.success() {
         bail!("apt-get update failed ({status})");
