@@ -532,6 +532,44 @@ async fn unknown_ids_and_names_are_404() {
 }
 
 #[tokio::test]
+async fn pty_refuses_plain_http_bad_queries_unknown_and_paused_sandboxes() {
+    let Some(agent) = common::start_agent().await else {
+        return;
+    };
+    let api = Client::new(agent.url());
+    let id = id_of(
+        &api.post("/v1/sandboxes", &sandbox_request(&json!({})))
+            .await,
+    );
+    let pty = format!("/v1/sandboxes/{id}/pty");
+
+    let plain_http = api.get(&format!("{pty}?cols=80&rows=24")).await;
+    let zero_cols = api.get(&format!("{pty}?cols=0&rows=24")).await;
+    let huge_rows = api.get(&format!("{pty}?cols=80&rows=5000")).await;
+    let no_cols = api.get(&format!("{pty}?rows=24")).await;
+    let unknown_param = api.get(&format!("{pty}?cols=80&rows=24&shell=zsh")).await;
+    let unknown_sandbox = api
+        .get(&format!("/v1/sandboxes/{UNKNOWN_ID}/pty?cols=80&rows=24"))
+        .await;
+    api.post(&format!("/v1/sandboxes/{id}/pause"), &json!({}))
+        .await;
+    let paused = api.get(&format!("{pty}?cols=80&rows=24")).await;
+
+    agent.stop().await;
+
+    assert_eq!(plain_http.status_code(), (400, "websocket_required".into()));
+    assert_eq!(zero_cols.status_code(), (400, "invalid_request".into()));
+    assert_eq!(huge_rows.status_code(), (400, "invalid_request".into()));
+    assert_eq!(no_cols.status_code(), (400, "invalid_query".into()));
+    assert_eq!(unknown_param.status_code(), (400, "invalid_query".into()));
+    assert_eq!(
+        unknown_sandbox.status_code(),
+        (404, "sandbox_not_found".into())
+    );
+    assert_eq!(paused.status_code(), (409, "invalid_state".into()));
+}
+
+#[tokio::test]
 async fn malformed_requests_are_400_and_oversize_bodies_413() {
     let Some(agent) = common::start_agent().await else {
         return;

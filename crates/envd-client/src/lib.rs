@@ -10,6 +10,9 @@
 //!   its output, [`EnvdClient::exec_stream`] yields its events as they come,
 //!   plus [`send_signal`](EnvdClient::send_signal),
 //!   [`list_processes`](EnvdClient::list_processes) and stdin helpers;
+//! - terminals: [`EnvdClient::start_pty`] runs a process on a
+//!   pseudo-terminal of a given size, [`send_pty_input`](EnvdClient::send_pty_input)
+//!   types into it, [`resize_pty`](EnvdClient::resize_pty) resizes it;
 //! - files: [`read_file`](EnvdClient::read_file) /
 //!   [`write_file`](EnvdClient::write_file) over `/files`, and
 //!   [`stat`](EnvdClient::stat), [`make_dir`](EnvdClient::make_dir),
@@ -19,7 +22,7 @@
 //! Every failure is an [`EnvdError`] naming the address and endpoint;
 //! [`EnvdError::code`] gives the Connect code (`"not_found"`, ...).
 //!
-//! It does not speak the JSON codec (that is for E2B's SDKs), PTYs,
+//! It does not speak the JSON codec (that is for E2B's SDKs),
 //! `Process/Connect`, client streams or directory watches, and it neither
 //! starts guests nor finds their address: `sandbox-core` does that.
 //!
@@ -48,6 +51,7 @@ mod files;
 mod health;
 mod init;
 mod process;
+mod pty;
 mod transport;
 
 use std::{net::SocketAddr, time::Duration};
@@ -56,6 +60,7 @@ pub use error::{BoxError, EnvdError};
 pub use files::{FileEntry, FileKind};
 pub use init::InitRequest;
 pub use process::{ExecEvent, ExecOutput, ExecRequest, ExecStream, ProcessInfo, Signal};
+pub use pty::{PtyEvent, PtyStream};
 
 use transport::Transport;
 

@@ -15,9 +15,9 @@ use tracing::debug;
 
 use crate::{EnvdClient, EnvdError, transport::MessageStream};
 
-const START: &str = "process.Process/Start";
+pub(crate) const START: &str = "process.Process/Start";
 const LIST: &str = "process.Process/List";
-const SEND_INPUT: &str = "process.Process/SendInput";
+pub(crate) const SEND_INPUT: &str = "process.Process/SendInput";
 const CLOSE_STDIN: &str = "process.Process/CloseStdin";
 const SEND_SIGNAL: &str = "process.Process/SendSignal";
 
@@ -108,18 +108,23 @@ impl ExecRequest {
         self
     }
 
+    /// The program, arguments, environment and working directory.
+    pub(crate) fn process_config(&self) -> pb::ProcessConfig {
+        pb::ProcessConfig {
+            cmd: self.cmd.clone(),
+            args: self.args.clone(),
+            envs: self
+                .envs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            cwd: self.cwd.clone(),
+        }
+    }
+
     fn start_request(&self) -> pb::StartRequest {
         pb::StartRequest {
-            process: Some(pb::ProcessConfig {
-                cmd: self.cmd.clone(),
-                args: self.args.clone(),
-                envs: self
-                    .envs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                cwd: self.cwd.clone(),
-            }),
+            process: Some(self.process_config()),
             pty: None,
             tag: None,
             stdin: Some(self.stdin.is_some()),
@@ -391,7 +396,7 @@ impl EnvdClient {
         })
     }
 
-    fn protocol(&self, endpoint: &str, detail: &str) -> EnvdError {
+    pub(crate) fn protocol(&self, endpoint: &str, detail: &str) -> EnvdError {
         EnvdError::Protocol {
             addr: self.addr(),
             endpoint: endpoint.to_owned(),
@@ -412,7 +417,7 @@ fn stdin_unwanted(err: &EnvdError) -> bool {
     }
 }
 
-fn selector(pid: u32) -> pb::ProcessSelector {
+pub(crate) fn selector(pid: u32) -> pb::ProcessSelector {
     pb::ProcessSelector {
         selector: Some(pb::process_selector::Selector::Pid(pid)),
     }

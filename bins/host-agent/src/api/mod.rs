@@ -8,6 +8,7 @@
 //!
 //! - [`sandboxes`]: create, list, get, delete, pause, resume, timeout;
 //! - [`exec`]: run a command (JSON result, or Server-Sent Events);
+//! - [`pty`]: an interactive terminal session over a WebSocket;
 //! - [`files`]: upload, download, list a directory;
 //! - [`snapshots`], [`templates`];
 //! - [`error`]: [`ApiError`], the `{"error":{"code","message"}}` body and
@@ -26,6 +27,7 @@ mod extract;
 pub mod files;
 pub mod metrics;
 pub mod openapi;
+pub mod pty;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod templates;
@@ -140,6 +142,12 @@ fn endpoints() -> Vec<Endpoint> {
             "/v1/sandboxes/{id}/exec/stream",
             "execStream",
             post(exec::stream),
+        ),
+        endpoint(
+            Method::GET,
+            "/v1/sandboxes/{id}/pty",
+            "openPty",
+            get(pty::open),
         ),
         Endpoint {
             body_limit: FILE_BODY_LIMIT,

@@ -225,6 +225,21 @@ pub fn operation(operation_id: &str) -> Value {
                 &["400", "403", "404", "409", "413", "500", "502", "504"],
             ),
         }),
+        "openPty" => json!({
+            "tags": ["exec"],
+            "summary": "Open an interactive terminal (WebSocket)",
+            "description": "A WebSocket handshake (GET with `Upgrade: websocket`; anything else is 400 websocket_required). The process is `/bin/bash -i -l` (or `/bin/bash -l -c <cmd>`) with TERM=xterm-256color and LANG/LC_ALL=C.UTF-8 on a pseudo-terminal of `cols` x `rows`; it is started before the upgrade, so failures are ordinary error responses. Messages: binary both ways are raw terminal bytes (keystrokes in, terminal output out); text from the client is JSON control, {\"resize\":{\"cols\":C,\"rows\":R}}; text from the server is {\"exit\":{\"code\":N}} when the process ended (the last message before the close) or {\"error\":{\"code\",\"message\"}} (a control message not understood, or a failure that ends the session). When the client goes away first the process is killed. 409 unless running.",
+            "parameters": [
+                query("cols", true, "Terminal width in cells, 1 to 1000.", &json!({"type": "integer", "minimum": 1, "maximum": super::pty::MAX_PTY_CELLS})),
+                query("rows", true, "Terminal height in cells, 1 to 1000.", &json!({"type": "integer", "minimum": 1, "maximum": super::pty::MAX_PTY_CELLS})),
+                query("cmd", false, "A shell command line to run instead of an interactive login bash.", &json!({"type": "string"})),
+                query("user", false, "Guest user (default `user`; `root` works).", &json!({"type": "string"})),
+            ],
+            "responses": responses(
+                &[("101", json!({"description": "Switching to the WebSocket protocol; the session follows."}))],
+                &["400", "404", "409", "500", "502"],
+            ),
+        }),
         "writeFile" => json!({
             "tags": ["files"],
             "summary": "Upload a file",
@@ -343,7 +358,7 @@ fn schemas() -> Value {
                 "type": "object",
                 "required": ["code", "message"],
                 "properties": {
-                    "code": {"type": "string", "description": "Stable, machine-readable: invalid_request, invalid_json, invalid_name, invalid_query, invalid_path, invalid_body, sandbox_not_found, template_not_found, snapshot_not_found, file_not_found, not_found, invalid_state, conflict, already_exists, permission_denied, payload_too_large, capacity, timeout, envd_unavailable, envd_error, internal."},
+                    "code": {"type": "string", "description": "Stable, machine-readable: invalid_request, invalid_json, invalid_name, invalid_query, invalid_path, invalid_body, sandbox_not_found, template_not_found, snapshot_not_found, file_not_found, not_found, invalid_state, conflict, already_exists, permission_denied, payload_too_large, capacity, timeout, envd_unavailable, envd_error, websocket_required, internal."},
                     "message": {"type": "string"},
                 },
             }},
