@@ -233,7 +233,7 @@ fn print_banner(args: &ServeArgs, key: &str) {
     println!("export E2B_API_URL={api}");
     println!("export E2B_SANDBOX_URL={sandboxes}");
     println!();
-    println!("For the petrel CLI (cargo build -p petrel):");
+    println!("For the petrel CLI (cargo install --path bins/petrel):");
     println!("export PETREL_URL={api}");
     println!("export PETREL_API_KEY={key}");
     println!();

@@ -252,7 +252,10 @@ fn apt_update() -> Result<()> {
     let status = child.wait().context("waiting for apt-get update")?;
     if let Some(first) = failures.first() {
         // apt-get exits 0 when it could not fetch (it keeps old lists).
-        bail!("cannot reach the package mirror: apt-get update says {}", first.trim());
+        bail!(
+            "cannot reach the package mirror: apt-get update says {}",
+            first.trim()
+        );
     }
     if !status.success() {
         bail!("apt-get update failed ({status})");
