@@ -262,7 +262,7 @@ fn stop_agent(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Runs `cargo xtask serve` (this binary) on free loopback ports with a
+/// Runs `cargo xtask serve` on free loopback ports with a
 /// fresh data dir, as a user would, and checks what its banner says: the
 /// API answers with the printed key, E2B routes refuse a request without
 /// it, and SIGTERM stops the agent.
@@ -281,8 +281,11 @@ fn smoke_in(_images: &Images, data_dir: &Path) -> Result<()> {
         listener.local_addr().context("a free port")
     };
     let (api, sandboxes) = (free_port()?, free_port()?);
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let mut child = Command::new(&exe)
+    // Through cargo, as a user types it: `cargo test` may have rebuilt the
+    // xtask binary under this running one.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut child = Command::new(&cargo)
+        .args(["run", "--quiet", "--package", "xtask", "--"])
         .args(["serve", "--listen", &api.to_string(), "--sandbox-listen"])
         .arg(sandboxes.to_string())
         .arg("--data-dir")
@@ -297,8 +300,9 @@ fn smoke_in(_images: &Images, data_dir: &Path) -> Result<()> {
             "8",
         ])
         .stdout(Stdio::piped())
+        .current_dir(env::root())
         .spawn()
-        .with_context(|| format!("running {} serve", exe.display()))?;
+        .with_context(|| format!("running {cargo} run -p xtask -- serve"))?;
     let outcome = check_banner(&mut child, api);
     signal_agent(&child);
     let status = wait_for(&mut child, Duration::from_secs(60));
