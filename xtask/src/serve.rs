@@ -321,7 +321,8 @@ fn smoke_in(_images: &Images, data_dir: &Path) -> Result<()> {
 fn check_banner(child: &mut Child, api: SocketAddr) -> Result<()> {
     let stdout = child.stdout.take().context("serve's stdout")?;
     let mut exports = Vec::new();
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.context("reading serve's stdout")?;
         println!("{line}");
         if let Some(export) = line.strip_prefix("export ") {
@@ -331,6 +332,12 @@ fn check_banner(child: &mut Child, api: SocketAddr) -> Result<()> {
             break;
         }
     }
+    // The agent logs to that stdout too: keep reading it until it closes.
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            println!("{line}");
+        }
+    });
     let value = |name: &str| {
         exports
             .iter()
