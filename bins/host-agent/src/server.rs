@@ -161,8 +161,9 @@ async fn serve(
     Ok((local, task))
 }
 
-/// The namespace pool, unless sandboxes use QEMU's user-mode network.
-fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
+/// The namespace pool, unless sandboxes use QEMU's user-mode network
+/// (also what `host-agent install --purge` takes over).
+pub fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
     let namespaces = match config.network {
         NetworkChoice::Namespace => true,
         NetworkChoice::User => false,
@@ -176,7 +177,8 @@ fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
     let end = first
         .checked_add(config.net_slot_count)
         .context("net_slot_first + net_slot_count overflows")?;
-    let pool = NetworkPool::new(first..end).context("creating the network slot pool")?;
+    let pool = NetworkPool::new(first..end)
+        .with_context(|| format!("creating the network slot pool {first}..{end}"))?;
     tracing::info!(slots = ?(first..end), "sandboxes get their own network namespaces");
     Ok(Some(Arc::new(pool)))
 }

@@ -8,10 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use host_agent::AgentConfig;
-use host_agent::config::NetworkChoice;
-use sandbox_core::{
-    BackendKind, Hypervisor, ListFilter, Manager, ManagerConfig, NetworkPool, QemuBackend,
-};
+use sandbox_core::{BackendKind, Hypervisor, ListFilter, Manager, ManagerConfig, QemuBackend};
 
 use super::{
     CONFIG_DIR, CONFIG_PATH, DATA_DIR, Layout, MANIFEST_PATH, Made, Manifest, SAVED_CONFIG,
@@ -282,7 +279,8 @@ async fn destroy_sandboxes(data_dir: &Path, config: &AgentConfig) -> Result<usiz
             .map(|(provider, _)| provider)
     });
     let manager_config = ManagerConfig {
-        network: network_pool(config)?,
+        // The slots `serve` used, so their namespaces are taken over and removed.
+        network: host_agent::server::network_pool(config)?,
         rootfs_provider,
         ..ManagerConfig::new(data_dir)
     };
@@ -310,24 +308,4 @@ async fn destroy_sandboxes(data_dir: &Path, config: &AgentConfig) -> Result<usiz
         );
     }
     Ok(sandboxes.len())
-}
-
-/// The network slots the agent used (as `serve` sets them up), so their
-/// namespaces are taken over and removed.
-fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
-    let namespaces = match config.network {
-        NetworkChoice::Namespace => true,
-        NetworkChoice::User => false,
-        NetworkChoice::Auto => nix::unistd::geteuid().is_root(),
-    };
-    if !namespaces {
-        return Ok(None);
-    }
-    let first = config.net_slot_first;
-    let end = first
-        .checked_add(config.net_slot_count)
-        .context("net_slot_first + net_slot_count overflows")?;
-    let pool = NetworkPool::new(first..end)
-        .with_context(|| format!("the network slots {first}..{end} of the config"))?;
-    Ok(Some(Arc::new(pool)))
 }
