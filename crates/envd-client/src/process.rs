@@ -283,30 +283,12 @@ impl EnvdClient {
     pub async fn exec_stream(&self, request: ExecRequest) -> Result<ExecStream, EnvdError> {
         let start = request.start_request();
         debug!(addr = %self.addr(), cmd = %request.cmd, args = ?request.args, user = ?request.user, "envd start process");
-        let raw: MessageStream<pb::StartResponse> = self
-            .transport
-            .server_stream(START, &start, request.user.as_deref(), request.timeout)
-            .await?;
-        let client = self.clone();
-        let mut events = raw
-            .filter_map(move |item| {
-                let event = item
-                    .and_then(|response| client.exec_event(response))
-                    .transpose();
-                async move { event }
+        let (pid, events) = self
+            .start_events(&start, &request, Self::exec_event, |event| match event {
+                ExecEvent::Started { pid } => Some(*pid),
+                _ => None,
             })
-            .boxed();
-        let pid = match events.next().await {
-            Some(Ok(ExecEvent::Started { pid })) => pid,
-            Some(Ok(other)) => {
-                return Err(self.protocol(
-                    START,
-                    &format!("first event is {other:?}, not the start event"),
-                ));
-            }
-            Some(Err(err)) => return Err(err),
-            None => return Err(self.protocol(START, "stream closed before the start event")),
-        };
+            .await?;
         debug!(addr = %self.addr(), pid, "envd process started");
         let feed = request.stdin.map(|input| {
             let client = self.clone();
@@ -371,6 +353,44 @@ impl EnvdClient {
     }
 
     /// The [`ExecEvent`] of one `Start` message; `None` for keepalives.
+    /// Sends `Process/Start` and waits for the start event (`started` picks
+    /// the pid out of it): the pid, and the events after it (`map` turns
+    /// each response into an event, or `None` to skip it). Shared by plain
+    /// and PTY processes.
+    pub(crate) async fn start_events<E>(
+        &self,
+        start: &pb::StartRequest,
+        request: &ExecRequest,
+        map: fn(&EnvdClient, pb::StartResponse) -> Result<Option<E>, EnvdError>,
+        started: fn(&E) -> Option<u32>,
+    ) -> Result<(u32, BoxStream<'static, Result<E, EnvdError>>), EnvdError>
+    where
+        E: std::fmt::Debug + Send + 'static,
+    {
+        let raw: MessageStream<pb::StartResponse> = self
+            .transport
+            .server_stream(START, start, request.user.as_deref(), request.timeout)
+            .await?;
+        let client = self.clone();
+        let mut events = raw
+            .filter_map(move |item| {
+                let event = item.and_then(|response| map(&client, response)).transpose();
+                async move { event }
+            })
+            .boxed();
+        match events.next().await {
+            Some(Ok(event)) => match started(&event) {
+                Some(pid) => Ok((pid, events)),
+                None => Err(self.protocol(
+                    START,
+                    &format!("first event is {event:?}, not the start event"),
+                )),
+            },
+            Some(Err(err)) => Err(err),
+            None => Err(self.protocol(START, "stream closed before the start event")),
+        }
+    }
+
     fn exec_event(&self, response: pb::StartResponse) -> Result<Option<ExecEvent>, EnvdError> {
         use pb::process_event::{Event, data_event::Output};
         let event = response

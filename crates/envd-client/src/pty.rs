@@ -16,7 +16,6 @@ use futures::stream::BoxStream;
 use tracing::debug;
 
 use crate::process::{SEND_INPUT, START, selector};
-use crate::transport::MessageStream;
 use crate::{EnvdClient, EnvdError, ExecRequest};
 
 const UPDATE: &str = "process.Process/Update";
@@ -73,32 +72,15 @@ impl EnvdClient {
             stdin: None,
         };
         debug!(addr = %self.addr(), cmd = %request.cmd, args = ?request.args, cols, rows, "envd start pty process");
-        let raw: MessageStream<pb::StartResponse> = self
-            .transport
-            .server_stream(START, &start, request.user.as_deref(), request.timeout)
-            .await?;
-        let client = self.clone();
-        let mut events = raw
-            .filter_map(move |item| {
-                let event = item
-                    .and_then(|response| client.pty_event(response))
-                    .transpose();
-                async move { event }
+        let (pid, events) = self
+            .start_events(&start, &request, Self::pty_event, |event| match event {
+                PtyEvent::Started { pid } => Some(*pid),
+                _ => None,
             })
-            .boxed();
-        match events.next().await {
-            Some(Ok(PtyEvent::Started { pid })) => {
-                debug!(addr = %self.addr(), pid, "envd pty process started");
-                let first = Ok::<_, EnvdError>(PtyEvent::Started { pid });
-                Ok(futures::stream::iter([first]).chain(events).boxed())
-            }
-            Some(Ok(other)) => Err(self.protocol(
-                START,
-                &format!("first event is {other:?}, not the start event"),
-            )),
-            Some(Err(err)) => Err(err),
-            None => Err(self.protocol(START, "stream closed before the start event")),
-        }
+            .await?;
+        debug!(addr = %self.addr(), pid, "envd pty process started");
+        let first = Ok::<_, EnvdError>(PtyEvent::Started { pid });
+        Ok(futures::stream::iter([first]).chain(events).boxed())
     }
 
     /// Types `data` into the terminal of `pid` (`Process/SendInput` with
