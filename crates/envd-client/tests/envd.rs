@@ -6,36 +6,11 @@
 
 use std::time::Duration;
 
-use envd_client::{EnvdClient, ExecEvent, ExecRequest, FileKind, InitRequest, Signal};
+use envd_client::{ExecEvent, ExecRequest, FileKind, InitRequest, Signal};
 use futures::StreamExt as _;
 
-/// An envd server on a background task and a client of it; the server
-/// stops when this is dropped.
-struct Envd {
-    _server: envd::RunningServer,
-    client: EnvdClient,
-}
-
-async fn start_envd() -> Envd {
-    let server = envd::Server::bind(envd::Config::localhost())
-        .await
-        .unwrap()
-        .spawn();
-    let client = EnvdClient::new(server.local_addr());
-    client.wait_healthy(Duration::from_secs(10)).await.unwrap();
-    Envd {
-        _server: server,
-        client,
-    }
-}
-
-/// `bash -c <command>` as root. Not [`ExecRequest::shell`]: a login shell
-/// reads the host's profile, which may write to stderr (e.g. pyenv).
-fn as_root(command: &str) -> ExecRequest {
-    ExecRequest::new("/bin/bash")
-        .args(["-c", command])
-        .user("root")
-}
+mod common;
+use common::{as_root, start_envd};
 
 #[tokio::test]
 async fn exec_collects_stdout_and_exit_code() {

@@ -6,39 +6,14 @@
 
 use std::time::Duration;
 
-use envd_client::{EnvdClient, ExecEvent, ExecRequest, PtyEvent, PtyStream};
+use envd_client::{ExecEvent, ExecRequest, PtyEvent, PtyStream};
 use futures::StreamExt as _;
+
+mod common;
+use common::{as_root, start_envd};
 
 /// How long a test waits for output it expects.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// An envd server on a background task and a client of it; the server
-/// stops when this is dropped.
-struct Envd {
-    _server: envd::RunningServer,
-    client: EnvdClient,
-}
-
-async fn start_envd() -> Envd {
-    let server = envd::Server::bind(envd::Config::localhost())
-        .await
-        .unwrap()
-        .spawn();
-    let client = EnvdClient::new(server.local_addr());
-    client.wait_healthy(Duration::from_secs(10)).await.unwrap();
-    Envd {
-        _server: server,
-        client,
-    }
-}
-
-/// `bash -c <command>` as root (not a login shell: the host's profile may
-/// print things).
-fn as_root(command: &str) -> ExecRequest {
-    ExecRequest::new("/bin/bash")
-        .args(["-c", command])
-        .user("root")
-}
 
 /// The pid of the start event, which `start_pty` guarantees comes first.
 async fn started(events: &mut PtyStream) -> u32 {
