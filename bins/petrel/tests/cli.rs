@@ -330,6 +330,27 @@ async fn agent_not_running_is_one_line_naming_the_url() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_output_pipe_ends_quietly() {
+    // Arrange: `petrel ... | head` whose reader is gone before it writes.
+    let agent = common::start_agent_without_vms().await;
+    let mut child = common::command()
+        .args(["--url", &agent.url(), "template", "list", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+
+    // Act
+    let output = child.wait_with_output().await.unwrap();
+    agent.stop().await;
+
+    // Assert: no "error: Broken pipe" for the user to puzzle over.
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
+
 /// A stand-in agent: answers each request on `127.0.0.1:0` with `status`
 /// and `body`, and hands the request heads (lowercased) over.
 async fn recording_server(
