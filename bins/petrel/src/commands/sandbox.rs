@@ -179,18 +179,7 @@ fn transitioned(reply: &Reply, step: &str) -> Result<String> {
 }
 
 pub async fn pause(client: &Client, id: &str, json: bool) -> Result<u8> {
-    let spinner = Spinner::start(format!("pausing {id}"));
-    let reply = client
-        .post(&format!("{}/pause", path(id)), &json!({}))
-        .await;
-    spinner.finish();
-    let reply = reply?;
-    if json {
-        output::print_json(&reply)?;
-    } else {
-        output::print(&transitioned(&reply, "pause")?)?;
-    }
-    Ok(0)
+    transition(client, id, ("pause", "pausing"), &json!({}), json).await
 }
 
 pub async fn resume(client: &Client, id: &str, timeout: Option<u64>, json: bool) -> Result<u8> {
@@ -198,14 +187,26 @@ pub async fn resume(client: &Client, id: &str, timeout: Option<u64>, json: bool)
         Some(seconds) => json!({"timeout_s": seconds}),
         None => json!({}),
     };
-    let spinner = Spinner::start(format!("resuming {id}"));
-    let reply = client.post(&format!("{}/resume", path(id)), &body).await;
+    transition(client, id, ("resume", "resuming"), &body, json).await
+}
+
+/// `POST /v1/sandboxes/{id}/{verb}` under a spinner saying `doing`, then
+/// the new state.
+async fn transition(
+    client: &Client,
+    id: &str,
+    (verb, doing): (&str, &str),
+    body: &serde_json::Value,
+    json: bool,
+) -> Result<u8> {
+    let spinner = Spinner::start(format!("{doing} {id}"));
+    let reply = client.post(&format!("{}/{verb}", path(id)), body).await;
     spinner.finish();
     let reply = reply?;
     if json {
         output::print_json(&reply)?;
     } else {
-        output::print(&transitioned(&reply, "resume")?)?;
+        output::print(&transitioned(&reply, verb)?)?;
     }
     Ok(0)
 }
