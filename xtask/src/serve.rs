@@ -62,7 +62,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing the signal handler")?;
     }
-    if let Err(err) = wait_ready(&mut child, args.listen, &stop) {
+    if let Err(err) = wait_ready(&mut child, args.listen, &key, &stop) {
         stop_agent(&mut child);
         return Err(err);
     }
@@ -168,7 +168,7 @@ fn spawn_agent(agent: &Path, args: &ServeArgs, images: &Images, key: &str) -> Re
 
 /// Waits until the agent answers `GET /v1/templates` with 200, saying what
 /// it waits for every few seconds.
-fn wait_ready(child: &mut Child, listen: SocketAddr, stop: &AtomicBool) -> Result<()> {
+fn wait_ready(child: &mut Child, listen: SocketAddr, key: &str, stop: &AtomicBool) -> Result<()> {
     let start = Instant::now();
     let mut said = Duration::ZERO;
     loop {
@@ -178,7 +178,7 @@ fn wait_ready(child: &mut Child, listen: SocketAddr, stop: &AtomicBool) -> Resul
         if stop.load(Ordering::Relaxed) {
             bail!("interrupted while the agent was starting");
         }
-        if get_status(listen, "/v1/templates", None).is_ok_and(|s| s == 200) {
+        if get_status(listen, "/v1/templates", Some(key)).is_ok_and(|s| s == 200) {
             return Ok(());
         }
         let waited = start.elapsed();
@@ -352,10 +352,11 @@ fn check_banner(child: &mut Child, api: SocketAddr) -> Result<()> {
     let with_key = get_status(api, "/sandboxes", Some(&key)).context("GET /sandboxes")?;
     let without = get_status(api, "/sandboxes", None).context("GET /sandboxes")?;
     let templates = get_status(api, "/v1/templates", Some(&key)).context("GET /v1/templates")?;
-    if (with_key, without, templates) != (200, 401, 200) {
+    let templates_without = get_status(api, "/v1/templates", None).context("GET /v1/templates")?;
+    if (with_key, without, templates, templates_without) != (200, 401, 200, 401) {
         bail!(
             "the agent answered GET /sandboxes {with_key} with the printed key and {without} without it, \
-             GET /v1/templates {templates} (want 200, 401, 200)"
+             GET /v1/templates {templates} and {templates_without} (want 200, 401, 200, 401)"
         );
     }
     Ok(())

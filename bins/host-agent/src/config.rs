@@ -89,8 +89,18 @@ pub struct AgentConfig {
     /// Forces the rootfs provider; `None`: chosen from the backend and the
     /// host (a qcow2 overlay on QEMU).
     pub rootfs_provider: Option<RootfsProviderChoice>,
-    /// Accepted E2B API keys (`X-API-KEY`); empty: E2B endpoints refuse all.
+    /// Accepted API keys (`X-API-KEY`, `Authorization: Bearer`), for `/v1`,
+    /// the E2B routes, `/metrics` and `/test` alike. Held hashed after start.
     pub api_keys: Vec<String>,
+    /// Accepted API keys given as their SHA-256 (64 hex digits), so the
+    /// config file need not hold the key itself (`host-agent hash-key`).
+    pub api_key_sha256: Vec<String>,
+    /// Host names (besides IP addresses and `localhost`) the API answers to
+    /// in the `Host` header; others get 421 (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://app.example`) allowed to call the API
+    /// besides the agent's own; others get 403 (CSRF).
+    pub allowed_origins: Vec<String>,
     /// The `base` template's images (built by `cargo xtask images`).
     pub kernel: Option<PathBuf>,
     pub rootfs: Option<PathBuf>,
@@ -113,6 +123,9 @@ impl Default for AgentConfig {
             warm_templates: true,
             rootfs_provider: None,
             api_keys: Vec::new(),
+            api_key_sha256: Vec::new(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             kernel: None,
             rootfs: None,
         }

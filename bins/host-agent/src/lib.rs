@@ -2,6 +2,8 @@
 //!
 //! - [`config`]: flags, environment variables and the TOML file.
 //! - [`state`]: what every handler shares ([`AppState`]).
+//! - [`auth`]: the guard in front of every route of the API listener
+//!   (API keys held hashed, allowed hosts and origins).
 //! - [`server`]: binds the listeners and serves until shutdown.
 //! - [`api`]: the REST API under `/v1`, `/openapi.json`, `/metrics`.
 //! - [`ui`]: the test UI at `GET /test`.
@@ -11,6 +13,7 @@
 //! It does not run VMs itself: [`sandbox_core::Manager`] does.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod doctor;
 pub mod e2b;

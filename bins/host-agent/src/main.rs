@@ -29,6 +29,9 @@ enum Command {
     /// Install as the systemd service petrel-host-agent (binary, unit,
     /// documented config, data dir) and start it; --uninstall removes it.
     Install(install::InstallArgs),
+    /// Print the SHA-256 of an API key read from standard input, for
+    /// `api_key_sha256` in the config (so the file need not hold the key).
+    HashKey,
 }
 
 #[derive(clap::Args)]
@@ -90,9 +93,31 @@ struct ServeArgs {
     /// QEMU); refused at start when unusable on this host.
     #[arg(long, env = "PETREL_ROOTFS_PROVIDER", value_enum)]
     rootfs_provider: Option<RootfsProviderChoice>,
-    /// E2B API keys (repeatable; PETREL_API_KEYS is comma-separated).
+    /// API keys for every route of --listen (repeatable; PETREL_API_KEYS is
+    /// comma-separated). At least one key (or --api-key-sha256) is needed.
     #[arg(long = "api-key", env = "PETREL_API_KEYS", value_delimiter = ',')]
     api_keys: Vec<String>,
+    /// API keys given as their SHA-256 hex (`host-agent hash-key`).
+    #[arg(
+        long = "api-key-sha256",
+        env = "PETREL_API_KEY_SHA256",
+        value_delimiter = ','
+    )]
+    api_key_sha256: Vec<String>,
+    /// Host names the API answers to besides IP addresses and localhost.
+    #[arg(
+        long = "allowed-host",
+        env = "PETREL_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the API besides its own.
+    #[arg(
+        long = "allowed-origin",
+        env = "PETREL_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
     /// The base template's kernel (default: PETREL_KERNEL).
     #[arg(long, env = "PETREL_KERNEL")]
     kernel: Option<PathBuf>,
@@ -150,6 +175,15 @@ impl ServeArgs {
         if self.rootfs_provider.is_some() {
             config.rootfs_provider = self.rootfs_provider;
         }
+        if !self.api_key_sha256.is_empty() {
+            config.api_key_sha256 = self.api_key_sha256;
+        }
+        if !self.allowed_hosts.is_empty() {
+            config.allowed_hosts = self.allowed_hosts;
+        }
+        if !self.allowed_origins.is_empty() {
+            config.allowed_origins = self.allowed_origins;
+        }
         if !self.api_keys.is_empty() {
             config.api_keys = self.api_keys;
         }
@@ -165,6 +199,9 @@ impl ServeArgs {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Everything the agent writes (database, run dirs, saved RAM, snapshots)
+    // is for root's eyes only; QEMU inherits this too.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // Colours only on a terminal: under systemd, stdout is the journal.
     let ansi = std::io::stdout().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -198,6 +235,16 @@ async fn main() -> Result<()> {
             Ok(())
         }
         Command::Install(args) => install::run(&args).await,
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("reading the key from standard input")?;
+            let key = key.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{}", host_agent::auth::sha256_hex(key));
+            Ok(())
+        }
     }
 }
 

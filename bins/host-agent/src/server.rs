@@ -62,8 +62,13 @@ impl RunningAgent {
 /// run), registers the `base` template, binds the listeners and serves.
 pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     let started = Instant::now();
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let guard = crate::auth::Guard::from_config(&config).context("the configured API keys")?;
+    anyhow::ensure!(
+        guard.has_keys(),
+        "no API key is configured: every request would be refused; pass --api-key e2b_<32 hex> \
+         (or PETREL_API_KEYS, or api_key_sha256 in the config file)"
+    );
+    create_private_dir(&config.data_dir)?;
     let images = base_images(&config)?;
     let rootfs_provider = rootfs_provider(&config)?;
     let hypervisor = hypervisor(&config, images.as_ref()).await?;
@@ -109,10 +114,15 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
             reaper.abort();
         }
     }));
+    // One guard in front of every route of this listener (and its 404s).
     let api = Router::new()
         .merge(crate::api::router(state.clone()))
         .merge(crate::ui::router(state.clone()))
-        .merge(crate::e2b::control_router(state.clone()));
+        .merge(crate::e2b::control_router(state.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(guard),
+            crate::auth::guard,
+        ));
     let (api_addr, task) = serve(config.listen, api, stopped.clone()).await?;
     tasks.push(task);
     let sandbox_addr = match config.sandbox_listen {
@@ -136,6 +146,15 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         stop,
         tasks,
     })
+}
+
+/// `dir` (and its parents) created, and `dir` itself made 0700: it holds
+/// the database (envd tokens), saved RAM and snapshots.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making data dir {} private (0700)", dir.display()))
 }
 
 async fn serve(

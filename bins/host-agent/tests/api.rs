@@ -641,6 +641,7 @@ async fn create_beyond_capacity_is_503() {
         data_dir: data_dir.path().to_path_buf(),
         accel: host_agent::config::AccelChoice::Tcg,
         max_sandboxes: 0,
+        api_keys: vec![common::API_KEY.to_string()],
         kernel: Some(kernel),
         rootfs: Some(rootfs),
         ..host_agent::AgentConfig::default()

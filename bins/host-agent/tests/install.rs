@@ -554,7 +554,7 @@ async fn installed_config_serves_the_base_template() {
 
     let mut agent = Agent::spawn(root.path());
     agent.wait_ready(port).await;
-    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    let client = Client::new(format!("http://127.0.0.1:{port}")).with_header("x-api-key", &key);
     let templates = client.get("/v1/templates").await.json();
     let with_key = status_with_key(port, "/sandboxes", &key).await;
     let wrong_key = status_with_key(port, "/sandboxes", "e2b_00").await;
@@ -600,7 +600,8 @@ async fn purge_after_stop(first: u16, two_step: bool) {
     install_for_vms(root.path(), &kernel, &rootfs, port, first);
     let mut agent = Agent::spawn(root.path());
     agent.wait_ready(port).await;
-    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    let key = read_config(root.path()).api_keys[0].clone();
+    let client = Client::new(format!("http://127.0.0.1:{port}")).with_header("x-api-key", &key);
     let created = client
         .post("/v1/sandboxes", &json!({"template": "base"}))
         .await

@@ -26,6 +26,7 @@ async fn start() -> (RunningAgent, tempfile::TempDir) {
         sandbox_listen: None,
         data_dir: data_dir.path().to_path_buf(),
         accel: AccelChoice::Tcg,
+        api_keys: vec![client::TEST_API_KEY.to_string()],
         ..AgentConfig::default()
     };
     (host_agent::start(config).await.unwrap(), data_dir)

@@ -30,6 +30,7 @@ fn spawn_agent(
     port: u16,
     kernel: &std::path::Path,
     rootfs: &std::path::Path,
+    slot_first: u16,
 ) -> Child {
     Command::new(env!("CARGO_BIN_EXE_host-agent"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -40,8 +41,15 @@ fn spawn_agent(
         .arg("--rootfs")
         .arg(rootfs)
         .args(["--accel", "tcg", "--warm-templates", "false"])
-        // Disjoint from the in-process test agents' slots.
-        .args(["--net-slot-first", "30000", "--net-slot-count", "32"])
+        .args(["--api-key", client::TEST_API_KEY])
+        // Disjoint from the in-process test agents' slots (and each test
+        // here has its own range: an agent clears stale slots of its range).
+        .args([
+            "--net-slot-first",
+            &slot_first.to_string(),
+            "--net-slot-count",
+            "32",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -100,7 +108,7 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let client = Client::new(format!("http://127.0.0.1:{port}"));
-    let mut first = Agent(spawn_agent(data.path(), port, &kernel, &rootfs));
+    let mut first = Agent(spawn_agent(data.path(), port, &kernel, &rootfs, 30_000));
     wait_ready(port).await;
     let running = client
         .post("/v1/sandboxes", &json!({"template": "base"}))
@@ -123,7 +131,7 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
         .await;
 
     first.kill_9();
-    let mut second = Agent(spawn_agent(data.path(), port, &kernel, &rootfs));
+    let mut second = Agent(spawn_agent(data.path(), port, &kernel, &rootfs, 30_000));
     wait_ready(port).await;
     let running_state =
         client.get(&format!("/v1/sandboxes/{running}")).await.json()["state"].clone();
@@ -143,4 +151,117 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
     assert_eq!(alive["stdout"], "alive\n");
     assert_eq!(resumed["state"], "running");
     assert_eq!(kept["stdout"], "kept\n");
+}
+
+/// Every directory and file under `dir` whose mode lets anyone but the
+/// owner in (`(path, mode)`), `dir` included.
+fn open_to_others(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() || meta.file_type().is_socket() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            found.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    found
+}
+
+/// Whether the user `nobody` can read `path` (tried for real, with
+/// util-linux's setpriv).
+fn nobody_can_read(path: &std::path::Path) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test]
+async fn another_local_user_reads_no_token_ram_or_snapshot() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some((kernel, rootfs)) = common::images() else {
+        return;
+    };
+    // Arrange: a sandbox with a secret, paused, resumed and snapshotted, so
+    // the database, saved state, RAM and snapshot files all exist.
+    let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = parent.path().join("data");
+    let port = free_port();
+    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    let mut agent = Agent(spawn_agent(&data, port, &kernel, &rootfs, 30_032));
+    wait_ready(port).await;
+    let id = client
+        .post("/v1/sandboxes", &json!({"template": "base"}))
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    exec(&client, &id, "echo secret-7f3a > /tmp/secret").await;
+    client
+        .post(&format!("/v1/sandboxes/{id}/pause"), &json!({}))
+        .await;
+    let paused_files = open_to_others(&data);
+    client
+        .post(&format!("/v1/sandboxes/{id}/resume"), &json!({}))
+        .await;
+    let snapshot = client
+        .post(
+            &format!("/v1/sandboxes/{id}/snapshots"),
+            &json!({"name": "private-snap"}),
+        )
+        .await;
+
+    // Act
+    let exposed = open_to_others(&data);
+    let data_mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    let db_readable = nobody_can_read(&data.join("petrel.db"));
+    let snapshot_files: Vec<_> = std::fs::read_dir(data.join("snapshots").join("private-snap"))
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let snapshot_readable: Vec<_> = snapshot_files
+        .iter()
+        .filter(|path| nobody_can_read(path))
+        .collect();
+
+    client.delete(&format!("/v1/sandboxes/{id}")).await;
+    client.delete("/v1/snapshots/private-snap").await;
+    agent.kill_9();
+    std::fs::write(IP_FORWARD, &forwarding).unwrap();
+
+    // Assert
+    assert_eq!(snapshot.status.as_u16(), 201, "{}", snapshot.text());
+    assert_eq!(data_mode, 0o700);
+    assert!(
+        paused_files.is_empty(),
+        "open to others while paused: {paused_files:?}"
+    );
+    assert!(exposed.is_empty(), "open to others: {exposed:?}");
+    assert!(!db_readable, "nobody read petrel.db (envd tokens)");
+    assert!(!snapshot_files.is_empty());
+    assert!(
+        snapshot_readable.is_empty(),
+        "nobody read {snapshot_readable:?}"
+    );
 }

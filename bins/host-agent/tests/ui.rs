@@ -67,7 +67,13 @@ async fn test_ui_runs_a_sandbox_through_its_lifecycle_in_chromium() {
             panic!("starting the browser: {err:#}");
         }
     };
-    let page = format!("{}/test", agent.url());
+    // The browser's Basic-auth prompt, answered through the URL (any user
+    // name; the password is the API key).
+    let page = format!(
+        "http://petrel:{}@{}/test",
+        common::API_KEY,
+        agent.agent.api_addr
+    );
 
     // Act
     let mut seen = Observed::default();

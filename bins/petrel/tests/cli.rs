@@ -239,7 +239,8 @@ async fn exec_streams_output_while_the_command_runs() {
     let (agent, id) = agent.create_sandbox(&[]).await;
     let mut command = common::command();
     command
-        .args(["--url", &agent.url(), "sandbox", "exec", &id, "--"])
+        .args(["--url", &agent.url(), "--api-key", common::API_KEY])
+        .args(["sandbox", "exec", &id, "--"])
         .arg("echo first; sleep 8; echo second")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
@@ -335,7 +336,8 @@ async fn a_closed_output_pipe_ends_quietly() {
     // Arrange: `petrel ... | head` whose reader is gone before it writes.
     let agent = common::start_agent_without_vms().await;
     let mut child = common::command()
-        .args(["--url", &agent.url(), "template", "list", "--json"])
+        .args(["--url", &agent.url(), "--api-key", common::API_KEY])
+        .args(["template", "list", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -122,7 +122,8 @@ fn controlling_terminal_on_stdin() -> std::io::Result<()> {
 fn spawn_shell(url: &str, id: &str, slave: OwnedFd) -> tokio::process::Child {
     let mut command = common::command();
     command
-        .args(["--url", url, "sandbox", "shell", id])
+        .args(["--url", url, "--api-key", common::API_KEY])
+        .args(["sandbox", "shell", id])
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));

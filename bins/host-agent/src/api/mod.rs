@@ -19,7 +19,10 @@
 //! Times are RFC 3339 strings in UTC with milliseconds
 //! (`2025-01-31T12:00:00.000Z`). Request bodies are limited to
 //! [`JSON_BODY_LIMIT`] (files: [`FILE_BODY_LIMIT`]); beyond that: 413.
-//! There is no authentication on this API: bind it to a trusted address.
+//! A body must be of the route's media type ([`MediaType`]: JSON, or raw
+//! bytes for file uploads); anything else is 415, so an HTML form or a
+//! `text/plain` fetch from another site cannot drive the API. Every route
+//! sits behind the listener's [`crate::auth`] guard (API key, host, origin).
 
 pub mod error;
 pub mod exec;
@@ -67,10 +70,31 @@ pub struct Route {
     pub operation_id: &'static str,
 }
 
+/// What a route's request body must be (its `Content-Type`); a request
+/// without a body needs none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaType {
+    /// `application/json`.
+    Json,
+    /// `application/octet-stream` (file uploads).
+    OctetStream,
+}
+
+impl MediaType {
+    /// The media type as in `Content-Type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaType::Json => "application/json",
+            MediaType::OctetStream => "application/octet-stream",
+        }
+    }
+}
+
 struct Endpoint {
     route: Route,
     handler: MethodRouter<ApiState>,
     body_limit: usize,
+    media_type: MediaType,
 }
 
 fn endpoint(
@@ -87,6 +111,7 @@ fn endpoint(
         },
         handler,
         body_limit: JSON_BODY_LIMIT,
+        media_type: MediaType::Json,
     }
 }
 
@@ -151,6 +176,7 @@ fn endpoints() -> Vec<Endpoint> {
         ),
         Endpoint {
             body_limit: FILE_BODY_LIMIT,
+            media_type: MediaType::OctetStream,
             ..endpoint(
                 Method::PUT,
                 "/v1/sandboxes/{id}/files",
@@ -239,6 +265,10 @@ pub fn router(state: AppState) -> Router {
         let handler = endpoint
             .handler
             .layer(DefaultBodyLimit::max(endpoint.body_limit))
+            .route_layer(axum::middleware::from_fn_with_state(
+                endpoint.media_type,
+                extract::require_media_type,
+            ))
             .route_layer(axum::middleware::from_fn_with_state(
                 tracked,
                 metrics::track,

@@ -31,6 +31,19 @@ pub fn document() -> Value {
         }
         if let Value::Object(map) = &mut op {
             map.insert("operationId".into(), json!(route.operation_id));
+            // The listener's guard answers every operation.
+            let has_body = map_has_body(map);
+            if let Some(Value::Object(responses)) = map.get_mut("responses") {
+                for status in ["401", "403", "421"] {
+                    responses.insert(
+                        status.into(),
+                        json!({"$ref": format!("#/components/responses/E{status}")}),
+                    );
+                }
+                if has_body {
+                    responses.insert("415".into(), json!({"$ref": "#/components/responses/E415"}));
+                }
+            }
             if parameters.is_empty() {
                 map.remove("parameters");
             } else {
@@ -51,13 +64,16 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": format!(
                 "Sandboxes (microVMs), commands, files, snapshots and templates of one Petrel host. \
-                 Bodies are JSON (the Content-Type is not checked; an empty body reads as {{}}); \
+                 Every request needs an API key (X-API-KEY header, or Authorization: Bearer): 401 without. \
+                 Request bodies must be sent as application/json (file uploads: application/octet-stream), else 415; \
+                 an empty body reads as {{}}; \
                  unknown fields are refused. Times are RFC 3339 strings in UTC with milliseconds. \
                  Every error is {{\"error\":{{\"code\":\"…\",\"message\":\"…\"}}}}. \
                  JSON bodies are limited to {JSON_BODY_LIMIT} bytes and file uploads to {FILE_BODY_LIMIT} bytes (413 beyond). \
                  Template and snapshot names must be SafeNames: 1-64 ASCII letters, digits, '.', '_', '-', \
                  starting with a letter or digit, without '..'; anything else is 400 invalid_name. \
-                 There is no authentication: bind the agent to a trusted address."
+                 Requests naming a Host other than an IP address, localhost or a configured name are 421; \
+                 browser requests from a foreign Origin are 403."
             ),
         },
         "tags": [
@@ -65,8 +81,20 @@ pub fn document() -> Value {
             {"name": "snapshots"}, {"name": "templates"}, {"name": "operations"},
         ],
         "paths": paths,
-        "components": {"schemas": schemas(), "responses": error_responses()},
+        "security": [{"apiKey": []}, {"bearer": []}],
+        "components": {
+            "schemas": schemas(),
+            "responses": error_responses(),
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-KEY"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+        },
     })
+}
+
+fn map_has_body(op: &Map<String, Value>) -> bool {
+    op.contains_key("requestBody")
 }
 
 fn path_parameter(name: &str) -> Value {
@@ -120,7 +148,22 @@ fn error_responses() -> Value {
             "400",
             "Bad request: malformed JSON, unknown field, invalid value or a name that fails SafeName (code invalid_name).",
         ),
-        ("403", "Permission denied in the guest."),
+        (
+            "401",
+            "No API key, or not a configured one (code unauthorized).",
+        ),
+        (
+            "403",
+            "Permission denied in the guest, or a browser request from a foreign Origin (code forbidden_origin).",
+        ),
+        (
+            "415",
+            "The body is not of the operation's media type (code unsupported_media_type).",
+        ),
+        (
+            "421",
+            "The Host header names a host this agent does not serve (code forbidden_host).",
+        ),
         ("404", "Unknown sandbox, template, snapshot or file."),
         (
             "409",

@@ -2,7 +2,6 @@
 //! work against the agent unchanged with `E2B_API_KEY`, `E2B_API_URL`
 //! (→ [`control_router`]) and `E2B_SANDBOX_URL` (→ [`proxy_router`]).
 //!
-//! - [`auth`]: `X-API-KEY` against the configured keys.
 //! - [`sandboxes`]: create (v2 and legacy), connect/resume, kill, list with
 //!   filters and `x-next-token` pagination, detail, timeout, pause, metrics.
 //! - [`snapshots`]: create, list, delete (`DELETE /templates/{id}`).
@@ -21,7 +20,6 @@
 //! create, WebSocket upgrades through the proxy, guest ports other than
 //! envd's for sandboxes on QEMU's user-mode network.
 
-pub mod auth;
 pub mod error;
 pub mod models;
 pub mod proxy;
@@ -58,19 +56,16 @@ pub struct Control {
 }
 
 /// E2B's control-plane routes (`/sandboxes`, `/v2/sandboxes`, `/snapshots`,
-/// `/templates/{id}`), all behind `X-API-KEY`.
+/// `/templates/{id}`); the listener's [`crate::auth`] guard checks their
+/// `X-API-KEY`.
 pub fn control_router(state: AppState) -> Router {
     let control = Control {
-        app: state.clone(),
+        app: state,
         http: http_client(),
     };
     Router::new()
         .merge(sandboxes::routes())
         .merge(snapshots::routes())
-        .route_layer(axum::middleware::from_fn_with_state(
-            state,
-            auth::require_api_key,
-        ))
         .with_state(control)
 }
 

@@ -152,6 +152,9 @@ mod tests {
             warm_templates,
             rootfs_provider: _,
             api_keys,
+            api_key_sha256,
+            allowed_hosts,
+            allowed_origins,
             kernel: _,
             rootfs: _,
         } = AgentConfig::default();
@@ -168,6 +171,9 @@ mod tests {
         assert_eq!(parsed.net_slot_count, net_slot_count);
         assert_eq!(parsed.warm_templates, warm_templates);
         assert_eq!(parsed.api_keys, api_keys);
+        assert_eq!(parsed.api_key_sha256, api_key_sha256);
+        assert_eq!(parsed.allowed_hosts, allowed_hosts);
+        assert_eq!(parsed.allowed_origins, allowed_origins);
         // Keys without a default show an example.
         assert!(parsed.sandbox_listen.is_some());
         assert!(parsed.rootfs_provider.is_some());

@@ -5,9 +5,15 @@
 //!
 //! The page is `index.html` beside this file, compiled in. Elements the
 //! browser test (`tests/ui.rs`) relies on carry `data-testid` attributes.
+//!
+//! Like every route, `/test` needs an API key: a browser opening it gets a
+//! Basic-auth challenge and asks for one (any user name, the key as the
+//! password). The page is then served with that key in a
+//! `<meta name="petrel-api-key">` tag, never cached, and its script sends
+//! the key as `X-API-KEY` on every call.
 
 use axum::Router;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 
@@ -21,10 +27,31 @@ pub fn router(state: AppState) -> Router {
     Router::new().route("/test", get(page)).with_state(state)
 }
 
-/// The page as `text/html; charset=utf-8`; never cached, so a new agent's
-/// page is what a reload shows.
-async fn page() -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-store")], Html(INDEX_HTML))
+/// The page as `text/html; charset=utf-8` with the caller's key (checked
+/// by the listener's guard) in it; never cached.
+async fn page(headers: HeaderMap) -> impl IntoResponse {
+    let key = crate::auth::credential(&headers).unwrap_or_default();
+    ([(header::CACHE_CONTROL, "no-store")], Html(with_key(&key)))
+}
+
+/// [`INDEX_HTML`] with `key` in its `petrel-api-key` meta tag.
+fn with_key(key: &str) -> String {
+    let escaped: String = key
+        .chars()
+        .map(|c| match c {
+            '&' => "&amp;".to_string(),
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    INDEX_HTML.replacen(
+        "<head>",
+        &format!("<head>\n<meta name=\"petrel-api-key\" content=\"{escaped}\">"),
+        1,
+    )
 }
 
 #[cfg(test)]
@@ -39,13 +66,24 @@ mod tests {
         let expected_type = "text/html; charset=utf-8";
 
         // Act
-        let response = page().await.into_response();
+        let response = page(HeaderMap::new()).await.into_response();
 
         // Assert
         assert_eq!(response.status(), axum::http::StatusCode::OK);
         let headers = response.headers();
         assert_eq!(headers[header::CONTENT_TYPE], expected_type);
         assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn key_is_escaped_into_the_meta_tag() {
+        let page = with_key("e2b_\"><script>");
+
+        assert!(
+            page.contains(
+                "<meta name=\"petrel-api-key\" content=\"e2b_&quot;&gt;&lt;script&gt;\">"
+            )
+        );
     }
 
     #[test]

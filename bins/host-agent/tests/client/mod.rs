@@ -13,11 +13,16 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// A client of one agent at `http://ADDR`.
+/// The key test agents accept (as `common::API_KEY`).
+pub const TEST_API_KEY: &str = "e2b_0123456789abcdef0123456789abcdef";
+
+/// A client of one agent at `http://ADDR`; it sends `X-API-KEY` with the
+/// test key unless made with [`Client::anonymous`].
 #[derive(Clone)]
 pub struct Client {
     base: String,
     inner: Legacy<HttpConnector, Full<Bytes>>,
+    headers: Vec<(String, String)>,
 }
 
 /// A whole response.
@@ -74,28 +79,71 @@ impl Reply {
 
 impl Client {
     pub fn new(base: impl Into<String>) -> Self {
+        Self::anonymous(base).with_header("x-api-key", TEST_API_KEY)
+    }
+
+    /// A client that sends no key.
+    pub fn anonymous(base: impl Into<String>) -> Self {
         Self {
             base: base.into(),
             inner: Legacy::builder(TokioExecutor::new()).build_http(),
+            headers: vec![("content-type".into(), "application/json".into())],
         }
+    }
+
+    /// The same client, also sending `name: value` (replacing an earlier
+    /// value of `name`).
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        self
+    }
+
+    /// The same client without the header `name`.
+    pub fn without_header(mut self, name: &str) -> Self {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self
     }
 
     /// Sends `body` to `path` (appended to the base as is).
     pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
-        let request = Request::builder()
+        self.try_send(method, path, body).await.unwrap()
+    }
+
+    /// [`Client::send`], with a failure to get a whole answer (refused or
+    /// dropped connection, broken body) as an error.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Reply, String> {
+        let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request
             .body(Full::new(body.into()))
-            .unwrap();
-        let response = self.inner.request(request).await.unwrap();
+            .map_err(|err| format!("building the request: {err}"))?;
+        let response = self
+            .inner
+            .request(request)
+            .await
+            .map_err(|err| format!("no answer: {err:?}"))?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Reply {
+        let body = body
+            .collect()
+            .await
+            .map_err(|err| format!("reading the body: {err}"))?
+            .to_bytes();
+        Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body,
-        }
+        })
     }
 
     pub async fn get(&self, path: &str) -> Reply {
@@ -110,7 +158,11 @@ impl Client {
         self.send(Method::POST, path, body.to_string()).await
     }
 
+    /// A raw upload (`application/octet-stream`).
     pub async fn put(&self, path: &str, body: impl Into<Bytes>) -> Reply {
-        self.send(Method::PUT, path, body).await
+        self.clone()
+            .with_header("content-type", "application/octet-stream")
+            .send(Method::PUT, path, body)
+            .await
     }
 }

@@ -69,6 +69,25 @@ fn next_slot_range() -> u16 {
     1000 + (block * 8 + n) * SLOTS_PER_AGENT
 }
 
+/// An agent on 127.0.0.1 (random ports, envd proxy included) with no
+/// template, so no request can boot a VM: for tests of the HTTP surface.
+pub async fn start_agent_without_vms() -> TestAgent {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sandbox_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: data_dir.path().to_path_buf(),
+        accel: AccelChoice::Tcg,
+        api_keys: vec![API_KEY.to_string()],
+        net_slot_first: next_slot_range(),
+        net_slot_count: SLOTS_PER_AGENT,
+        warm_templates: false,
+        ..AgentConfig::default()
+    };
+    let agent = host_agent::start(config).await.unwrap();
+    TestAgent { agent, data_dir }
+}
+
 /// Starts an agent on 127.0.0.1 (random ports, envd proxy included) with
 /// the `base` template, or `None` when VM tests are skipped.
 pub async fn start_agent() -> Option<TestAgent> {

@@ -68,8 +68,12 @@ fn next_slot_range() -> u16 {
     28_000 + (block * 8 + n) * SLOTS_PER_AGENT
 }
 
+/// The API key test agents accept; [`petrel`] passes it.
+pub const API_KEY: &str = "e2b_0123456789abcdef0123456789abcdef";
+
 fn config(data_dir: &tempfile::TempDir) -> AgentConfig {
     AgentConfig {
+        api_keys: vec![API_KEY.to_string()],
         listen: "127.0.0.1:0".parse().unwrap(),
         sandbox_listen: None,
         data_dir: data_dir.path().to_path_buf(),
@@ -137,10 +141,15 @@ pub fn command() -> tokio::process::Command {
     command
 }
 
-/// Runs `petrel --url URL args...` with `stdin` (or none) to its end.
+/// Runs `petrel --url URL --api-key KEY args...` with `stdin` (or none)
+/// to its end.
 pub async fn petrel(url: &str, args: &[&str], stdin: Option<&str>) -> Run {
     let mut command = command();
-    command.arg("--url").arg(url).args(args);
+    command
+        .arg("--url")
+        .arg(url)
+        .args(["--api-key", API_KEY])
+        .args(args);
     run(command, stdin).await
 }
 
