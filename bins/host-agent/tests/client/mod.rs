@@ -146,6 +146,35 @@ impl Client {
         })
     }
 
+    /// POSTs `body` and reads the answer as it comes without keeping it:
+    /// the status, the number of body bytes and the last 4 KiB.
+    pub async fn post_streamed(&self, path: &str, body: &Value) -> (StatusCode, u64, Bytes) {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let response = self.inner.request(request).await.unwrap();
+        let status = response.status();
+        let mut body = response.into_body();
+        let (mut count, mut tail) = (0u64, Vec::new());
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.unwrap().into_data() else {
+                continue;
+            };
+            count += data.len() as u64;
+            tail.extend_from_slice(&data);
+            if tail.len() > 8192 {
+                tail.drain(..tail.len() - 4096);
+            }
+        }
+        (status, count, Bytes::from(tail))
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.send(Method::GET, path, Bytes::new()).await
     }
