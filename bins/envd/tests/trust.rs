@@ -18,6 +18,7 @@ async fn init(envd: &Envd, body: serde_json::Value, token: Option<&str>) -> u16 
 }
 
 /// Status of `GET /files` for a file in the workdir, showing `token`.
+#[allow(clippy::unwrap_used)] // test helper
 async fn read_status(envd: &Envd, token: Option<&str>) -> u16 {
     std::fs::write(envd.path("secret.txt"), b"guest secret").unwrap();
     let path = envd.path("secret.txt").display().to_string();
