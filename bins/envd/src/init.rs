@@ -1,11 +1,17 @@
 //! `POST /init` (token, env, default user/workdir, clock) and `GET /envs`.
+//!
+//! The first `/init` that sets a token arms authentication; from then on
+//! every `/init` must prove it knows the current token (in `X-Access-Token`,
+//! or the same token again in the body) and may replace it only with another
+//! non-empty token: envd never goes back to running without a token.
 
+use crate::auth::has_valid_token;
 use crate::error::EnvdError;
 use crate::state::SharedState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use nix::sys::time::TimeSpec;
 use nix::time::{ClockId, clock_gettime, clock_settime};
 use serde::Deserialize;
@@ -51,8 +57,41 @@ pub fn sync_clock(timestamp: &str) -> Result<bool, EnvdError> {
     Ok(true)
 }
 
-/// `POST /init`: applies the host's settings; replies 204.
-pub async fn init(State(state): State<SharedState>, body: Bytes) -> Result<StatusCode, EnvdError> {
+/// Whether a caller sending `headers` and `request` may apply it while
+/// `current` is the token in force: anyone before a token is set; afterwards
+/// only a caller showing the current token, and never to remove it.
+fn authorize(
+    current: Option<&str>,
+    headers: &HeaderMap,
+    request: &InitRequest,
+) -> Result<(), EnvdError> {
+    let Some(current) = current else {
+        return Ok(());
+    };
+    let body_token = request.access_token.as_deref();
+    let knows_current = has_valid_token(headers, current)
+        || body_token
+            .is_some_and(|t| crate::auth::constant_time_eq(t.as_bytes(), current.as_bytes()));
+    if !knows_current {
+        return Err(EnvdError::Unauthenticated(
+            "an access token is set: /init needs the current one in X-Access-Token".to_owned(),
+        ));
+    }
+    if body_token == Some("") {
+        return Err(EnvdError::InvalidArgument(
+            "the access token cannot be removed once set".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /init`: applies the host's settings; replies 204. Once a token is
+/// set, 401 without it (see the module docs); 400 for an empty token then.
+pub async fn init(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, EnvdError> {
     let request: InitRequest = if body.iter().all(u8::is_ascii_whitespace) {
         InitRequest::default()
     } else {
@@ -64,7 +103,14 @@ pub async fn init(State(state): State<SharedState>, body: Bytes) -> Result<Statu
     {
         tracing::warn!(%user, error = %err, "init: default user does not exist (yet)");
     }
+    let timestamp = request.timestamp.clone();
+    // Checked and applied under one lock, so two racing inits cannot both
+    // pass the check against the same old token.
     state.update_settings(|settings| {
+        if let Err(err) = authorize(settings.access_token.as_deref(), &headers, &request) {
+            tracing::warn!(error = %err, "init refused");
+            return Err(err);
+        }
         if let Some(token) = request.access_token {
             settings.access_token = Some(token).filter(|t| !t.is_empty());
         }
@@ -77,8 +123,9 @@ pub async fn init(State(state): State<SharedState>, body: Bytes) -> Result<Statu
         if let Some(dir) = request.default_workdir.filter(|d| !d.is_empty()) {
             settings.default_workdir = Some(PathBuf::from(dir));
         }
-    });
-    if let Some(timestamp) = request.timestamp.as_deref() {
+        Ok(())
+    })?;
+    if let Some(timestamp) = timestamp.as_deref() {
         match sync_clock(timestamp) {
             Ok(true) => tracing::info!(%timestamp, "system clock set"),
             Ok(false) => {}
@@ -105,6 +152,51 @@ mod tests {
         let changed = sync_clock(&now).unwrap();
 
         assert!(!changed);
+    }
+
+    fn token_request(token: &str) -> InitRequest {
+        InitRequest {
+            access_token: Some(token.to_owned()),
+            ..InitRequest::default()
+        }
+    }
+
+    fn header(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            crate::auth::ACCESS_TOKEN_HEADER,
+            http::HeaderValue::from_str(token).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn first_init_needs_no_token() {
+        let ok = authorize(None, &HeaderMap::new(), &token_request("new"));
+
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn new_token_needs_the_current_one() {
+        let without = authorize(Some("old"), &HeaderMap::new(), &token_request("new"));
+        let wrong = authorize(Some("old"), &header("guess"), &token_request("new"));
+        let with = authorize(Some("old"), &header("old"), &token_request("new"));
+        let same_in_body = authorize(Some("old"), &HeaderMap::new(), &token_request("old"));
+
+        assert!(matches!(without, Err(EnvdError::Unauthenticated(_))));
+        assert!(matches!(wrong, Err(EnvdError::Unauthenticated(_))));
+        assert!(with.is_ok());
+        assert!(same_in_body.is_ok());
+    }
+
+    #[test]
+    fn empty_token_never_turns_auth_off() {
+        let anonymous = authorize(Some("old"), &HeaderMap::new(), &token_request(""));
+        let authorized = authorize(Some("old"), &header("old"), &token_request(""));
+
+        assert!(matches!(anonymous, Err(EnvdError::Unauthenticated(_))));
+        assert!(matches!(authorized, Err(EnvdError::InvalidArgument(_))));
     }
 
     #[test]

@@ -27,7 +27,12 @@ pub type EventStream<T> = BoxStream<'static, Result<T, ConnectError>>;
 /// What a streaming handler returns.
 pub type StreamReply<T> = Result<ConnectResponse<StreamBody<EventStream<T>>>, ConnectError>;
 
-/// The request deadline from `Connect-Timeout-Ms`, if any.
+/// The longest deadline or keepalive period honoured (a year); larger
+/// values are clamped so that `now + value` cannot overflow.
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400 * 365);
+
+/// The request deadline from `Connect-Timeout-Ms`, if any. Any number of
+/// milliseconds is accepted; more than [`MAX_WAIT`] counts as `MAX_WAIT`.
 pub fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, EnvdError> {
     let Some(value) = headers.get(CONNECT_TIMEOUT_HEADER) else {
         return Ok(None);
@@ -37,16 +42,25 @@ pub fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, EnvdError> {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| EnvdError::InvalidArgument("invalid Connect-Timeout-Ms".to_owned()))?;
-    Ok(Some(Instant::now() + Duration::from_millis(ms)))
+    Ok(Some(after(Duration::from_millis(ms))))
 }
 
-/// The keepalive period from `Keepalive-Ping-Interval` (seconds, at least 1).
+/// The keepalive period from `Keepalive-Ping-Interval` (seconds, at least
+/// 1, at most [`MAX_WAIT`]).
 pub fn keepalive_period(headers: &HeaderMap, default: Duration) -> Duration {
     headers
         .get(KEEPALIVE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(default, |secs| Duration::from_secs(secs.max(1)))
+        .map_or(default, |secs| {
+            Duration::from_secs(secs.max(1)).min(MAX_WAIT)
+        })
+}
+
+/// `now + wait`, with `wait` clamped to [`MAX_WAIT`].
+fn after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait.min(MAX_WAIT)).unwrap_or(now)
 }
 
 /// The user a request acts as (`Authorization: Basic`, else the default).
@@ -68,7 +82,8 @@ where
 {
     let stream = async_stream::stream! {
         let mut inner = std::pin::pin!(inner);
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        let period = period.clamp(Duration::from_millis(1), MAX_WAIT);
+        let mut ticker = tokio::time::interval_at(after(period), period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
         let mut sleep = std::pin::pin!(sleep);
@@ -91,7 +106,7 @@ where
 }
 
 fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
+    after(MAX_WAIT)
 }
 
 /// Wraps a stream into the handler reply.
@@ -121,6 +136,25 @@ mod tests {
         let period = keepalive_period(&headers, Duration::from_secs(50));
 
         assert_eq!(period, Duration::from_secs(50));
+    }
+
+    #[test]
+    fn huge_timeout_and_keepalive_are_clamped_not_overflowed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONNECT_TIMEOUT_HEADER,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        headers.insert(
+            KEEPALIVE_HEADER,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+
+        let when = deadline(&headers).unwrap().unwrap();
+        let period = keepalive_period(&headers, Duration::from_secs(50));
+
+        assert!(when <= Instant::now() + MAX_WAIT);
+        assert_eq!(period, MAX_WAIT);
     }
 
     #[test]

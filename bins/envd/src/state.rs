@@ -77,13 +77,14 @@ impl AppState {
             .clone()
     }
 
-    /// Changes the settings.
-    pub fn update_settings(&self, change: impl FnOnce(&mut Settings)) {
+    /// Changes the settings under the write lock; returns what `change`
+    /// returns (so a check and the change it guards are one step).
+    pub fn update_settings<R>(&self, change: impl FnOnce(&mut Settings) -> R) -> R {
         let mut guard = self
             .settings
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        change(&mut guard);
+        change(&mut guard)
     }
 
     /// The current access token, if any.

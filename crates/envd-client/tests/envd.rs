@@ -388,3 +388,29 @@ async fn init_token_is_required_afterwards() {
     assert_eq!(refused.code(), Some("unauthenticated"), "{refused}");
     assert!(allowed.is_ok(), "{allowed:?}");
 }
+
+#[tokio::test]
+async fn init_with_a_new_token_needs_a_client_holding_the_current_one() {
+    let envd = start_envd().await;
+    let set = |token: &str| InitRequest {
+        access_token: Some(token.into()),
+        ..InitRequest::default()
+    };
+    envd.client.init(&set("first")).await.unwrap();
+
+    let anonymous = envd.client.init(&set("second")).await.unwrap_err();
+    let holder = envd.client.clone().with_access_token("first");
+    let rotated = holder.init(&set("second")).await;
+    let old_refused = holder.list_processes().await.unwrap_err();
+    let new_allowed = envd
+        .client
+        .clone()
+        .with_access_token("second")
+        .list_processes()
+        .await;
+
+    assert_eq!(anonymous.code(), Some("unauthenticated"), "{anonymous}");
+    assert!(rotated.is_ok(), "{rotated:?}");
+    assert_eq!(old_refused.code(), Some("unauthenticated"), "{old_refused}");
+    assert!(new_allowed.is_ok(), "{new_allowed:?}");
+}

@@ -12,10 +12,13 @@
 //!   `ip netns add`), loopback up, veth `ptl<slot>h` (host) /
 //!   `ptl<slot>p` (namespace), persistent TAP `tap0` in the namespace,
 //!   addresses and routes (rtnetlink), IPv4 forwarding (namespace; host
-//!   while this process has networks, restored after the last one), and
-//!   nftables: DNAT host-reachable -> guest and SNAT guest -> vpeer in the
-//!   namespace, MASQUERADE of the vpeer on the host, and the egress policy
-//!   (see [`EgressPolicy`] and the `policy` module docs). Any failure undoes
+//!   while any Petrel network exists, in any process: the original value
+//!   is recorded once in [`FORWARD_STATE`] and put back after the last
+//!   network, also across agent crashes), and nftables: DNAT
+//!   host-reachable -> guest and SNAT guest -> vpeer in the namespace,
+//!   MASQUERADE of the vpeer on the host, and the egress policy (see
+//!   [`EgressPolicy`]: special-purpose ranges and SMTP denied, a per-sandbox
+//!   connection and new-connection-rate limit; the `policy` module docs). Any failure undoes
 //!   what was made, in reverse order, and returns the original error.
 //! - [`remove_network`] undoes it all, trying every removal and returning
 //!   every error; [`cleanup_stale`] removes leftovers of a crashed run;
@@ -97,11 +100,14 @@ pub use addressing::{
     VETH_NET, first_usable_nameserver, format_mac, host_dns,
 };
 pub use error::{HOST_NETNS, NetError, RemoveError};
+pub use forwarding::FORWARD_STATE;
+#[doc(hidden)]
+pub use forwarding::ForwardingFiles;
 pub use namespace::{command_in_netns, run_in_netns};
 pub use network::{
     CleanupReport, Network, NetworkOptions, Step, adopt_network, cleanup_stale, create_network,
     remove_network,
 };
 pub use nft::HOST_LOCK;
-pub use policy::{DENIED_V4, DENIED_V6, EgressPolicy, FILTER_TABLE, NAT_TABLE};
+pub use policy::{DENIED_V4, DENIED_V6, EgressPolicy, FILTER_TABLE, NAT_TABLE, SMTP_PORT};
 pub use slot::{Slot, SlotAllocator};

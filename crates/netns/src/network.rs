@@ -13,7 +13,7 @@ use crate::addressing::{
     slot_of_link, slot_of_namespace, slot_of_reachable,
 };
 use crate::error::{NetError, RemoveError};
-use crate::forwarding;
+use crate::forwarding::{self, ForwardingFiles};
 use crate::links::Netlink;
 use crate::namespace::{self, command_in_netns, run_in_netns};
 use crate::nft;
@@ -24,7 +24,8 @@ use crate::tap::create_persistent_tap;
 /// The steps of [`create_network`], in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Step {
-    /// Named namespace `petrel-<slot>`.
+    /// Named namespace `petrel-<slot>`, and the slot recorded as holding
+    /// host IPv4 forwarding on (see the `forwarding` module).
     Namespace,
     /// Loopback up in the namespace.
     Loopback,
@@ -38,7 +39,7 @@ pub enum Step {
     LinksUp,
     /// Default route in the namespace, host route to the host-reachable /32.
     Routes,
-    /// Forwarding on in the namespace and on the host.
+    /// Forwarding on in the namespace (IPv6 off there).
     Forwarding,
     /// NAT and filter tables in the namespace.
     NamespaceNft,
@@ -77,14 +78,14 @@ pub struct NetworkOptions {
 /// Something [`create_network`] made, undone in reverse order by rollback
 /// and by [`remove_network`]. Addresses, in-namespace routes, sysctls and
 /// nft tables inside the namespace go with the namespace; the host veth's
-/// address goes with the link.
+/// address goes with the link; the slot's hold on host forwarding goes with
+/// the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Resource {
     Namespace(PathBuf),
     HostVeth(String),
     Tap,
     HostRoute { dest: Ipv4Addr, gateway: Ipv4Addr },
-    HostForwarding,
     HostNft,
 }
 
@@ -204,7 +205,7 @@ impl Builder<'_> {
         let ns_label = plan.namespace.as_str();
         match step {
             Step::Namespace => {
-                let made = namespace::create_named(ns_label).await?;
+                let made = create_namespace_holding_forwarding(plan).await?;
                 self.resources.push(Resource::Namespace(made));
             }
             Step::Loopback => {
@@ -260,8 +261,6 @@ impl Builder<'_> {
             }
             Step::Forwarding => {
                 forwarding::configure_namespace(&path, ns_label).await?;
-                forwarding::acquire_host()?;
-                self.resources.push(Resource::HostForwarding);
             }
             Step::NamespaceNft => {
                 let rules = namespace_ruleset(plan, policy, dns);
@@ -286,6 +285,36 @@ impl Builder<'_> {
     }
 }
 
+/// Creates the slot's namespace and records the slot as a holder of host
+/// forwarding (switching it on), in one critical section under the host
+/// lock; on failure the hold is dropped again.
+async fn create_namespace_holding_forwarding(plan: &SlotPlan) -> Result<PathBuf, NetError> {
+    let slot = plan.slot.index();
+    let files = ForwardingFiles::host();
+    let _lock = nft::lock_host().await?;
+    files.acquire_locked(slot)?;
+    match namespace::create_named(&plan.namespace).await {
+        Ok(path) => Ok(path),
+        Err(e) => {
+            if let Err(release) = files.release_locked(|s| s == slot) {
+                tracing::error!(slot, error = %release, "dropping the forwarding hold of a namespace not made");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Deletes the slot's namespace and then drops its hold on host
+/// forwarding (the last holder restores the original value), under the
+/// host lock.
+async fn delete_namespace_releasing_forwarding(slot: u16, path: &Path) -> Result<(), NetError> {
+    let _lock = nft::lock_host().await?;
+    namespace::delete_named(path)?;
+    ForwardingFiles::host()
+        .release_locked(|s| s == slot)
+        .map(drop)
+}
+
 /// Undoes `resources` in reverse order, trying every one; returns the errors.
 async fn undo(plan: &SlotPlan, resources: Vec<Resource>) -> Vec<NetError> {
     let mut errors = Vec::new();
@@ -304,7 +333,6 @@ async fn undo(plan: &SlotPlan, resources: Vec<Resource>) -> Vec<NetError> {
                 let what = format!("host rules of slot {slot}");
                 nft::remove_host_rules(&what, |s| s == slot).await.map(drop)
             }
-            (Resource::HostForwarding, _) => forwarding::release_host(),
             (Resource::HostRoute { dest, gateway }, Some(h)) => {
                 h.del_route(*dest, 32, *gateway).await.map(drop)
             }
@@ -315,7 +343,9 @@ async fn undo(plan: &SlotPlan, resources: Vec<Resource>) -> Vec<NetError> {
                 }
             }
             (Resource::HostVeth(name), Some(h)) => h.del_link(name).await.map(drop),
-            (Resource::Namespace(path), _) => namespace::delete_named(path),
+            (Resource::Namespace(path), _) => {
+                delete_namespace_releasing_forwarding(plan.slot.index(), path).await
+            }
             // No host netlink connection: its error is already recorded.
             (Resource::HostRoute { .. } | Resource::HostVeth(_), None) => Ok(()),
         };
@@ -379,7 +409,10 @@ pub async fn adopt_network(slot: Slot, options: &NetworkOptions) -> Result<Netwo
     let plan = SlotPlan::new(slot);
     let path = plan.netns_path();
     drop(namespace::open_netns(&path)?);
-    forwarding::acquire_host()?;
+    {
+        let _lock = nft::lock_host().await?;
+        ForwardingFiles::host().acquire_locked(slot.index())?;
+    }
     let mut net = Network {
         netns_path: path.clone(),
         guest: GuestNetConfig::new(options.dns.clone().unwrap_or_else(host_dns)),
@@ -392,7 +425,6 @@ pub async fn adopt_network(slot: Slot, options: &NetworkOptions) -> Result<Netwo
                 dest: plan.reachable_ip,
                 gateway: plan.vpeer_ip,
             },
-            Resource::HostForwarding,
             Resource::HostNft,
         ],
         plan,
@@ -485,17 +517,27 @@ pub async fn cleanup_stale(slots: Range<u16>) -> Result<CleanupReport, RemoveErr
         }
         Err(e) => errors.push(e),
     }
-    match namespace::list_named() {
-        Ok(names) => {
-            for name in names
-                .into_iter()
-                .filter(|n| slot_of_namespace(n).is_some_and(in_range))
-            {
-                let path = PathBuf::from(crate::addressing::NETNS_DIR).join(&name);
-                match namespace::delete_named(&path) {
-                    Ok(()) => report.namespaces.push(name),
-                    Err(e) => errors.push(e),
+    match nft::lock_host().await {
+        Ok(_lock) => {
+            match namespace::list_named() {
+                Ok(names) => {
+                    for name in names
+                        .into_iter()
+                        .filter(|n| slot_of_namespace(n).is_some_and(in_range))
+                    {
+                        let path = PathBuf::from(crate::addressing::NETNS_DIR).join(&name);
+                        match namespace::delete_named(&path) {
+                            Ok(()) => report.namespaces.push(name),
+                            Err(e) => errors.push(e),
+                        }
+                    }
                 }
+                Err(e) => errors.push(e),
+            }
+            // Holds on host forwarding whose namespace is gone are pruned
+            // (a namespace that could not be deleted keeps its hold).
+            if let Err(e) = ForwardingFiles::host().release_locked(|_| false) {
+                errors.push(e);
             }
         }
         Err(e) => errors.push(e),

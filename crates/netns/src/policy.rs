@@ -7,10 +7,14 @@
 //! - `forward` (policy drop): host-opened connections to the guest (DNATed)
 //!   pass; every packet from the guest goes through `egress`, so a policy
 //!   change also cuts connections already open; replies to the guest pass;
-//! - `egress`: DNS to the sandbox's resolvers (internet on only), then the
-//!   private, loopback, link-local, multicast and reserved IPv4 ranges are
-//!   rejected, all IPv6 is rejected (fc00::/7 and fe80::/10 included), the
-//!   rest is accepted (internet on) or rejected (internet off);
+//! - `egress`: new connections beyond the sandbox's concurrent-connection
+//!   limit (`ct count`) or its new-connection rate (`limit rate`) are
+//!   dropped; then DNS to the sandbox's resolvers is accepted (internet on
+//!   only); then the special-purpose IPv4 ranges ([`DENIED_V4`]: private,
+//!   shared, loopback, link-local, documentation, benchmarking, multicast,
+//!   reserved...) and TCP port 25 (unless the policy allows SMTP) are
+//!   rejected, all IPv6 is rejected (fc00::/7 and fe80::/10 included), and
+//!   the rest is accepted (internet on) or rejected (internet off);
 //! - `input`: the guest may ping its gateway and nothing else on the
 //!   namespace's own addresses.
 //!
@@ -31,35 +35,84 @@ pub const NAT_TABLE: &str = "petrel_nat";
 /// Table for filtering, in the host and in every namespace (family `inet`).
 pub const FILTER_TABLE: &str = "petrel_filter";
 
-/// IPv4 destinations a guest may never reach (besides its resolvers).
-pub const DENIED_V4: [&str; 9] = [
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
+/// IPv4 destinations a guest may never reach (besides its resolvers): every
+/// range of the IANA IPv4 Special-Purpose Address Registry (RFC 6890 and
+/// its updates) that is not globally reachable, the deprecated 6to4 relay
+/// anycast, multicast and the reserved class E block (which holds the
+/// limited broadcast address). The registry's globally reachable entries
+/// (AS112 192.31.196.0/24 and 192.175.48.0/24, AMT 192.52.193.0/24) stay
+/// reachable; the PCP and TURN anycast addresses go with 192.0.0.0/24.
+/// The ranges must not overlap (nft interval set).
+pub const DENIED_V4: [&str; 15] = [
+    "0.0.0.0/8",       // "this network" (RFC 791)
+    "10.0.0.0/8",      // private (RFC 1918)
+    "100.64.0.0/10",   // shared address space, carrier-grade NAT (RFC 6598)
+    "127.0.0.0/8",     // loopback (RFC 1122)
+    "169.254.0.0/16",  // link local, cloud metadata services (RFC 3927)
+    "172.16.0.0/12",   // private (RFC 1918)
+    "192.0.0.0/24",    // IETF protocol assignments (RFC 6890)
+    "192.0.2.0/24",    // documentation, TEST-NET-1 (RFC 5737)
+    "192.88.99.0/24",  // deprecated 6to4 relay anycast (RFC 7526)
+    "192.168.0.0/16",  // private (RFC 1918)
+    "198.18.0.0/15",   // benchmarking (RFC 2544)
+    "198.51.100.0/24", // documentation, TEST-NET-2 (RFC 5737)
+    "203.0.113.0/24",  // documentation, TEST-NET-3 (RFC 5737)
+    "224.0.0.0/4",     // multicast (RFC 5771)
+    "240.0.0.0/4",     // reserved, and 255.255.255.255 broadcast (RFC 1112, 919)
 ];
 /// IPv6 destinations named by the policy; all IPv6 from a guest is rejected
-/// anyway (sandboxes have no IPv6 path).
+/// anyway (sandboxes have no IPv6 path: the namespace has IPv6 switched off
+/// and the guest link is IPv4 only).
 pub const DENIED_V6: [&str; 3] = ["::1/128", "fc00::/7", "fe80::/10"];
+
+/// TCP ports a guest may not connect to unless the policy allows it: SMTP
+/// (25), so that sandboxes cannot send spam straight to mail exchangers.
+/// Submission ports (465, 587) need credentials and stay open.
+pub const SMTP_PORT: u16 = 25;
 
 const REJECT: &str = "reject with icmpx admin-prohibited";
 
-/// What a sandbox's guest may reach.
+/// What a sandbox's guest may reach, and how hard it may hit the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EgressPolicy {
     /// Public internet (and the sandbox's DNS resolvers). Private ranges,
     /// the host and other sandboxes are denied either way.
     pub internet: bool,
+    /// Outbound TCP port 25 (SMTP). Off by default.
+    pub smtp: bool,
+    /// Concurrent connections (conntrack entries, any protocol) the guest
+    /// may have open to the outside; the first packets of new ones beyond
+    /// it are dropped. 0: no limit. Bounds what one sandbox can put into the host's conntrack
+    /// table (`nf_conntrack_max`, shared by every sandbox).
+    pub max_connections: u32,
+    /// New outbound connections per second (token bucket with a burst of
+    /// twice this); the first packets of new ones beyond it are dropped.
+    /// 0: no limit.
+    pub new_connections_per_sec: u32,
 }
 
 impl EgressPolicy {
-    pub const INTERNET_ON: Self = Self { internet: true };
-    pub const INTERNET_OFF: Self = Self { internet: false };
+    /// Default [`Self::max_connections`].
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+    /// Default [`Self::new_connections_per_sec`].
+    pub const DEFAULT_NEW_CONNECTIONS_PER_SEC: u32 = 100;
+
+    pub const INTERNET_ON: Self = Self {
+        internet: true,
+        smtp: false,
+        max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+        new_connections_per_sec: Self::DEFAULT_NEW_CONNECTIONS_PER_SEC,
+    };
+    pub const INTERNET_OFF: Self = Self {
+        internet: false,
+        ..Self::INTERNET_ON
+    };
+
+    /// This policy with internet on or off (limits and SMTP as they are).
+    #[must_use]
+    pub fn with_internet(self, internet: bool) -> Self {
+        Self { internet, ..self }
+    }
 }
 
 impl Default for EgressPolicy {
@@ -68,7 +121,12 @@ impl Default for EgressPolicy {
     }
 }
 
-/// The rules of the namespace's `egress` chain.
+/// The rules of the namespace's `egress` chain (every packet from the
+/// guest to the outside passes it; new connections are limited first, so
+/// DNS floods count too). Over a limit the packet is dropped, not
+/// rejected: a flood costs the host nothing (no ICMP or RST back, which the
+/// kernel would rate-limit anyway), and a well-behaved client's
+/// retransmission gets through once it is under the limit again.
 fn egress_rules(out: &mut String, plan: &SlotPlan, policy: EgressPolicy, dns: &[Ipv4Addr]) {
     let tag = plan.rule_tag();
     let mut rule = |body: &str| {
@@ -77,6 +135,19 @@ fn egress_rules(out: &mut String, plan: &SlotPlan, policy: EgressPolicy, dns: &[
             "add rule inet {FILTER_TABLE} egress {body} comment \"{tag}\""
         );
     };
+    if policy.max_connections > 0 {
+        rule(&format!(
+            "ct state new ct count over {} drop",
+            policy.max_connections
+        ));
+    }
+    if policy.new_connections_per_sec > 0 {
+        let rate = policy.new_connections_per_sec;
+        rule(&format!(
+            "ct state new limit rate over {rate}/second burst {} packets drop",
+            rate.saturating_mul(2)
+        ));
+    }
     if policy.internet {
         for server in dns {
             rule(&format!(
@@ -85,6 +156,9 @@ fn egress_rules(out: &mut String, plan: &SlotPlan, policy: EgressPolicy, dns: &[
         }
     }
     rule(&format!("ip daddr {{ {} }} {REJECT}", DENIED_V4.join(", ")));
+    if !policy.smtp {
+        rule(&format!("tcp dport {SMTP_PORT} {REJECT}"));
+    }
     rule(&format!(
         "ip6 daddr {{ {} }} {REJECT}",
         DENIED_V6.join(", ")
@@ -239,28 +313,66 @@ mod tests {
         );
     }
 
+    fn egress_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("add rule inet petrel_filter egress "))
+            .collect()
+    }
+
     #[test]
-    fn internet_on_allows_dns_then_rejects_private_ranges_then_accepts() {
+    fn internet_on_limits_then_allows_dns_then_rejects_special_ranges_and_smtp_then_accepts() {
         let dns = [Ipv4Addr::new(10, 255, 255, 53)];
 
         let text = namespace_ruleset(&plan(), EgressPolicy::INTERNET_ON, &dns);
-        let egress: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("add rule inet petrel_filter egress "))
-            .collect();
+        let egress = egress_lines(&text);
 
-        assert_eq!(egress.len(), 5, "{egress:#?}");
+        assert_eq!(egress.len(), 8, "{egress:#?}");
+        assert!(egress[0].contains("ct state new ct count over 1024 drop"));
         assert!(
-            egress[0]
+            egress[1].contains("ct state new limit rate over 100/second burst 200 packets drop")
+        );
+        assert!(
+            egress[2]
                 .contains("ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept")
         );
-        assert!(
-            egress[1].contains("10.0.0.0/8")
-                && egress[1].contains("100.64.0.0/10")
-                && egress[1].contains("reject")
-        );
-        assert!(egress[2].contains("fc00::/7") && egress[2].contains("fe80::/10"));
-        assert!(egress[4].contains("egress accept comment \"petrel-slot-7\""));
+        for range in DENIED_V4 {
+            assert!(egress[3].contains(range), "{range} in {}", egress[3]);
+        }
+        assert!(egress[3].contains("reject"));
+        assert!(egress[4].contains("tcp dport 25 reject"));
+        assert!(egress[5].contains("fc00::/7") && egress[5].contains("fe80::/10"));
+        assert!(egress[7].contains("egress accept comment \"petrel-slot-7\""));
+    }
+
+    #[test]
+    fn deny_list_holds_the_special_purpose_ranges() {
+        for range in [
+            "192.0.0.0/24",
+            "192.0.2.0/24",
+            "198.18.0.0/15",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "100.64.0.0/10",
+            "169.254.0.0/16",
+        ] {
+            assert!(DENIED_V4.contains(&range), "{range}");
+        }
+    }
+
+    #[test]
+    fn smtp_and_limits_can_be_switched_off() {
+        let policy = EgressPolicy {
+            smtp: true,
+            max_connections: 0,
+            new_connections_per_sec: 0,
+            ..EgressPolicy::INTERNET_ON
+        };
+
+        let text = egress_replacement(&plan(), policy, &[]);
+
+        assert!(!text.contains("dport 25"), "{text}");
+        assert!(!text.contains("ct count"), "{text}");
+        assert!(!text.contains("limit rate"), "{text}");
     }
 
     #[test]

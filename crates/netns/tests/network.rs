@@ -30,8 +30,10 @@ fn options(policy: EgressPolicy, dns: &[Ipv4Addr]) -> NetworkOptions {
     }
 }
 
-const OUTSIDE_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// A public address (198.51.100.0/24 is denied now): only ever routed to
+/// the test's own namespace.
+const OUTSIDE_HOST: Ipv4Addr = Ipv4Addr::new(198, 20, 0, 1);
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 20, 0, 2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_and_remove_network_leaves_host_listings_unchanged() {

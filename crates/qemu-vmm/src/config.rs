@@ -72,7 +72,16 @@ pub enum NetConfig {
     None,
     /// QEMU's user-mode (slirp) network: guest 10.0.2.15/24, gateway
     /// 10.0.2.2, DNS 10.0.2.3, with TCP forwards from host addresses.
-    User { forwards: Vec<PortForward> },
+    ///
+    /// With `restrict` (`restrict=on`) the guest can open no connection and
+    /// send no packet out: not to the host (without it, 10.0.2.2 is the
+    /// host's loopback, every local service included), not to the outside;
+    /// only the `forwards` carry traffic. Without it the guest reaches the
+    /// host's loopback and whatever the host reaches.
+    User {
+        forwards: Vec<PortForward>,
+        restrict: bool,
+    },
     /// An existing TAP device (`ip tuntap add ... mode tap`) in QEMU's
     /// network namespace.
     Tap { ifname: String, mac: String },
@@ -232,8 +241,11 @@ impl VmConfig {
         }
         match &self.net {
             NetConfig::None => {}
-            NetConfig::User { forwards } => {
+            NetConfig::User { forwards, restrict } => {
                 let mut netdev = String::from("user,id=net0");
+                if *restrict {
+                    netdev.push_str(",restrict=on");
+                }
                 for f in forwards {
                     // Writing to a String cannot fail.
                     let _ = write!(
@@ -340,6 +352,7 @@ mod tests {
         let config = VmConfig {
             net: NetConfig::User {
                 forwards: vec![forward],
+                restrict: false,
             },
             ..config()
         };
@@ -347,6 +360,27 @@ mod tests {
         let args = joined(&config);
 
         assert!(args.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:4000-:49983 -device virtio-net-device,netdev=net0"));
+    }
+
+    #[test]
+    fn args_restrict_user_network_to_its_forwards() {
+        let forward = PortForward {
+            host: "127.0.0.1:4000".parse().unwrap(),
+            guest_port: 49983,
+        };
+        let config = VmConfig {
+            net: NetConfig::User {
+                forwards: vec![forward],
+                restrict: true,
+            },
+            ..config()
+        };
+
+        let args = joined(&config);
+
+        assert!(
+            args.contains("-netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:4000-:49983 ")
+        );
     }
 
     #[test]

@@ -11,6 +11,31 @@ use netns::{EgressPolicy, Network, NetworkOptions, Slot, SlotAllocator};
 
 use crate::error::SandboxError;
 
+/// Whether a sandbox gets outbound internet, from what was asked
+/// (`requested`) and how it is networked (`namespaces`: its own namespace
+/// from a [`NetworkPool`]; otherwise QEMU's user-mode network).
+///
+/// - In a namespace: as asked, on when not said.
+/// - In user mode the guest is always isolated (`restrict=on`: only the
+///   envd forward carries traffic), because a user-mode network that lets
+///   the guest out also lets it reach the host's loopback through 10.0.2.2,
+///   the agent's API included. Not said means off; asking for internet is
+///   refused with an error saying why.
+pub fn resolve_internet(requested: Option<bool>, namespaces: bool) -> Result<bool, String> {
+    match (requested, namespaces) {
+        (requested, true) => Ok(requested.unwrap_or(true)),
+        (None | Some(false), false) => Ok(false),
+        (Some(true), false) => Err(
+            "internet access needs per-sandbox network namespaces (agent running as root, \
+             network mode \"namespace\"): in QEMU's user-mode network a guest that can reach \
+             the internet can also reach the host's loopback (10.0.2.2), the agent's API \
+             included, so user-mode sandboxes are isolated; create it with internet false \
+             (or unset)"
+                .to_string(),
+        ),
+    }
+}
+
 /// Slots the agent uses (the netns crate allows up to 32768).
 pub const DEFAULT_SLOTS: Range<u16> = 1..4096;
 
@@ -18,30 +43,46 @@ pub const DEFAULT_SLOTS: Range<u16> = 1..4096;
 #[derive(Debug)]
 pub struct NetworkPool {
     slots: SlotAllocator,
+    /// Limits and SMTP for every sandbox; `internet` is set per sandbox.
+    policy: EgressPolicy,
 }
 
 fn net_err(what: impl std::fmt::Display) -> SandboxError {
     SandboxError::Network(what.to_string())
 }
 
-fn options(internet: bool) -> NetworkOptions {
-    NetworkOptions {
-        policy: EgressPolicy { internet },
-        ..NetworkOptions::default()
-    }
-}
-
 impl NetworkPool {
+    /// A pool over `slots` with the default egress limits
+    /// ([`EgressPolicy::default`]: SMTP blocked, at most
+    /// [`EgressPolicy::DEFAULT_MAX_CONNECTIONS`] concurrent connections and
+    /// [`EgressPolicy::DEFAULT_NEW_CONNECTIONS_PER_SEC`] new ones per second
+    /// per sandbox).
     pub fn new(slots: Range<u16>) -> Result<Self, SandboxError> {
         Ok(Self {
             slots: SlotAllocator::new(slots).map_err(net_err)?,
+            policy: EgressPolicy::default(),
         })
+    }
+
+    /// Uses `policy`'s SMTP switch and connection limits for every sandbox
+    /// (its `internet` is ignored: each sandbox sets its own).
+    #[must_use]
+    pub fn with_policy(mut self, policy: EgressPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    fn options(&self, internet: bool) -> NetworkOptions {
+        NetworkOptions {
+            policy: self.policy.with_internet(internet),
+            ..NetworkOptions::default()
+        }
     }
 
     /// A new network in a free slot; nothing is left behind on failure.
     pub async fn create(&self, internet: bool) -> Result<Network, SandboxError> {
         let slot = self.slots.allocate().map_err(net_err)?;
-        match netns::create_network(slot, &options(internet)).await {
+        match netns::create_network(slot, &self.options(internet)).await {
             Ok(network) => Ok(network),
             Err(err) => {
                 let _ = self.slots.release(slot);
@@ -63,7 +104,7 @@ impl NetworkPool {
     pub async fn adopt(&self, slot: u16, internet: bool) -> Result<Network, SandboxError> {
         let slot = Slot::new(u32::from(slot)).map_err(net_err)?;
         self.slots.reserve(slot).map_err(net_err)?;
-        match netns::adopt_network(slot, &options(internet)).await {
+        match netns::adopt_network(slot, &self.options(internet)).await {
             Ok(network) => Ok(network),
             Err(err) => {
                 let _ = self.slots.release(slot);
@@ -106,5 +147,28 @@ impl NetworkPool {
                 errors,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_default_to_internet_and_follow_the_request() {
+        assert_eq!(resolve_internet(None, true), Ok(true));
+        assert_eq!(resolve_internet(Some(false), true), Ok(false));
+        assert_eq!(resolve_internet(Some(true), true), Ok(true));
+    }
+
+    #[test]
+    fn user_mode_is_isolated_and_refuses_internet_saying_why() {
+        assert_eq!(resolve_internet(None, false), Ok(false));
+        assert_eq!(resolve_internet(Some(false), false), Ok(false));
+        let err = resolve_internet(Some(true), false).unwrap_err();
+        assert!(
+            err.contains("10.0.2.2") && err.contains("namespace"),
+            "{err}"
+        );
     }
 }

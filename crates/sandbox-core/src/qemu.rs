@@ -57,11 +57,14 @@ impl QemuBackend {
 
 fn net_config(network: &VmNetwork) -> NetConfig {
     match network {
+        // Always isolated: with outbound access, slirp would also give the
+        // guest the host's loopback at 10.0.2.2 (see network::resolve_internet).
         VmNetwork::UserForward { host } => NetConfig::User {
             forwards: vec![PortForward {
                 host: *host,
                 guest_port: ENVD_PORT,
             }],
+            restrict: true,
         },
         VmNetwork::Tap { ifname, mac, .. } => NetConfig::Tap {
             ifname: ifname.clone(),

@@ -14,7 +14,7 @@ use netns::Network;
 use crate::disk;
 use crate::error::SandboxError;
 use crate::images::GuestImages;
-use crate::network::NetworkPool;
+use crate::network::{NetworkPool, resolve_internet};
 use crate::qemu::default_boot_timeout;
 use crate::vmm::{Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
@@ -42,9 +42,12 @@ pub struct SandboxConfig {
     /// Give the sandbox its own network namespace from this pool; `None`:
     /// QEMU's user-mode network with a forward from a local port.
     pub network: Option<Arc<NetworkPool>>,
-    /// Outbound internet (namespaces only; private ranges, the host and
-    /// other sandboxes are unreachable either way).
-    pub internet: bool,
+    /// Outbound internet; `None`: the network's default. See
+    /// [`crate::network::resolve_internet`]: on by default in a namespace;
+    /// QEMU's user-mode network is always isolated, so there `None` means
+    /// off and `Some(true)` is refused. Private ranges, the host and other
+    /// sandboxes are unreachable either way.
+    pub internet: Option<bool>,
     /// Makes the root disk; `None`: [`disk::choose_provider`]'s choice for
     /// the backend (qcow2 overlay on QEMU).
     pub rootfs_provider: Option<Arc<dyn disk::RootfsProvider>>,
@@ -66,7 +69,7 @@ impl SandboxConfig {
             env_vars: BTreeMap::new(),
             snapshot: None,
             network: None,
-            internet: true,
+            internet: None,
             rootfs_provider: None,
             extra_drives: Vec::new(),
         }
@@ -167,6 +170,12 @@ impl Sandbox {
     ) -> Result<Self, SandboxError> {
         let start = Instant::now();
         config.images.check()?;
+        let internet = resolve_internet(config.internet, config.network.is_some())
+            .map_err(|why| SandboxError::Network(format!("sandbox {}: {why}", config.id)))?;
+        let config = SandboxConfig {
+            internet: Some(internet),
+            ..config
+        };
         let run_dir = config.data_dir.join("sandboxes").join(&config.id);
         if run_dir.exists() {
             return Err(SandboxError::Io {
@@ -228,7 +237,7 @@ impl Sandbox {
                     timings,
                     pool: config.network,
                     net,
-                    internet: config.internet,
+                    internet,
                     provider,
                     extra_drives: config.extra_drives,
                 })
@@ -291,7 +300,8 @@ impl Sandbox {
             env_vars: rc.env_vars,
             snapshot: rc.snapshot,
             network: pool.clone(),
-            internet: rc.internet,
+            // A user-mode sandbox is isolated whatever an older record says.
+            internet: Some(rc.internet && pool.is_some()),
             extra_drives: rc.extra_drives,
             ..SandboxConfig::new(rc.id, rc.images, rc.data_dir)
         };
@@ -307,7 +317,7 @@ impl Sandbox {
                 let adopted: Result<_, SandboxError> = async {
                     let attach = match (record.net_slot, &pool) {
                         (Some(slot), Some(pool)) => Attach::Namespace(
-                            net.insert(pool.adopt(slot, config.internet).await?),
+                            net.insert(pool.adopt(slot, config.internet.unwrap_or(true)).await?),
                         ),
                         (Some(slot), None) => {
                             return Err(SandboxError::Network(format!(
@@ -376,7 +386,7 @@ impl Sandbox {
             timings: BootTimings::default(),
             pool,
             net,
-            internet: config.internet,
+            internet: config.internet.unwrap_or(false),
             provider,
             extra_drives: config.extra_drives,
         })
@@ -419,6 +429,7 @@ impl Sandbox {
     pub async fn snapshot(&mut self, dir: &Path) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "snapshot")?;
         let stats = self.vm.snapshot(dir).await?;
+        save_snapshot_token(dir, &self.token)?;
         tracing::info!(sandbox = %self.id, dir = %dir.display(), took_ms = stats.took.as_millis() as u64, "sandbox snapshotted");
         Ok(stats)
     }
@@ -580,7 +591,8 @@ async fn boot_steps(
             .await?;
     }
     if let Some(pool) = &config.network {
-        *made_net = Some(pool.create(config.internet).await?);
+        // Sandbox::boot resolved `internet` before calling this.
+        *made_net = Some(pool.create(config.internet.unwrap_or(true)).await?);
     }
     let prepare = start.elapsed();
     let token = random_token()?;
@@ -633,6 +645,12 @@ async fn boot_steps(
     let envd_ready = vm_started + ready_start.elapsed();
     let init_start = Instant::now();
     let init = init_request(&token, &config.env_vars);
+    // A guest restored from a snapshot still has the snapshotted sandbox's
+    // token, and envd takes a new one only from a caller showing it.
+    let envd = match config.snapshot.as_deref().map(snapshot_token).transpose()? {
+        Some(Some(old)) => envd.with_access_token(old),
+        _ => envd,
+    };
     envd.init(&init)
         .await
         .map_err(|source| SandboxError::Envd {
@@ -699,6 +717,43 @@ fn root_base(images: &GuestImages, snapshot: Option<&Path>) -> (PathBuf, disk::D
     match snapshot {
         Some(snapshot) => (snapshot.join("disk.qcow2"), disk::DiskFormat::Qcow2),
         None => (images.rootfs.clone(), disk::DiskFormat::Raw),
+    }
+}
+
+/// The file in a snapshot directory holding the envd access token of the
+/// snapshotted guest (owner-only).
+const SNAPSHOT_TOKEN_FILE: &str = "envd-token";
+
+fn save_snapshot_token(dir: &Path, token: &str) -> Result<(), SandboxError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(SNAPSHOT_TOKEN_FILE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(token.as_bytes()))
+        .map_err(|source| SandboxError::Io {
+            what: "save the snapshot's envd token",
+            path,
+            source,
+        })
+}
+
+/// The envd token saved with a snapshot; `None` for a snapshot made before
+/// tokens were saved (its envd accepts a new token without one).
+fn snapshot_token(dir: &Path) -> Result<Option<String>, SandboxError> {
+    let path = dir.join(SNAPSHOT_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SandboxError::Io {
+            what: "read the snapshot's envd token",
+            path,
+            source,
+        }),
     }
 }
 

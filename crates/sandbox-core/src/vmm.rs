@@ -31,7 +31,8 @@ impl BackendKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmNetwork {
     /// The VMM's user-mode network forwarding `host` to the guest's envd
-    /// port (QEMU only; needs no privileges or namespaces).
+    /// port (QEMU only; needs no privileges or namespaces). Isolated: the
+    /// guest reaches neither the host nor anything beyond it.
     UserForward { host: SocketAddr },
     /// A TAP device that already exists, in network namespace `netns`
     /// (`/run/netns/NAME`; the VMM is started inside it) or in the agent's.

@@ -404,6 +404,7 @@ pub struct Outside {
     pub host_ip: Ipv4Addr,
     pub ip: Ipv4Addr,
     host_link: String,
+    inner_link: String,
 }
 
 impl Outside {
@@ -443,12 +444,74 @@ impl Outside {
             host_ip,
             ip,
             host_link,
+            inner_link: inner,
         }
     }
 
     pub async fn serve(&self, port: u16) -> u16 {
         serve_peer_address(&self.ns_path, self.ip, port).await
     }
+
+    /// Adds another /30 between the host (`host_ip`) and this namespace
+    /// (`ip`) on the same veth pair.
+    pub fn add_address(&self, host_ip: Ipv4Addr, ip: Ipv4Addr) {
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &self.host_link,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.ns_name,
+            "addr",
+            "add",
+            &format!("{ip}/30"),
+            "dev",
+            &self.inner_link,
+        ]);
+    }
+
+    /// Answers with the peer's address on `port` of every address of the
+    /// namespace; returns the port.
+    pub async fn serve_any(&self, port: u16) -> u16 {
+        serve_peer_address(&self.ns_path, Ipv4Addr::UNSPECIFIED, port).await
+    }
+
+    /// Accepts connections on `ip:0` and keeps every one open until its
+    /// peer closes it; returns the port.
+    pub async fn hold(&self) -> u16 {
+        let ip = self.ip;
+        let listener = run_in_netns(&self.ns_path, move || TcpListener::bind((ip, 0)))
+            .await
+            .unwrap()
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                // Open until the peer closes, then closed from this side too.
+                std::thread::spawn(move || {
+                    let _ = io::copy(&mut conn, &mut io::sink());
+                });
+            }
+        });
+        port
+    }
+}
+
+/// Opens `count` TCP connections from inside the namespace at `ns` to `to`
+/// (1 s timeout each) and returns them, open, or the errors.
+pub async fn open_many(ns: &Path, to: SocketAddrV4, count: usize) -> Vec<io::Result<TcpStream>> {
+    run_in_netns(ns, move || {
+        (0..count)
+            .map(|_| TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(1)))
+            .collect()
+    })
+    .await
+    .unwrap()
 }
 
 impl Drop for Outside {

@@ -506,6 +506,8 @@ impl Manager {
                 config.max_memory_mib
             )));
         }
+        let internet = crate::network::resolve_internet(request.internet, config.network.is_some())
+            .map_err(ManagerError::InvalidRequest)?;
         let (template, images, snapshot) = self.resolve_source(&name)?;
         let timeout = request.timeout.unwrap_or(config.default_timeout);
         let id = new_id()?;
@@ -519,7 +521,7 @@ impl Manager {
             created_at: now,
             end_at: now + timeout,
             auto_pause: request.auto_pause,
-            internet: request.internet,
+            internet,
             metadata: request.metadata,
             env_vars: request.env_vars.clone(),
             envd_addr: None,
@@ -556,7 +558,7 @@ impl Manager {
             snapshot,
             rootfs_provider,
             network: config.network.clone(),
-            internet: request.internet,
+            internet: Some(internet),
             ..SandboxConfig::new(&id, images, &config.data_dir)
         };
         match Sandbox::boot(self.inner.hypervisor.as_ref(), sandbox_config).await {
@@ -843,7 +845,7 @@ impl Manager {
                 env_vars: source.env_vars.clone(),
                 metadata: source.metadata.clone(),
                 auto_pause: source.auto_pause,
-                internet: source.internet,
+                internet: Some(source.internet),
             };
             forks.push(self.create(request).await);
         }

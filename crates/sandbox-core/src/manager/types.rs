@@ -80,8 +80,10 @@ pub struct CreateSandbox {
     pub metadata: BTreeMap<String, String>,
     /// At expiry: pause instead of kill.
     pub auto_pause: bool,
-    /// Outbound internet (recorded; enforced once per-sandbox networks land).
-    pub internet: bool,
+    /// Outbound internet; `None`: the network's default (on in a
+    /// namespace; user-mode networking is always isolated and refuses
+    /// `Some(true)`: see [`crate::network::resolve_internet`]).
+    pub internet: Option<bool>,
 }
 
 /// A managed sandbox as callers see it.

@@ -1,0 +1,177 @@
+//! The egress policy against a guest stand-in on a real sandbox network
+//! (needs root): special-purpose ranges and SMTP are unreachable while a
+//! public address works, and the per-sandbox connection and
+//! new-connection-rate limits hold while the host still reaches the guest.
+//! Slots 270..280, one test at a time (`serial`).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use common::{GuestStandIn, Outside, SlotGuard, connect_host, open_many, serial};
+use netns::{EgressPolicy, NetworkOptions, Slot, create_network, remove_network};
+
+fn options(policy: EgressPolicy) -> NetworkOptions {
+    NetworkOptions {
+        policy,
+        dns: Some(Vec::new()),
+        ..NetworkOptions::default()
+    }
+}
+
+fn slot(n: u16) -> Slot {
+    Slot::new(u32::from(n)).unwrap()
+}
+
+/// A public address (just past 198.18.0.0/15) standing for the internet;
+/// only ever routed to the test's own namespace.
+const PUBLIC_HOST: Ipv4Addr = Ipv4Addr::new(198, 20, 0, 1);
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 20, 0, 2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_cannot_reach_special_purpose_ranges_while_a_public_address_works() {
+    let _serial = serial().await;
+    let _guard = SlotGuard(270..271);
+    let outside = Outside::new("ptespec", PUBLIC_HOST, PUBLIC);
+    // One /30 in each range the deny list gained, and two it always had.
+    let special = [
+        ([192, 0, 0, 1], [192, 0, 0, 2]),
+        ([192, 0, 2, 1], [192, 0, 2, 2]),
+        ([198, 18, 0, 1], [198, 18, 0, 2]),
+        ([198, 19, 255, 1], [198, 19, 255, 2]),
+        ([198, 51, 100, 1], [198, 51, 100, 2]),
+        ([203, 0, 113, 1], [203, 0, 113, 2]),
+        ([192, 88, 99, 1], [192, 88, 99, 2]),
+        ([100, 64, 7, 1], [100, 64, 7, 2]),
+    ]
+    .map(|(h, i)| (Ipv4Addr::from(h), Ipv4Addr::from(i)));
+    for (host_ip, ip) in special {
+        outside.add_address(host_ip, ip);
+    }
+    let port = outside.serve_any(0).await;
+    let net = create_network(slot(270), &options(EgressPolicy::INTERNET_ON))
+        .await
+        .unwrap();
+    let guest = GuestStandIn::attach(&net).await;
+
+    let public = guest.connect(SocketAddrV4::new(PUBLIC, port)).await;
+    let mut reached = Vec::new();
+    for (_, ip) in special {
+        if let Ok(line) = guest.connect(SocketAddrV4::new(ip, port)).await {
+            reached.push((ip, line));
+        }
+    }
+    drop(guest);
+    remove_network(net).await.unwrap();
+    drop(outside);
+
+    assert_eq!(public.unwrap(), PUBLIC_HOST.to_string());
+    assert!(reached.is_empty(), "guest reached {reached:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_is_blocked_while_another_port_to_the_same_address_works() {
+    let _serial = serial().await;
+    let _guard = SlotGuard(271..272);
+    let outside = Outside::new("ptesmtp", PUBLIC_HOST, PUBLIC);
+    outside.serve(25).await;
+    let other = outside.serve(0).await;
+    let mut net = create_network(slot(271), &options(EgressPolicy::INTERNET_ON))
+        .await
+        .unwrap();
+    let guest = GuestStandIn::attach(&net).await;
+
+    let smtp = guest.connect(SocketAddrV4::new(PUBLIC, 25)).await;
+    let web = guest.connect(SocketAddrV4::new(PUBLIC, other)).await;
+    let allowed = EgressPolicy {
+        smtp: true,
+        ..EgressPolicy::INTERNET_ON
+    };
+    net.set_policy(allowed).await.unwrap();
+    let smtp_allowed = guest.connect(SocketAddrV4::new(PUBLIC, 25)).await;
+    drop(guest);
+    remove_network(net).await.unwrap();
+    drop(outside);
+
+    assert!(smtp.is_err(), "{smtp:?}");
+    assert_eq!(web.unwrap(), PUBLIC_HOST.to_string());
+    assert_eq!(smtp_allowed.unwrap(), PUBLIC_HOST.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_sandbox_limit_are_refused_until_some_close() {
+    let _serial = serial().await;
+    let _guard = SlotGuard(272..273);
+    let outside = Outside::new("ptecount", PUBLIC_HOST, PUBLIC);
+    let port = outside.hold().await;
+    let policy = EgressPolicy {
+        max_connections: 8,
+        new_connections_per_sec: 0,
+        ..EgressPolicy::INTERNET_ON
+    };
+    let net = create_network(slot(272), &options(policy)).await.unwrap();
+    let guest = GuestStandIn::attach(&net).await;
+    let guest_port = guest.serve().await;
+    let to = SocketAddrV4::new(PUBLIC, port);
+
+    let held = open_many(&guest.ns_path, to, 12).await;
+    let opened = held.iter().filter(|c| c.is_ok()).count();
+    let host_to_guest = connect_host(SocketAddrV4::new(net.host_reachable_ip(), guest_port)).await;
+    drop(held);
+    // Closed connections leave the count (conntrack sees the FINs).
+    let mut again = 0;
+    for _ in 0..50 {
+        let conns = open_many(&guest.ns_path, to, 4).await;
+        again = conns.iter().filter(|c| c.is_ok()).count();
+        if again == 4 {
+            break;
+        }
+        drop(conns);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop(guest);
+    remove_network(net).await.unwrap();
+    drop(outside);
+
+    assert_eq!(opened, 8);
+    assert!(host_to_guest.is_ok(), "{host_to_guest:?}");
+    assert_eq!(again, 4, "after closing the first ones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_hits_the_rate_limit_while_the_host_reaches_the_guest() {
+    let _serial = serial().await;
+    let _guard = SlotGuard(273..274);
+    let outside = Outside::new("pterate", PUBLIC_HOST, PUBLIC);
+    let port = outside.serve(0).await;
+    let policy = EgressPolicy {
+        max_connections: 0,
+        new_connections_per_sec: 10,
+        ..EgressPolicy::INTERNET_ON
+    };
+    let net = create_network(slot(273), &options(policy)).await.unwrap();
+    let guest = GuestStandIn::attach(&net).await;
+    let guest_port = guest.serve().await;
+
+    let start = std::time::Instant::now();
+    let flood = open_many(&guest.ns_path, SocketAddrV4::new(PUBLIC, port), 100).await;
+    let took = start.elapsed();
+    let succeeded = flood.iter().filter(|c| c.is_ok()).count();
+    drop(flood);
+    let host_to_guest = connect_host(SocketAddrV4::new(net.host_reachable_ip(), guest_port)).await;
+    drop(guest);
+    remove_network(net).await.unwrap();
+    drop(outside);
+
+    // 10/s with a burst of 20 allows at most 20 + 10 per second taken.
+    let allowed = 20 + 10 * (took.as_secs() as usize + 1);
+    assert!(succeeded >= 1, "none got through");
+    assert!(
+        succeeded <= allowed,
+        "{succeeded} of 100 in {took:?} (at most {allowed} allowed)"
+    );
+    assert!(succeeded < 100);
+    assert!(host_to_guest.is_ok(), "{host_to_guest:?}");
+}
