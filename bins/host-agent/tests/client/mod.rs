@@ -18,7 +18,15 @@ use serde_json::Value;
 pub struct Client {
     base: String,
     inner: Legacy<HttpConnector, Full<Bytes>>,
+    /// Sent with every request (e.g. `X-API-KEY` for the E2B routes).
+    headers: Vec<(String, String)>,
 }
+
+/// The chunks of a request body sent as they are produced.
+pub type StreamedChunks =
+    futures::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>;
+/// A request body sent as it is produced.
+pub type Streamed = http_body_util::StreamBody<StreamedChunks>;
 
 /// A whole response.
 #[derive(Debug, Clone)]
@@ -77,17 +85,60 @@ impl Client {
         Self {
             base: base.into(),
             inner: Legacy::builder(TokioExecutor::new()).build_http(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The same client, sending `name: value` with every request.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    fn request<B>(&self, method: Method, path: &str, body: B) -> Request<B> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        for (name, value) in &self.headers {
+            builder = builder.header(name, value);
+        }
+        builder.body(body).unwrap()
+    }
+
+    /// Sends `body` to `path` and returns the response with its body
+    /// unread (to read it as slowly as a test wants).
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> http::Response<hyper::body::Incoming> {
+        let request = self.request(method, path, Full::new(body.into()));
+        self.inner.request(request).await.unwrap()
+    }
+
+    /// Sends a body produced as it goes (`Transfer-Encoding: chunked`).
+    pub async fn send_streamed(&self, method: Method, path: &str, body: Streamed) -> Reply {
+        let client: Legacy<HttpConnector, Streamed> =
+            Legacy::builder(TokioExecutor::new()).build_http();
+        let response = client
+            .request(self.request(method, path, body))
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
         }
     }
 
     /// Sends `body` to `path` (appended to the base as is).
     pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(body.into()))
-            .unwrap();
+        let request = self.request(method, path, Full::new(body.into()));
         let response = self.inner.request(request).await.unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
