@@ -159,16 +159,16 @@ mod tests {
 
     #[test]
     fn ttl_takes_one_second_to_thirty_days() {
-        let ok = [ttl("timeout", 1.0), ttl("timeout", 0.5e1), ttl("timeout", 2_592_000.0)];
+        let ok = [
+            ttl("timeout", 1.0),
+            ttl("timeout", 0.5e1),
+            ttl("timeout", 2_592_000.0),
+        ];
         let refused = [-1.0, 0.0, 0.5, f64::NAN, f64::INFINITY, 2_592_001.0, 1e13]
             .map(|s| ttl("timeout", s).map_err(|r| r.status));
 
         assert!(ok.iter().all(Result::is_ok));
-        assert!(
-            refused
-                .iter()
-                .all(|r| *r == Err(StatusCode::BAD_REQUEST))
-        );
+        assert!(refused.iter().all(|r| *r == Err(StatusCode::BAD_REQUEST)));
     }
 
     #[test]

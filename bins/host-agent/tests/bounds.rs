@@ -136,12 +136,7 @@ async fn output_floods_and_huge_files_keep_the_agent_memory_bounded() {
     let read = drain(streamed, 4 << 20, Duration::from_secs(1), 48 << 20).await;
     let after_stream = peak.growth();
     // A 768 MiB guest file, read as a stream.
-    let made = exec(
-        &api,
-        &id,
-        json!({"cmd": "truncate -s 768M /home/user/big"}),
-    )
-    .await;
+    let made = exec(&api, &id, json!({"cmd": "truncate -s 768M /home/user/big"})).await;
     let download = api
         .open(
             Method::GET,
@@ -165,7 +160,12 @@ async fn output_floods_and_huge_files_keep_the_agent_memory_bounded() {
             http_body_util::StreamBody::new(chunks),
         )
         .await;
-    let up_size = exec(&api, &id, json!({"cmd": "stat -c %s /home/user/up; rm -f /home/user/up /home/user/big"})).await;
+    let up_size = exec(
+        &api,
+        &id,
+        json!({"cmd": "stat -c %s /home/user/up; rm -f /home/user/up /home/user/big"}),
+    )
+    .await;
     let after_upload = peak.growth();
     // One upload at a time (max_concurrent_uploads = 1): a second one
     // while the first is in progress is refused.
@@ -176,8 +176,12 @@ async fn output_floods_and_huge_files_keep_the_agent_memory_bounded() {
         let api = api.clone();
         let path = format!("{sandbox}/files?path=/home/user/slow");
         async move {
-            api.send_streamed(Method::PUT, &path, http_body_util::StreamBody::new(slow_body))
-                .await
+            api.send_streamed(
+                Method::PUT,
+                &path,
+                http_body_util::StreamBody::new(slow_body),
+            )
+            .await
         }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -220,6 +224,7 @@ async fn output_floods_and_huge_files_keep_the_agent_memory_bounded() {
         ("file read", after_download),
         ("upload", after_upload),
     ] {
+        eprintln!("{what}: peak RSS growth {} MiB", growth >> 20);
         assert!(
             growth < RSS_BOUND,
             "{what}: RSS grew by {} MiB (bound {} MiB)",
@@ -259,7 +264,12 @@ async fn list_of_a_file_with_a_far_future_mtime_answers() {
         .await;
 
     agent.stop().await;
-    assert_eq!(touched.json()["stdout"], "10000000000000\n", "{}", touched.text());
+    assert_eq!(
+        touched.json()["stdout"],
+        "10000000000000\n",
+        "{}",
+        touched.text()
+    );
     assert_eq!(listed.status, 200, "{}", listed.text());
     assert_eq!(listed.json()[0]["name"], "far");
     assert_eq!(listed.json()[0]["modified_at"], Value::Null);
@@ -296,7 +306,12 @@ async fn guest_filling_its_disk_leaves_the_agent_and_other_sandboxes_working() {
     }
     let filled = fill.await.unwrap();
     let after = exec(&api, &other, json!({"cmd": "echo ok"})).await;
-    let cleaned = exec(&api, &filler, json!({"cmd": "rm /fill && echo removed", "user": "root"})).await;
+    let cleaned = exec(
+        &api,
+        &filler,
+        json!({"cmd": "rm /fill && echo removed", "user": "root"}),
+    )
+    .await;
 
     agent.stop().await;
 
@@ -311,7 +326,9 @@ async fn guest_filling_its_disk_leaves_the_agent_and_other_sandboxes_working() {
     );
     assert!(!checks.is_empty());
     assert!(
-        checks.iter().all(|(status, out)| *status == 200 && out == "ok\n"),
+        checks
+            .iter()
+            .all(|(status, out)| *status == 200 && out == "ok\n"),
         "{checks:?}"
     );
     assert_eq!(after.json()["stdout"], "ok\n");
@@ -333,7 +350,9 @@ async fn resume_beyond_capacity_is_503_and_paused_sandboxes_are_capped_and_expir
     let api = Client::new(agent.url());
     let e2b = Client::new(agent.url()).with_header("X-API-KEY", common::API_KEY);
     let first = create(&api).await;
-    let paused = api.post(&format!("/v1/sandboxes/{first}/pause"), &json!({})).await;
+    let paused = api
+        .post(&format!("/v1/sandboxes/{first}/pause"), &json!({}))
+        .await;
     let paused_at = Instant::now();
     let second = create(&api).await;
 
@@ -341,7 +360,10 @@ async fn resume_beyond_capacity_is_503_and_paused_sandboxes_are_capped_and_expir
         .post(&format!("/v1/sandboxes/{first}/resume"), &json!({}))
         .await;
     let connected = e2b
-        .post(&format!("/sandboxes/{first}/connect"), &json!({"timeout": 60}))
+        .post(
+            &format!("/sandboxes/{first}/connect"),
+            &json!({"timeout": 60}),
+        )
         .await;
     let created = e2b
         .post("/sandboxes", &json!({"templateID": "base", "timeout": 60}))
@@ -362,7 +384,12 @@ async fn resume_beyond_capacity_is_503_and_paused_sandboxes_are_capped_and_expir
     agent.stop().await;
 
     assert_eq!(paused.json()["state"], "paused", "{}", paused.text());
-    assert_eq!(resumed.status_code(), (503, "capacity".into()), "{}", resumed.text());
+    assert_eq!(
+        resumed.status_code(),
+        (503, "capacity".into()),
+        "{}",
+        resumed.text()
+    );
     assert_eq!(connected.status, 503, "{}", connected.text());
     assert_eq!(created.status, 503, "{}", created.text());
     assert_eq!(
@@ -371,9 +398,17 @@ async fn resume_beyond_capacity_is_503_and_paused_sandboxes_are_capped_and_expir
         "{}",
         second_pause.text()
     );
-    assert_eq!(first_state.status, 404, "still there after {expired_after:?}");
+    assert_eq!(
+        first_state.status, 404,
+        "still there after {expired_after:?}"
+    );
     assert!(expired_after >= Duration::from_secs(9), "{expired_after:?}");
-    assert_eq!(second_pause_later.json()["state"], "paused", "{}", second_pause_later.text());
+    assert_eq!(
+        second_pause_later.json()["state"],
+        "paused",
+        "{}",
+        second_pause_later.text()
+    );
 }
 
 #[tokio::test]
@@ -396,7 +431,10 @@ async fn snapshots_beyond_the_count_or_bytes_quota_are_refused() {
     let api = Client::new(sized.url());
     let id = create(&api).await;
     let too_big = api
-        .post(&format!("/v1/sandboxes/{id}/snapshots"), &json!({"name": "big"}))
+        .post(
+            &format!("/v1/sandboxes/{id}/snapshots"),
+            &json!({"name": "big"}),
+        )
         .await;
     let sized_list = api.get("/v1/snapshots").await;
     let left = sized.data_dir.path().join("snapshots/big").exists();

@@ -291,7 +291,11 @@ async fn files_stream_both_ways_and_a_whole_read_over_its_cap_is_refused() {
         .await
         .unwrap();
     let whole = envd.client.read_file(path, Some("root")).await.unwrap_err();
-    let download = envd.client.read_file_stream(path, Some("root")).await.unwrap();
+    let download = envd
+        .client
+        .read_file_stream(path, Some("root"))
+        .await
+        .unwrap();
     let len = download.len;
     let streamed: usize = download
         .body

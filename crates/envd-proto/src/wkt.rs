@@ -49,10 +49,7 @@ impl From<std::time::SystemTime> for Timestamp {
                 if d.subsec_nanos() == 0 {
                     (-secs, 0)
                 } else {
-                    (
-                        (-secs).saturating_sub(1),
-                        1_000_000_000 - d.subsec_nanos(),
-                    )
+                    ((-secs).saturating_sub(1), 1_000_000_000 - d.subsec_nanos())
                 }
             }
         };

@@ -115,7 +115,9 @@ pub async fn write(
     let data = body.into_data_stream().map_err(move |err| {
         let api = body_error(err);
         let message = api.message.clone();
-        *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(api);
+        *seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(api);
         BoxError::from(message)
     });
     let written = envd

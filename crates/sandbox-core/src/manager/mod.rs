@@ -984,7 +984,9 @@ impl Manager {
         for id in self.expired_paused(now) {
             match self.destroy(&id).await {
                 Ok(()) => tracing::info!(sandbox = %id, "paused sandbox expired: destroyed"),
-                Err(err) => tracing::warn!(sandbox = %id, %err, "destroying an expired paused sandbox failed"),
+                Err(err) => {
+                    tracing::warn!(sandbox = %id, %err, "destroying an expired paused sandbox failed")
+                }
             }
         }
     }
