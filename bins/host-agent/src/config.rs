@@ -76,8 +76,22 @@ pub struct AgentConfig {
     pub accel: AccelChoice,
     pub default_vcpus: u8,
     pub default_memory_mib: u32,
-    /// Running sandboxes at most (503 beyond).
+    /// Running sandboxes at most (503 beyond), on every path that starts
+    /// a VM (create, resume, connect, fork, warm-up, start from snapshot).
     pub max_sandboxes: usize,
+    /// Paused sandboxes at most (a pause beyond: 429 `quota_exceeded`).
+    pub max_paused: usize,
+    /// Seconds a sandbox may stay paused before the reaper destroys it.
+    pub paused_ttl_s: u64,
+    /// Snapshots at most, and the bytes they may use together (a snapshot
+    /// beyond either: 429 `quota_exceeded`).
+    pub max_snapshots: usize,
+    pub max_snapshot_bytes: u64,
+    /// Bytes of each of stdout and stderr the JSON exec route returns; the
+    /// rest is dropped and the reply says `truncated`.
+    pub exec_output_limit: usize,
+    /// File uploads in progress at once (429 `too_many_uploads` beyond).
+    pub max_concurrent_uploads: usize,
     pub network: NetworkChoice,
     /// First network slot of this agent and how many it may use; agents on
     /// one host need disjoint ranges (slot `s` owns namespace `petrel-s`).
@@ -117,6 +131,12 @@ impl Default for AgentConfig {
             default_vcpus: 1,
             default_memory_mib: 512,
             max_sandboxes: 16,
+            max_paused: 64,
+            paused_ttl_s: sandbox_core::DEFAULT_PAUSED_TTL.as_secs(),
+            max_snapshots: 64,
+            max_snapshot_bytes: 64 << 30,
+            exec_output_limit: 4 << 20,
+            max_concurrent_uploads: 4,
             network: NetworkChoice::Auto,
             net_slot_first: 1,
             net_slot_count: 1024,

@@ -8,6 +8,8 @@
 //! - [`api`]: the REST API under `/v1`, `/openapi.json`, `/metrics`.
 //! - [`ui`]: the test UI at `GET /test`.
 //! - [`e2b`]: the E2B-compatible control plane and the envd proxy.
+//! - [`policy`]: the rules `/v1` and the E2B routes share (TTLs, caps,
+//!   upload limit, error statuses).
 //! - [`doctor`]: the host's capabilities and the choices made from them.
 //!
 //! It does not run VMs itself: [`sandbox_core::Manager`] does.
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod doctor;
 pub mod e2b;
+pub mod policy;
 pub mod server;
 pub mod state;
 pub mod ui;

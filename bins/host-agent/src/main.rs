@@ -76,6 +76,24 @@ struct ServeArgs {
     memory_mib: Option<u32>,
     #[arg(long, env = "PETREL_MAX_SANDBOXES")]
     max_sandboxes: Option<usize>,
+    /// Paused sandboxes at most (default 64).
+    #[arg(long, env = "PETREL_MAX_PAUSED")]
+    max_paused: Option<usize>,
+    /// Seconds a sandbox may stay paused before it is destroyed (default 30 days).
+    #[arg(long, env = "PETREL_PAUSED_TTL_S")]
+    paused_ttl_s: Option<u64>,
+    /// Snapshots at most (default 64).
+    #[arg(long, env = "PETREL_MAX_SNAPSHOTS")]
+    max_snapshots: Option<usize>,
+    /// Bytes all snapshots may use together (default 64 GiB).
+    #[arg(long, env = "PETREL_MAX_SNAPSHOT_BYTES")]
+    max_snapshot_bytes: Option<u64>,
+    /// Bytes of each of stdout/stderr an exec's JSON reply carries (default 4 MiB).
+    #[arg(long, env = "PETREL_EXEC_OUTPUT_LIMIT")]
+    exec_output_limit: Option<usize>,
+    /// File uploads in progress at once (default 4).
+    #[arg(long, env = "PETREL_MAX_CONCURRENT_UPLOADS")]
+    max_concurrent_uploads: Option<usize>,
     /// Sandbox networking: a namespace each (default as root) or user-mode.
     #[arg(long, env = "PETREL_NETWORK", value_enum)]
     network: Option<NetworkChoice>,
@@ -159,6 +177,24 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_sandboxes {
             config.max_sandboxes = v;
+        }
+        if let Some(v) = self.max_paused {
+            config.max_paused = v;
+        }
+        if let Some(v) = self.paused_ttl_s {
+            config.paused_ttl_s = v;
+        }
+        if let Some(v) = self.max_snapshots {
+            config.max_snapshots = v;
+        }
+        if let Some(v) = self.max_snapshot_bytes {
+            config.max_snapshot_bytes = v;
+        }
+        if let Some(v) = self.exec_output_limit {
+            config.exec_output_limit = v;
+        }
+        if let Some(v) = self.max_concurrent_uploads {
+            config.max_concurrent_uploads = v;
         }
         if let Some(v) = self.network {
             config.network = v;

@@ -76,6 +76,10 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         default_vcpus: config.default_vcpus,
         default_memory_mib: config.default_memory_mib,
         max_running: config.max_sandboxes,
+        max_paused: config.max_paused,
+        paused_ttl: Duration::from_secs(config.paused_ttl_s),
+        max_snapshots: config.max_snapshots,
+        max_snapshot_bytes: config.max_snapshot_bytes,
         network: network_pool(&config)?,
         rootfs_provider,
         ..ManagerConfig::new(&config.data_dir)
@@ -100,6 +104,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         }
     }
     let state = AppState {
+        policy: Arc::new(crate::policy::Policy::new(&config)),
         manager: manager.clone(),
         config: Arc::new(config.clone()),
         started_at: Instant::now(),

@@ -12,5 +12,7 @@ use crate::config::AgentConfig;
 pub struct AppState {
     pub manager: Manager,
     pub config: Arc<AgentConfig>,
+    /// The rules both APIs apply (see [`crate::policy`]).
+    pub policy: Arc<crate::policy::Policy>,
     pub started_at: Instant,
 }

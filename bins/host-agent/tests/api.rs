@@ -257,7 +257,7 @@ async fn exec_stream_and_files_work_in_a_running_sandbox() {
     assert_eq!(created.status, 201, "{}", created.text());
     assert_eq!(
         shell.json(),
-        json!({"stdout": "out\n", "stderr": "err\n", "exit_code": 3, "pid": shell.json()["pid"]})
+        json!({"stdout": "out\n", "stderr": "err\n", "stdout_truncated": false, "stderr_truncated": false, "exit_code": 3, "pid": shell.json()["pid"]})
     );
     assert_eq!(env.json()["stdout"], json!("hello\nyes\n"));
     assert_eq!(cwd.json()["stdout"], json!("/tmp\n"));

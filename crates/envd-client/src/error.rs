@@ -82,6 +82,15 @@ pub enum EnvdError {
         endpoint: String,
         detail: String,
     },
+    /// A reply was bigger than the client collects (see
+    /// [`MAX_UNARY_REPLY`](crate::MAX_UNARY_REPLY) and
+    /// [`MAX_FILE_READ`](crate::MAX_FILE_READ)); reading stopped at the cap.
+    #[error("reply of envd {endpoint} at {addr} exceeds the cap of {limit} bytes")]
+    TooLarge {
+        addr: SocketAddr,
+        endpoint: String,
+        limit: usize,
+    },
     /// The request could not be built from the given arguments (e.g. an access
     /// token that is not a valid header value).
     #[error("cannot build request to envd {endpoint} at {addr}: {detail}")]
@@ -104,6 +113,7 @@ impl EnvdError {
             Self::Http { status, .. } => connect::code_for_plain_status(*status),
             Self::Timeout { .. } => Some("deadline_exceeded"),
             Self::Connect { .. } => Some("unavailable"),
+            Self::TooLarge { .. } => Some("resource_exhausted"),
             Self::Transport { .. }
             | Self::Decode { .. }
             | Self::Protocol { .. }

@@ -8,10 +8,36 @@ use std::{
 
 use bytes::Bytes;
 use envd_proto::filesystem as pb;
-use http::Method;
+use futures::stream::{BoxStream, Stream, StreamExt as _, TryStreamExt as _};
+use http::{Method, header};
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
 use tracing::debug;
 
-use crate::{EnvdClient, EnvdError, transport::encode_query_value};
+use crate::{BoxError, EnvdClient, EnvdError, transport::encode_query_value};
+
+/// Largest file [`EnvdClient::read_file`] collects in memory; bigger files
+/// fail with [`EnvdError::TooLarge`]. [`EnvdClient::read_file_stream`] has
+/// no such cap.
+pub const MAX_FILE_READ: usize = 64 * 1024 * 1024;
+
+/// The contents of a file as it arrives from envd, chunk by chunk.
+pub type FileStream = BoxStream<'static, Result<Bytes, EnvdError>>;
+
+/// A file being read: its length when envd said it, and its contents.
+pub struct FileDownload {
+    /// `Content-Length` of envd's reply.
+    pub len: Option<u64>,
+    pub body: FileStream,
+}
+
+impl std::fmt::Debug for FileDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileDownload")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
 
 const FILES_PATH: &str = "/files";
 const STAT: &str = "filesystem.Filesystem/Stat";
@@ -85,15 +111,90 @@ impl From<pb::EntryInfo> for FileEntry {
 impl EnvdClient {
     /// The contents of `path` (`GET /files`), read as `user` (envd's default
     /// user when `None`). A relative path is relative to the user's home.
-    /// A missing file fails with code `not_found`.
+    /// A missing file fails with code `not_found`; one over
+    /// [`MAX_FILE_READ`] with [`EnvdError::TooLarge`] (stream big files
+    /// with [`read_file_stream`](Self::read_file_stream)).
     pub async fn read_file(&self, path: &str, user: Option<&str>) -> Result<Vec<u8>, EnvdError> {
         let target = files_target(path, user);
         debug!(addr = %self.addr(), path, ?user, "envd read file");
         let body = self
             .transport
-            .plain(Method::GET, &target, None, self.transport.request_timeout())
+            .plain(
+                Method::GET,
+                &target,
+                None,
+                self.transport.request_timeout(),
+                MAX_FILE_READ,
+            )
             .await?;
         Ok(Vec::from(body))
+    }
+
+    /// The contents of `path` as a stream, read from envd only as fast as
+    /// the stream is polled (nothing is collected). Waiting for envd's
+    /// reply is bounded by the request timeout; reading the body is not.
+    pub async fn read_file_stream(
+        &self,
+        path: &str,
+        user: Option<&str>,
+    ) -> Result<FileDownload, EnvdError> {
+        let target = files_target(path, user);
+        let endpoint = format!("GET {target}");
+        debug!(addr = %self.addr(), path, ?user, "envd read file (streamed)");
+        let timeout = self.transport.request_timeout();
+        let response = tokio::time::timeout(
+            timeout,
+            self.transport.plain_response(Method::GET, &target, None),
+        )
+        .await
+        .map_err(|_| EnvdError::Timeout {
+            addr: self.addr(),
+            operation: endpoint.clone(),
+            timeout,
+            last_failure: None,
+        })??;
+        let len = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let addr = self.addr();
+        let body = response
+            .into_body()
+            .into_data_stream()
+            .map_err(move |err| EnvdError::Transport {
+                addr,
+                endpoint: endpoint.clone(),
+                source: Box::new(err),
+            })
+            .boxed();
+        Ok(FileDownload { len, body })
+    }
+
+    /// Writes `data` to `path` as it comes (`POST /files`,
+    /// `application/octet-stream`, chunked): nothing is collected, and the
+    /// stream is read only as fast as envd takes it. A failure of `data`
+    /// aborts the upload. Not bounded in time: the caller bounds it.
+    pub async fn write_file_stream<S>(
+        &self,
+        path: &str,
+        user: Option<&str>,
+        data: S,
+    ) -> Result<(), EnvdError>
+    where
+        S: Stream<Item = Result<Bytes, BoxError>> + Send + 'static,
+    {
+        let target = files_target(path, user);
+        debug!(addr = %self.addr(), path, ?user, "envd write file (streamed)");
+        let body = StreamBody::new(data.map_ok(Frame::data)).boxed_unsync();
+        self.transport
+            .plain_response(
+                Method::POST,
+                &target,
+                Some(("application/octet-stream", body)),
+            )
+            .await
+            .map(drop)
     }
 
     /// Writes `data` to `path` (`POST /files`, `application/octet-stream`),
@@ -114,6 +215,7 @@ impl EnvdClient {
                 &target,
                 Some(("application/octet-stream", data)),
                 self.transport.request_timeout(),
+                crate::transport::MAX_UNARY_REPLY,
             )
             .await
             .map(drop)

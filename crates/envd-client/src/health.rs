@@ -62,7 +62,13 @@ impl EnvdClient {
 
     async fn probe(&self, timeout: Duration) -> Result<(), EnvdError> {
         self.transport
-            .plain(Method::GET, HEALTH_PATH, None, timeout)
+            .plain(
+                Method::GET,
+                HEALTH_PATH,
+                None,
+                timeout,
+                crate::transport::MAX_UNARY_REPLY,
+            )
             .await
             .map(drop)
     }

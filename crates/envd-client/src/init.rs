@@ -84,6 +84,7 @@ impl EnvdClient {
                 INIT_PATH,
                 Some(("application/json", Bytes::from(body))),
                 self.transport.request_timeout(),
+                crate::transport::MAX_UNARY_REPLY,
             )
             .await
             .map(drop)

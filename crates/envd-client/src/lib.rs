@@ -14,10 +14,17 @@
 //!   pseudo-terminal of a given size, [`send_pty_input`](EnvdClient::send_pty_input)
 //!   types into it, [`resize_pty`](EnvdClient::resize_pty) resizes it;
 //! - files: [`read_file`](EnvdClient::read_file) /
-//!   [`write_file`](EnvdClient::write_file) over `/files`, and
+//!   [`write_file`](EnvdClient::write_file) over `/files` (and their
+//!   streamed forms, which hold no whole file in memory), and
 //!   [`stat`](EnvdClient::stat), [`make_dir`](EnvdClient::make_dir),
 //!   [`list_dir`](EnvdClient::list_dir), [`remove`](EnvdClient::remove)
 //!   over the `Filesystem` service.
+//!
+//! Everything the client collects is capped: exec output at
+//! [`ExecRequest::output_limit`] per stream (the rest dropped, and
+//! [`ExecOutput::stdout_truncated`] says so), unary replies at
+//! [`MAX_UNARY_REPLY`], whole-file reads at [`MAX_FILE_READ`] (beyond a cap:
+//! [`EnvdError::TooLarge`]), stream messages at 64 MiB.
 //!
 //! Every failure is an [`EnvdError`] naming the address and endpoint;
 //! [`EnvdError::code`] gives the Connect code (`"not_found"`, ...).
@@ -57,11 +64,14 @@ mod transport;
 use std::{net::SocketAddr, time::Duration};
 
 pub use error::{BoxError, EnvdError};
-pub use files::{FileEntry, FileKind};
+pub use files::{FileDownload, FileEntry, FileKind, FileStream, MAX_FILE_READ};
 pub use init::InitRequest;
-pub use process::{ExecEvent, ExecOutput, ExecRequest, ExecStream, ProcessInfo, Signal};
+pub use process::{
+    DEFAULT_OUTPUT_LIMIT, ExecEvent, ExecOutput, ExecRequest, ExecStream, ProcessInfo, Signal,
+};
 pub use pty::{PtyEvent, PtyStream};
 
+pub use transport::MAX_UNARY_REPLY;
 use transport::Transport;
 
 /// The port envd listens on inside the guest.

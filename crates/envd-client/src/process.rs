@@ -24,6 +24,10 @@ const SEND_SIGNAL: &str = "process.Process/SendSignal";
 /// Largest piece of stdin sent in one `SendInput` call.
 const STDIN_CHUNK: usize = 64 * 1024;
 
+/// Bytes of each of stdout and stderr [`EnvdClient::exec`] keeps when
+/// [`ExecRequest::output_limit`] is `None`.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 * 1024 * 1024;
+
 /// A command to run in the guest.
 ///
 /// Build one with [`ExecRequest::new`] (program and arguments, no shell) or
@@ -46,6 +50,11 @@ pub struct ExecRequest {
     /// Deadline for the whole run, passed to envd as `Connect-Timeout-Ms`;
     /// the run fails with code `deadline_exceeded` when it is overrun.
     pub timeout: Option<Duration>,
+    /// Bytes of each of stdout and stderr [`EnvdClient::exec`] keeps
+    /// ([`DEFAULT_OUTPUT_LIMIT`] when `None`); output beyond is read and
+    /// dropped, and [`ExecOutput::stdout_truncated`] (or `stderr_`) set.
+    /// Streams ([`EnvdClient::exec_stream`]) are not capped.
+    pub output_limit: Option<usize>,
 }
 
 impl ExecRequest {
@@ -108,6 +117,12 @@ impl ExecRequest {
         self
     }
 
+    #[must_use]
+    pub fn output_limit(mut self, bytes: usize) -> Self {
+        self.output_limit = Some(bytes);
+        self
+    }
+
     /// The program, arguments, environment and working directory.
     pub(crate) fn process_config(&self) -> pb::ProcessConfig {
         pb::ProcessConfig {
@@ -137,8 +152,13 @@ impl ExecRequest {
 pub struct ExecOutput {
     /// The guest pid the process had.
     pub pid: u32,
+    /// At most [`ExecRequest::output_limit`] bytes.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// The process wrote more to stdout than the limit; the rest was
+    /// dropped.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
     /// The exit code; by E2B convention `-1` (or 128+n from a shell) when a
     /// signal ended the process.
     pub exit_code: i32,
@@ -222,18 +242,23 @@ impl From<Signal> for pb::Signal {
 }
 
 impl EnvdClient {
-    /// Runs `request` to completion and collects its output.
+    /// Runs `request` to completion and collects its output, at most
+    /// [`ExecRequest::output_limit`] bytes of each stream (the rest is read
+    /// and dropped, so the process runs to its end).
     ///
     /// A non-zero exit code is not an error (see [`ExecOutput::exit_code`]);
     /// errors are transport failures, a Connect error from envd (e.g.
     /// `deadline_exceeded` when [`ExecRequest::timeout`] passes) or a broken
     /// event sequence.
     pub async fn exec(&self, request: ExecRequest) -> Result<ExecOutput, EnvdError> {
+        let limit = request.output_limit.unwrap_or(DEFAULT_OUTPUT_LIMIT);
         let mut events = self.exec_stream(request).await?;
         let mut output = ExecOutput {
             pid: 0,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
             exit_code: 0,
             status: String::new(),
             exited: false,
@@ -243,8 +268,12 @@ impl EnvdClient {
         while let Some(event) = events.next().await {
             match event? {
                 ExecEvent::Started { pid } => output.pid = pid,
-                ExecEvent::Stdout(data) => output.stdout.extend_from_slice(&data),
-                ExecEvent::Stderr(data) => output.stderr.extend_from_slice(&data),
+                ExecEvent::Stdout(data) => {
+                    output.stdout_truncated |= keep(&mut output.stdout, &data, limit);
+                }
+                ExecEvent::Stderr(data) => {
+                    output.stderr_truncated |= keep(&mut output.stderr, &data, limit);
+                }
                 ExecEvent::Exited {
                     exit_code,
                     status,
@@ -425,6 +454,15 @@ impl EnvdClient {
     }
 }
 
+/// Appends what fits of `data` to `out` (at most `limit` bytes in all);
+/// whether anything was dropped.
+fn keep(out: &mut Vec<u8>, data: &[u8], limit: usize) -> bool {
+    let room = limit.saturating_sub(out.len());
+    let taken = data.len().min(room);
+    out.extend_from_slice(&data[..taken]);
+    taken < data.len()
+}
+
 /// Whether a failure to deliver stdin only means the process no longer wants
 /// it: it has exited (`not_found`) or closed its end of the pipe (EPIPE).
 /// Like `subprocess.communicate`, such input is dropped silently.
@@ -520,6 +558,20 @@ mod tests {
         let unwanted = errors.each_ref().map(stdin_unwanted);
 
         assert_eq!(unwanted, [true, true, true, false, false]);
+    }
+
+    #[test]
+    fn keep_stops_at_the_limit_and_says_so() {
+        let mut out = Vec::new();
+
+        let dropped = [
+            keep(&mut out, b"abc", 5),
+            keep(&mut out, b"def", 5),
+            keep(&mut out, b"g", 5),
+        ];
+
+        assert_eq!(out, b"abcde");
+        assert_eq!(dropped, [false, true, true]);
     }
 
     #[test]

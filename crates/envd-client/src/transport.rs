@@ -16,7 +16,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt as _};
 use http::{HeaderValue, Method, Request, Response, Uri, header};
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -40,6 +40,21 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 /// Header carrying envd's access token.
 const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+/// Largest reply body of a unary RPC (or a plain request such as `/init`)
+/// the client collects; a bigger one fails with [`EnvdError::TooLarge`].
+/// Directory listings are the biggest unary replies (about 200 bytes an
+/// entry).
+pub const MAX_UNARY_REPLY: usize = 32 * 1024 * 1024;
+
+/// The body of a request to envd: whole, or streamed (file uploads).
+pub(crate) type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body held whole in memory.
+pub(crate) fn whole(bytes: Bytes) -> RequestBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// A stream of decoded messages of a Connect server stream.
 pub(crate) type MessageStream<M> = BoxStream<'static, Result<M, EnvdError>>;
@@ -48,7 +63,7 @@ pub(crate) type MessageStream<M> = BoxStream<'static, Result<M, EnvdError>>;
 #[derive(Clone)]
 pub(crate) struct Transport {
     addr: SocketAddr,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpConnector, RequestBody>,
     access_token: Option<Arc<str>>,
     request_timeout: Duration,
 }
@@ -131,7 +146,9 @@ impl Transport {
                 return Err(self.rpc_error(method, response).await);
             }
             self.check_content_type(&response, connect::UNARY_CONTENT_TYPE, method)?;
-            let body = self.read_body(response.into_body(), method).await?;
+            let body = self
+                .read_body(response.into_body(), method, MAX_UNARY_REPLY)
+                .await?;
             Resp::decode(body).map_err(|source| EnvdError::Decode {
                 addr: self.addr,
                 endpoint: method.to_owned(),
@@ -206,39 +223,22 @@ impl Transport {
         .boxed())
     }
 
-    /// A plain HTTP request; returns the body of a 2xx reply and
-    /// [`EnvdError::Http`] otherwise. `body` is `(content type, bytes)`.
+    /// A plain HTTP request; returns the body of a 2xx reply (at most
+    /// `limit` bytes, [`EnvdError::TooLarge`] beyond) and [`EnvdError::Http`]
+    /// otherwise. `body` is `(content type, bytes)`.
     pub(crate) async fn plain(
         &self,
         method: Method,
         target: &str,
         body: Option<(&'static str, Bytes)>,
         timeout: Duration,
+        limit: usize,
     ) -> Result<Bytes, EnvdError> {
         let endpoint = format!("{method} {target}");
         let call = async {
-            let mut builder = self.builder(method, target, &endpoint)?;
-            let payload = match body {
-                Some((content_type, bytes)) => {
-                    builder = builder.header(header::CONTENT_TYPE, content_type);
-                    bytes
-                }
-                None => Bytes::new(),
-            };
-            let http_request = self.build(builder, payload, &endpoint)?;
-            debug!(addr = %self.addr, endpoint, "envd HTTP call");
-            let response = self.send(http_request, &endpoint).await?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = self.read_error_body(response.into_body()).await;
-                return Err(EnvdError::Http {
-                    addr: self.addr,
-                    endpoint: endpoint.clone(),
-                    status: status.as_u16(),
-                    message: connect::plain_error_message(status.as_u16(), &body),
-                });
-            }
-            self.read_body(response.into_body(), &endpoint).await
+            let body = body.map(|(content_type, bytes)| (content_type, whole(bytes)));
+            let response = self.plain_response(method, target, body).await?;
+            self.read_body(response.into_body(), &endpoint, limit).await
         };
         tokio::time::timeout(timeout, call)
             .await
@@ -248,6 +248,46 @@ impl Transport {
                 timeout,
                 last_failure: None,
             })?
+    }
+
+    /// A plain HTTP request whose body may be streamed; returns the
+    /// response of a 2xx reply (its body unread) and [`EnvdError::Http`]
+    /// otherwise. No timeout: the caller bounds it.
+    pub(crate) async fn plain_response(
+        &self,
+        method: Method,
+        target: &str,
+        body: Option<(&'static str, RequestBody)>,
+    ) -> Result<Response<Incoming>, EnvdError> {
+        let endpoint = format!("{method} {target}");
+        let mut builder = self.builder(method, target, &endpoint)?;
+        let payload = match body {
+            Some((content_type, body)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                body
+            }
+            None => whole(Bytes::new()),
+        };
+        let http_request = builder
+            .body(payload)
+            .map_err(|err| EnvdError::InvalidRequest {
+                addr: self.addr,
+                endpoint: endpoint.clone(),
+                detail: err.to_string(),
+            })?;
+        debug!(addr = %self.addr, endpoint, "envd HTTP call");
+        let response = self.send(http_request, &endpoint).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = self.read_error_body(response.into_body()).await;
+            return Err(EnvdError::Http {
+                addr: self.addr,
+                endpoint,
+                status: status.as_u16(),
+                message: connect::plain_error_message(status.as_u16(), &body),
+            });
+        }
+        Ok(response)
     }
 
     fn builder(
@@ -294,9 +334,9 @@ impl Transport {
         builder: http::request::Builder,
         body: Bytes,
         endpoint: &str,
-    ) -> Result<Request<Full<Bytes>>, EnvdError> {
+    ) -> Result<Request<RequestBody>, EnvdError> {
         builder
-            .body(Full::new(body))
+            .body(whole(body))
             .map_err(|err| EnvdError::InvalidRequest {
                 addr: self.addr,
                 endpoint: endpoint.to_owned(),
@@ -306,7 +346,7 @@ impl Transport {
 
     async fn send(
         &self,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
         endpoint: &str,
     ) -> Result<Response<Incoming>, EnvdError> {
         self.http.request(request).await.map_err(|err| {
@@ -326,14 +366,32 @@ impl Transport {
         })
     }
 
-    async fn read_body(&self, body: Incoming, endpoint: &str) -> Result<Bytes, EnvdError> {
-        body.collect()
+    /// The whole body, at most `limit` bytes ([`EnvdError::TooLarge`]
+    /// beyond: reading stops there).
+    async fn read_body(
+        &self,
+        body: Incoming,
+        endpoint: &str,
+        limit: usize,
+    ) -> Result<Bytes, EnvdError> {
+        Limited::new(body, limit)
+            .collect()
             .await
             .map(http_body_util::Collected::to_bytes)
-            .map_err(|err| EnvdError::Transport {
-                addr: self.addr,
-                endpoint: endpoint.to_owned(),
-                source: Box::new(err),
+            .map_err(|err| {
+                if err.downcast_ref::<LengthLimitError>().is_some() {
+                    EnvdError::TooLarge {
+                        addr: self.addr,
+                        endpoint: endpoint.to_owned(),
+                        limit,
+                    }
+                } else {
+                    EnvdError::Transport {
+                        addr: self.addr,
+                        endpoint: endpoint.to_owned(),
+                        source: err,
+                    }
+                }
             })
     }
 

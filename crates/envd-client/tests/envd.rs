@@ -277,6 +277,64 @@ async fn write_file_then_read_file_returns_the_same_bytes() {
 }
 
 #[tokio::test]
+async fn files_stream_both_ways_and_a_whole_read_over_its_cap_is_refused() {
+    let envd = start_envd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.bin");
+    let path = path.to_str().unwrap();
+    let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
+    let chunks = (0..envd_client::MAX_FILE_READ / (1 << 20) + 1)
+        .map(move |_| Ok::<_, envd_client::BoxError>(chunk.clone()));
+
+    envd.client
+        .write_file_stream(path, Some("root"), futures::stream::iter(chunks))
+        .await
+        .unwrap();
+    let whole = envd.client.read_file(path, Some("root")).await.unwrap_err();
+    let download = envd
+        .client
+        .read_file_stream(path, Some("root"))
+        .await
+        .unwrap();
+    let len = download.len;
+    let streamed: usize = download
+        .body
+        .map(|chunk| chunk.unwrap().len())
+        .fold(0, |sum, n| async move { sum + n })
+        .await;
+
+    let expected = envd_client::MAX_FILE_READ + (1 << 20);
+    assert!(
+        matches!(whole, envd_client::EnvdError::TooLarge { limit, .. } if limit == envd_client::MAX_FILE_READ),
+        "{whole}"
+    );
+    assert!(whole.to_string().contains("exceeds the cap"), "{whole}");
+    assert_eq!((len, streamed), (Some(expected as u64), expected));
+}
+
+#[tokio::test]
+async fn exec_output_over_the_limit_is_cut_and_flagged() {
+    let envd = start_envd().await;
+
+    let output = envd
+        .client
+        .exec(as_root("head -c 100000 /dev/zero; echo fine >&2").output_limit(1000))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (
+            output.stdout.len(),
+            output.stdout_truncated,
+            output.stderr.as_slice(),
+            output.stderr_truncated,
+            output.exit_code
+        ),
+        (1000, true, &b"fine\n"[..], false, 0)
+    );
+}
+
+#[tokio::test]
 async fn read_file_of_a_missing_path_is_not_found() {
     let envd = start_envd().await;
 

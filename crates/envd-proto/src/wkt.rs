@@ -34,9 +34,29 @@ impl From<DateTime<Utc>> for Timestamp {
     }
 }
 
+/// Any `SystemTime`, however far from 1970 (chrono's `DateTime` would
+/// panic beyond its range); seconds saturate at `i64`'s bounds.
 impl From<std::time::SystemTime> for Timestamp {
     fn from(t: std::time::SystemTime) -> Self {
-        DateTime::<Utc>::from(t).into()
+        let (seconds, nanos) = match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => (
+                i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+                after.subsec_nanos(),
+            ),
+            Err(before) => {
+                let d = before.duration();
+                let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                if d.subsec_nanos() == 0 {
+                    (-secs, 0)
+                } else {
+                    ((-secs).saturating_sub(1), 1_000_000_000 - d.subsec_nanos())
+                }
+            }
+        };
+        Self {
+            seconds,
+            nanos: i32::try_from(nanos).unwrap_or(0),
+        }
     }
 }
 

@@ -48,8 +48,8 @@ pub use error::SandboxError;
 pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
 pub use manager::{
-    CreateSandbox, ListFilter, Manager, ManagerConfig, ManagerError, SandboxInfo, SnapshotInfo,
-    State, TemplateInfo,
+    CreateSandbox, DEFAULT_PAUSED_TTL, ListFilter, Manager, ManagerConfig, ManagerError,
+    SandboxInfo, SnapshotInfo, State, TemplateInfo,
 };
 pub use network::NetworkPool;
 pub use qemu::{QemuBackend, default_boot_timeout};

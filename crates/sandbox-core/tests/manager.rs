@@ -343,6 +343,31 @@ async fn capacity_limit_refuses_more_running_sandboxes() {
 }
 
 #[tokio::test]
+async fn warm_up_and_fork_at_capacity_are_refused_before_starting_anything() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = ManagerConfig {
+        max_running: 1,
+        ..ManagerConfig::new(dir.path())
+    };
+    let manager = Manager::open(config, backend()).await.unwrap();
+    manager
+        .register_template("base", &images, "test")
+        .await
+        .unwrap();
+    let running = manager.create(base()).await.unwrap();
+
+    let warm = manager.warm_template("base").await.unwrap_err();
+    let fork = manager.fork(&running.id, 1, None).await.unwrap_err();
+    let snapshots = manager.snapshots().unwrap();
+    destroy_all(&manager).await;
+
+    assert!(matches!(warm, ManagerError::Capacity { .. }), "{warm}");
+    assert!(matches!(fork, ManagerError::Capacity { .. }), "{fork}");
+    assert!(snapshots.is_empty(), "{snapshots:?}");
+}
+
+#[tokio::test]
 async fn warm_template_creates_from_its_snapshot_with_own_identity() {
     let Some(images) = images() else { return };
     let dir = tempfile::tempdir().unwrap();

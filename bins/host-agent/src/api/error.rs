@@ -3,16 +3,18 @@
 //!
 //! Statuses are honest: 400 for a bad request (including a name that fails
 //! [`safename::SafeName`]), 404 for something unknown, 409 for a sandbox in
-//! the wrong state or a name in use, 413 for a body over the limit, 503 when
-//! the host is out of capacity, 502/504 when envd in the guest failed or
-//! timed out, 500 for the rest.
+//! the wrong state or a name in use, 413 for a body over the limit, 429 for
+//! a quota (`quota_exceeded`) or the upload limit (`too_many_uploads`), 503
+//! when the host is out of capacity, 502/504 when envd in the guest failed
+//! or timed out, 500 for the rest. Manager and envd failures map through
+//! [`crate::policy`], as on the E2B routes.
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use envd_client::EnvdError;
-use sandbox_core::{ManagerError, SandboxError};
+use sandbox_core::ManagerError;
 use serde::Serialize;
 
 /// A failed API request: an HTTP status, a stable machine-readable `code`
@@ -89,41 +91,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The mapping of [`crate::policy::classify`], shared with the E2B routes.
 impl From<ManagerError> for ApiError {
     fn from(err: ManagerError) -> Self {
-        let message = err.to_string();
-        match err {
-            ManagerError::InvalidName(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_name", message)
-            }
-            ManagerError::InvalidRequest(_) => Self::invalid_request(message),
-            ManagerError::SandboxNotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "sandbox_not_found", message)
-            }
-            ManagerError::TemplateNotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "template_not_found", message)
-            }
-            ManagerError::SnapshotNotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "snapshot_not_found", message)
-            }
-            ManagerError::InvalidState { .. } => {
-                Self::new(StatusCode::CONFLICT, "invalid_state", message)
-            }
-            ManagerError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
-            ManagerError::Capacity { .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "capacity", message)
-            }
-            ManagerError::Sandbox(err) => match *err {
-                SandboxError::Envd { source, .. } => Self::from(*source),
-                SandboxError::InvalidState { .. } => {
-                    Self::new(StatusCode::CONFLICT, "invalid_state", message)
-                }
-                _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
-            },
-            ManagerError::Store { .. } => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-            }
-        }
+        let (status, code) = crate::policy::classify(&err);
+        Self::new(status, code, err.to_string())
+    }
+}
+
+impl From<crate::policy::Refusal> for ApiError {
+    fn from(refusal: crate::policy::Refusal) -> Self {
+        Self::new(refusal.status, refusal.code, refusal.message)
     }
 }
 
@@ -137,18 +115,10 @@ impl From<safename::SafeNameError> for ApiError {
     }
 }
 
-/// envd's Connect codes as statuses; anything else is a bad gateway.
+/// envd's Connect codes as statuses ([`crate::policy::classify_envd`]).
 impl From<EnvdError> for ApiError {
     fn from(err: EnvdError) -> Self {
-        let (status, code) = match err.code() {
-            Some("not_found") => (StatusCode::NOT_FOUND, "not_found"),
-            Some("permission_denied") => (StatusCode::FORBIDDEN, "permission_denied"),
-            Some("invalid_argument") => (StatusCode::BAD_REQUEST, "invalid_argument"),
-            Some("already_exists") => (StatusCode::CONFLICT, "already_exists"),
-            Some("deadline_exceeded") => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-            Some("unavailable") => (StatusCode::BAD_GATEWAY, "envd_unavailable"),
-            _ => (StatusCode::BAD_GATEWAY, "envd_error"),
-        };
+        let (status, code) = crate::policy::classify_envd(&err);
         Self::new(status, code, err.to_string())
     }
 }

@@ -65,11 +65,15 @@ impl ExecBody {
     }
 }
 
-/// A finished command; output is UTF-8 (invalid bytes replaced).
+/// A finished command; output is UTF-8 (invalid bytes replaced), at most
+/// the agent's `exec_output_limit` bytes of each stream: beyond, the rest
+/// is dropped and `stdout_truncated`/`stderr_truncated` is true.
 #[derive(Debug, Serialize)]
 pub struct ExecResult {
     stdout: String,
     stderr: String,
+    stdout_truncated: bool,
+    stderr_truncated: bool,
     exit_code: i32,
     pid: u32,
 }
@@ -79,19 +83,23 @@ pub async fn exec(
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<Json<ExecResult>, ApiError> {
-    let request = body.into_request()?;
+    let mut request = body.into_request()?;
+    request.output_limit = Some(state.app.policy.exec_output_limit);
     let output = state.app.manager.exec(&id, request).await?;
-    tracing::debug!(sandbox = %id, pid = output.pid, exit_code = output.exit_code, "exec finished");
+    tracing::debug!(sandbox = %id, pid = output.pid, exit_code = output.exit_code, truncated = output.stdout_truncated || output.stderr_truncated, "exec finished");
     Ok(Json(ExecResult {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        stdout_truncated: output.stdout_truncated,
+        stderr_truncated: output.stderr_truncated,
         exit_code: output.exit_code,
         pid: output.pid,
     }))
 }
 
 /// Events: `start` `{"pid":N}`, then `stdout`/`stderr` `{"data":"…"}` as
-/// output comes, then `exit` `{"exit_code":N,"status":"…"}`; a failure
+/// output comes (not capped: envd is read only as fast as the client reads
+/// the events, so a slow client slows the command, never grows memory), then `exit` `{"exit_code":N,"status":"…"}`; a failure
 /// mid-stream is an `error` event `{"code":"…","message":"…"}`.
 pub async fn stream(
     State(state): State<ApiState>,

@@ -5,12 +5,12 @@
 //! envd in the guest reads and writes them as `user` (envd's default user,
 //! `user`, when absent), so guest permissions apply.
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
-use envd_client::{FileEntry, FileKind};
+use envd_client::{BoxError, FileEntry, FileKind};
+use futures::TryStreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::ApiState;
@@ -71,9 +71,8 @@ impl From<FileEntry> for EntryView {
             permissions: entry.permissions,
             owner: entry.owner,
             group: entry.group,
-            modified_at: entry
-                .modified
-                .map(|t| DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)),
+            // The guest sets mtimes: one RFC 3339 cannot hold is left out.
+            modified_at: entry.modified.and_then(super::checked_rfc3339),
             symlink_target: entry.symlink_target,
         }
     }
@@ -87,25 +86,82 @@ fn require_path(path: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Writes the body to `path`, creating parent directories: 204.
+/// Writes the body to `path`, creating parent directories: 204. The body
+/// streams to envd as it arrives (at most [`super::FILE_BODY_LIMIT`]
+/// bytes, 413 beyond); at most `max_concurrent_uploads` run at once (429
+/// `too_many_uploads` beyond).
 pub async fn write(
     State(state): State<ApiState>,
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<FileQuery>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    headers: axum::http::HeaderMap,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
-    let body = body?;
     require_path(&query.path)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > super::FILE_BODY_LIMIT as u64) {
+        return Err(too_large_error());
+    }
+    let _permit = state.app.policy.upload_permit()?;
     let envd = state.app.manager.envd(&id).await?;
-    let len = body.len();
-    envd.write_file(&query.path, query.user.as_deref(), body)
-        .await
-        .map_err(|err| ApiError::from_file_error(&query.path, err))?;
-    tracing::debug!(sandbox = %id, path = %query.path, len, "file written");
+    // Past the cap the stream fails; the error is kept to answer 413
+    // rather than envd's complaint about a cut-off body.
+    let body = Body::new(http_body_util::Limited::new(body, super::FILE_BODY_LIMIT));
+    let overrun = std::sync::Arc::new(std::sync::Mutex::new(None::<ApiError>));
+    let seen = overrun.clone();
+    let data = body.into_data_stream().map_err(move |err| {
+        let api = body_error(err);
+        let message = api.message.clone();
+        *seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(api);
+        BoxError::from(message)
+    });
+    let written = envd
+        .write_file_stream(&query.path, query.user.as_deref(), data)
+        .await;
+    if let Some(err) = overrun
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    {
+        return Err(err);
+    }
+    written.map_err(|err| ApiError::from_file_error(&query.path, err))?;
+    tracing::debug!(sandbox = %id, path = %query.path, "file written");
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The contents of `path` as `application/octet-stream`.
+fn too_large_error() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the file is larger than {} bytes", super::FILE_BODY_LIMIT),
+    )
+}
+
+/// A failure reading the request body: 413 past the limit, 400 otherwise.
+fn body_error(err: axum::Error) -> ApiError {
+    let too_large = std::error::Error::source(&err)
+        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        || err.to_string().contains("length limit");
+    if too_large {
+        too_large_error()
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("reading the request body failed: {err}"),
+        )
+    }
+}
+
+/// The contents of `path` as `application/octet-stream`, streamed from
+/// envd as the caller reads them (nothing is collected: a slow reader
+/// slows envd down).
 pub async fn read(
     State(state): State<ApiState>,
     ApiPath(id): ApiPath<String>,
@@ -113,15 +169,20 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     require_path(&query.path)?;
     let envd = state.app.manager.envd(&id).await?;
-    let data = envd
-        .read_file(&query.path, query.user.as_deref())
+    let download = envd
+        .read_file_stream(&query.path, query.user.as_deref())
         .await
         .map_err(|err| ApiError::from_file_error(&query.path, err))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        Bytes::from(data),
-    )
-        .into_response())
+    let mut response = Body::from_stream(download.body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(len) = download.len {
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    }
+    Ok(response)
 }
 
 /// The entries under directory `path`, `depth` levels deep (default 1).

@@ -51,7 +51,8 @@ use metrics::{Metrics, Tracked};
 
 /// The largest JSON request body: 1 MiB.
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
-/// The largest file upload: 1 GiB (held in memory while it is forwarded).
+/// The largest file upload: 1 GiB (streamed to the guest as it comes,
+/// never held whole; at most `max_concurrent_uploads` at once).
 pub const FILE_BODY_LIMIT: usize = 1 << 30;
 
 /// What the API's handlers share.
@@ -281,9 +282,29 @@ pub fn router(state: AppState) -> Router {
     })
 }
 
-/// `t` as RFC 3339 in UTC with milliseconds.
+/// `t` as RFC 3339 in UTC with milliseconds; `None` outside what RFC 3339
+/// years (and chrono) can hold, e.g. a guest file's mtime set to 1e13 s.
+pub fn checked_rfc3339(t: SystemTime) -> Option<String> {
+    let (secs, nanos) = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => (i64::try_from(after.as_secs()).ok()?, after.subsec_nanos()),
+        Err(before) => {
+            let d = before.duration();
+            let secs = i64::try_from(d.as_secs()).ok()?;
+            if d.subsec_nanos() == 0 {
+                (-secs, 0)
+            } else {
+                (-secs - 1, 1_000_000_000 - d.subsec_nanos())
+            }
+        }
+    };
+    let time = DateTime::<Utc>::from_timestamp(secs, nanos)?;
+    Some(time.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// `t` as RFC 3339 in UTC with milliseconds, for times the agent set
+/// itself (out-of-range ones, which it never sets, become the epoch).
 pub fn rfc3339(t: SystemTime) -> String {
-    DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Millis, true)
+    checked_rfc3339(t).unwrap_or_else(|| "1970-01-01T00:00:00.000Z".to_string())
 }
 
 #[cfg(test)]
@@ -299,6 +320,15 @@ mod tests {
         ids.dedup();
 
         assert_eq!(ids.len(), routes.len());
+    }
+
+    #[test]
+    fn far_future_time_is_none_not_a_panic() {
+        let far = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(10_000_000_000_000);
+
+        let text = checked_rfc3339(far);
+
+        assert_eq!(text, None);
     }
 
     #[test]

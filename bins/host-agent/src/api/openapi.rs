@@ -70,6 +70,10 @@ pub fn document() -> Value {
                  unknown fields are refused. Times are RFC 3339 strings in UTC with milliseconds. \
                  Every error is {{\"error\":{{\"code\":\"…\",\"message\":\"…\"}}}}. \
                  JSON bodies are limited to {JSON_BODY_LIMIT} bytes and file uploads to {FILE_BODY_LIMIT} bytes (413 beyond). \
+                 Nothing a guest sends is held whole without a cap: exec output is capped per stream (the agent's `exec_output_limit`, default 4 MiB; \
+                 `stdout_truncated`/`stderr_truncated` say so), exec/stream and file reads and uploads stream with back-pressure. \
+                 Every path that starts a VM (create, resume, start from a snapshot) is refused with 503 `capacity` when the host runs its most sandboxes; \
+                 pausing beyond the paused quota or snapshotting beyond the snapshot quotas is 429 `quota_exceeded`; paused sandboxes are destroyed after the agent's `paused_ttl_s` (default 30 days). \
                  Template and snapshot names must be SafeNames: 1-64 ASCII letters, digits, '.', '_', '-', \
                  starting with a letter or digit, without '..'; anything else is 400 invalid_name. \
                  Requests naming a Host other than an IP address, localhost or a configured name are 421; \
@@ -170,11 +174,15 @@ fn error_responses() -> Value {
             "Wrong state (e.g. pausing a paused sandbox, exec in a paused one) or a name in use.",
         ),
         ("413", "Request body over the limit."),
+        (
+            "429",
+            "A quota is full (code quota_exceeded: paused sandboxes, snapshots, snapshot bytes) or too many uploads run at once (code too_many_uploads).",
+        ),
         ("500", "Internal failure (VMM, disk, store)."),
         ("502", "envd in the guest failed or could not be reached."),
         (
             "503",
-            "The host is out of capacity (too many running sandboxes).",
+            "The host is out of capacity (code capacity: it runs its most sandboxes); on every path that starts a VM.",
         ),
         ("504", "The command or envd request timed out."),
     ];
@@ -187,9 +195,6 @@ fn error_responses() -> Value {
     }
     Value::Object(map)
 }
-
-/// Statuses every sandbox-scoped operation can fail with.
-const SANDBOX_ERRORS: &[&str] = &["400", "404", "409", "413", "500"];
 
 /// The documentation of one operation (without `operationId` and path
 /// parameters, which [`document`] adds).
@@ -231,15 +236,15 @@ pub fn operation(operation_id: &str) -> Value {
         "pauseSandbox" => json!({
             "tags": ["sandboxes"],
             "summary": "Pause a running sandbox to disk",
-            "description": "The VM's memory and devices are saved; no VMM process remains. 409 unless running.",
-            "responses": responses(&[("200", json_response("The paused sandbox.", &sandbox))], &["404", "409", "500"]),
+            "description": "The VM's memory and devices are saved; no VMM process remains. 409 unless running; 429 quota_exceeded when the agent holds its most paused sandboxes. A paused sandbox is destroyed after the agent's paused_ttl_s (default 30 days).",
+            "responses": responses(&[("200", json_response("The paused sandbox.", &sandbox))], &["404", "409", "429", "500"]),
         }),
         "resumeSandbox" => json!({
             "tags": ["sandboxes"],
             "summary": "Resume a paused sandbox",
-            "description": "The TTL starts again from now: `timeout_s` from the optional body, or the default.",
+            "description": "The TTL starts again from now: `timeout_s` from the optional body, or the default. 503 capacity when the host runs its most sandboxes.",
             "requestBody": json_body("Timeout", false),
-            "responses": responses(&[("200", json_response("The running sandbox.", &sandbox))], SANDBOX_ERRORS),
+            "responses": responses(&[("200", json_response("The running sandbox.", &sandbox))], &["400", "404", "409", "413", "500", "503"]),
         }),
         "setSandboxTimeout" => json!({
             "tags": ["sandboxes"],
@@ -251,7 +256,7 @@ pub fn operation(operation_id: &str) -> Value {
         "exec" => json!({
             "tags": ["exec"],
             "summary": "Run a command to completion",
-            "description": "Without `args`, `cmd` is a shell command line run by `/bin/bash -l -c`; with `args` (even `[]`), `cmd` is the program. A non-zero exit code is not an error. 409 unless running.",
+            "description": "Without `args`, `cmd` is a shell command line run by `/bin/bash -l -c`; with `args` (even `[]`), `cmd` is the program. A non-zero exit code is not an error. 409 unless running. Each of stdout and stderr carries at most the agent's `exec_output_limit` bytes (default 4 MiB); the command runs to its end, the rest of its output is dropped and `stdout_truncated`/`stderr_truncated` is true. Use exec/stream for more.",
             "requestBody": json_body("ExecRequest", true),
             "responses": responses(
                 &[("200", json_response("The finished command.", &schema_ref("ExecResult")))],
@@ -286,14 +291,15 @@ pub fn operation(operation_id: &str) -> Value {
         "writeFile" => json!({
             "tags": ["files"],
             "summary": "Upload a file",
-            "description": "Writes the raw body to `path` in the guest, creating parent directories and replacing an existing file.",
+            "description": "Writes the raw body to `path` in the guest, creating parent directories and replacing an existing file. The body streams to the guest as it arrives (never held whole). At most the agent's `max_concurrent_uploads` uploads run at once: 429 too_many_uploads beyond.",
             "parameters": file_query(),
             "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-            "responses": responses(&[("204", json!({"description": "Written."}))], &["400", "403", "404", "409", "413", "500", "502"]),
+            "responses": responses(&[("204", json!({"description": "Written."}))], &["400", "403", "404", "409", "413", "429", "500", "502"]),
         }),
         "readFile" => json!({
             "tags": ["files"],
             "summary": "Download a file",
+            "description": "Streams the file from the guest as the caller reads it (never held whole; any size).",
             "parameters": file_query(),
             "responses": responses(
                 &[("200", json!({"description": "The file's bytes.", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}))],
@@ -316,11 +322,11 @@ pub fn operation(operation_id: &str) -> Value {
         "createSnapshot" => json!({
             "tags": ["snapshots"],
             "summary": "Snapshot a running sandbox",
-            "description": "The sandbox keeps running. Create sandboxes from the snapshot by passing its name as `template`. 409 when the name is taken by a template or snapshot, or the sandbox is not running.",
+            "description": "The sandbox keeps running. Create sandboxes from the snapshot by passing its name as `template`. 409 when the name is taken by a template or snapshot, or the sandbox is not running; 429 quota_exceeded beyond the agent's max_snapshots or max_snapshot_bytes.",
             "requestBody": json_body("CreateSnapshot", true),
             "responses": responses(
                 &[("201", json_response("The snapshot.", &schema_ref("Snapshot")))],
-                SANDBOX_ERRORS,
+                &["400", "404", "409", "413", "429", "500"],
             ),
         }),
         "listSnapshots" => json!({
@@ -401,7 +407,7 @@ fn schemas() -> Value {
                 "type": "object",
                 "required": ["code", "message"],
                 "properties": {
-                    "code": {"type": "string", "description": "Stable, machine-readable: invalid_request, invalid_json, invalid_name, invalid_query, invalid_path, invalid_body, sandbox_not_found, template_not_found, snapshot_not_found, file_not_found, not_found, invalid_state, conflict, already_exists, permission_denied, payload_too_large, capacity, timeout, envd_unavailable, envd_error, websocket_required, internal."},
+                    "code": {"type": "string", "description": "Stable, machine-readable: invalid_request, invalid_json, invalid_name, invalid_query, invalid_path, invalid_body, sandbox_not_found, template_not_found, snapshot_not_found, file_not_found, not_found, invalid_state, conflict, already_exists, permission_denied, payload_too_large, capacity, quota_exceeded, too_many_uploads, timeout, envd_unavailable, envd_error, envd_reply_too_large, websocket_required, internal."},
                     "message": {"type": "string"},
                 },
             }},
@@ -414,7 +420,7 @@ fn schemas() -> Value {
                 "template": {"type": "string", "description": "Template or snapshot name (SafeName), e.g. `base`."},
                 "vcpus": {"type": "integer", "minimum": 1, "maximum": 255, "description": "Default: the agent's (1); at most the manager's maximum (8)."},
                 "memory_mb": {"type": "integer", "minimum": 128, "description": "MiB. Default: the agent's (512); at most 8192."},
-                "timeout_s": {"type": "integer", "minimum": 1, "maximum": super::sandboxes::MAX_TIMEOUT_S, "description": "TTL in seconds (default 300)."},
+                "timeout_s": {"type": "integer", "minimum": 1, "maximum": crate::policy::MAX_TTL.as_secs(), "description": "TTL in seconds (default 300)."},
                 "env": string_map(),
                 "metadata": string_map(),
                 "internet": {"type": "boolean", "default": true, "description": "Outbound internet (recorded; enforced once per-sandbox networks land)."},
@@ -443,7 +449,7 @@ fn schemas() -> Value {
         "Timeout": {
             "type": "object",
             "additionalProperties": false,
-            "properties": {"timeout_s": {"type": "integer", "minimum": 1, "maximum": super::sandboxes::MAX_TIMEOUT_S}},
+            "properties": {"timeout_s": {"type": "integer", "minimum": 1, "maximum": crate::policy::MAX_TTL.as_secs()}},
         },
         "ExecRequest": {
             "type": "object",
@@ -461,10 +467,12 @@ fn schemas() -> Value {
         },
         "ExecResult": {
             "type": "object",
-            "required": ["stdout", "stderr", "exit_code", "pid"],
+            "required": ["stdout", "stderr", "stdout_truncated", "stderr_truncated", "exit_code", "pid"],
             "properties": {
-                "stdout": {"type": "string", "description": "UTF-8, invalid bytes replaced."},
-                "stderr": {"type": "string"},
+                "stdout": {"type": "string", "description": "UTF-8, invalid bytes replaced; at most the agent's exec_output_limit bytes (default 4 MiB) of output."},
+                "stderr": {"type": "string", "description": "As stdout."},
+                "stdout_truncated": {"type": "boolean", "description": "The command wrote more than exec_output_limit bytes to stdout; the rest was dropped."},
+                "stderr_truncated": {"type": "boolean", "description": "As stdout_truncated, for stderr."},
                 "exit_code": {"type": "integer"},
                 "pid": {"type": "integer"},
             },

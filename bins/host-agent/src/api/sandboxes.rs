@@ -16,9 +16,6 @@ use super::error::ApiError;
 use super::extract::{ApiPath, JsonBody};
 use super::{ApiState, rfc3339};
 
-/// The longest TTL a request may ask for: 30 days.
-pub const MAX_TIMEOUT_S: u64 = 30 * 24 * 3600;
-
 /// `POST /v1/sandboxes`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,15 +86,9 @@ pub struct TimeoutBody {
     timeout_s: Option<u64>,
 }
 
-/// A TTL in seconds: 1 to [`MAX_TIMEOUT_S`].
+/// A TTL in seconds, as [`crate::policy::ttl`] allows it.
 pub fn timeout(seconds: u64) -> Result<Duration, ApiError> {
-    if (1..=MAX_TIMEOUT_S).contains(&seconds) {
-        Ok(Duration::from_secs(seconds))
-    } else {
-        Err(ApiError::invalid_request(format!(
-            "timeout_s must be 1..={MAX_TIMEOUT_S}, got {seconds}"
-        )))
-    }
+    Ok(crate::policy::ttl("timeout_s", seconds as f64)?)
 }
 
 pub async fn create(
@@ -113,7 +104,7 @@ pub async fn create(
         env_vars: body.env,
         metadata: body.metadata,
         auto_pause: body.auto_pause,
-        internet: body.internet.unwrap_or(true),
+        internet: body.internet,
     };
     let info = state.app.manager.create(request).await?;
     tracing::info!(sandbox = %info.id, template = %info.template, "sandbox created over the API");
@@ -190,6 +181,7 @@ pub async fn pause(
     State(state): State<ApiState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<SandboxView>, ApiError> {
+    crate::policy::settled(&state.app.manager, &id).await?;
     Ok(Json(state.app.manager.pause(&id).await?.into()))
 }
 
@@ -199,6 +191,7 @@ pub async fn resume(
     JsonBody(body): JsonBody<TimeoutBody>,
 ) -> Result<Json<SandboxView>, ApiError> {
     let ttl = body.timeout_s.map(timeout).transpose()?;
+    crate::policy::settled(&state.app.manager, &id).await?;
     Ok(Json(state.app.manager.resume(&id, ttl).await?.into()))
 }
 

@@ -46,23 +46,17 @@ impl ApiError {
     }
 }
 
+/// The status of [`crate::policy::classify`], as on `/v1` (capacity: 503).
 impl From<ManagerError> for ApiError {
     fn from(err: ManagerError) -> Self {
-        let status = match &err {
-            ManagerError::InvalidName(_) | ManagerError::InvalidRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
-            ManagerError::SandboxNotFound(_)
-            | ManagerError::TemplateNotFound(_)
-            | ManagerError::SnapshotNotFound(_) => StatusCode::NOT_FOUND,
-            ManagerError::InvalidState { .. } | ManagerError::Conflict(_) => StatusCode::CONFLICT,
-            // E2B answers its concurrency limit with 429.
-            ManagerError::Capacity { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ManagerError::Sandbox(_) | ManagerError::Store { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
+        let (status, _) = crate::policy::classify(&err);
         Self::new(status, err.to_string())
+    }
+}
+
+impl From<crate::policy::Refusal> for ApiError {
+    fn from(refusal: crate::policy::Refusal) -> Self {
+        Self::new(refusal.status, refusal.message)
     }
 }
 

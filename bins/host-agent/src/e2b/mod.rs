@@ -99,37 +99,9 @@ fn parse_required<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         .map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
 }
 
-/// Longest TTL a request may ask for (E2B's own ceiling is 24 h).
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-
-/// A `timeout` in seconds as a TTL: 0 to [`MAX_TIMEOUT`].
-fn ttl(field: &str, seconds: f64) -> Result<Duration, ApiError> {
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(ApiError::bad_request(format!(
-            "{field} must be a non-negative number of seconds"
-        )));
-    }
-    if seconds > MAX_TIMEOUT.as_secs_f64() {
-        return Err(ApiError::bad_request(format!(
-            "{field} must be at most {} seconds",
-            MAX_TIMEOUT.as_secs()
-        )));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ttl_bounds() {
-        assert_eq!(ttl("timeout", 300.0).unwrap(), Duration::from_secs(300));
-        assert_eq!(ttl("timeout", 0.5).unwrap(), Duration::from_millis(500));
-        assert!(ttl("timeout", -1.0).is_err());
-        assert!(ttl("timeout", f64::NAN).is_err());
-        assert!(ttl("timeout", 1e12).is_err());
-    }
 
     #[test]
     fn empty_bodies_are_defaults() {

@@ -20,7 +20,7 @@
 //! listed and are 404 to `GET`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -41,7 +41,8 @@ use super::models::{
 };
 use super::query::{Cursor, decode_metadata_filter, paginate};
 use super::time::{format_rfc3339, parse_rfc3339};
-use super::{Control, parse_body, parse_required, ttl};
+use super::{Control, parse_body, parse_required};
+use crate::policy::{settled, ttl};
 
 /// Why `memory: false` (a filesystem-only pause or snapshot, which later
 /// cold-boots) is refused: pauses and snapshots here always keep memory.
@@ -49,10 +50,6 @@ pub(super) const FILESYSTEM_ONLY: &str = "memory: false (filesystem-only pause o
 
 /// Page size when the request gives none, and the most a page may hold.
 const MAX_PAGE: usize = 100;
-
-/// How long a request waits for a sandbox to leave a transitional state
-/// (starting, pausing, resuming, stopping) before acting on it.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub(super) fn routes() -> Router<Control> {
     Router::new()
@@ -169,24 +166,6 @@ fn visible(manager: &Manager, id: &str) -> Result<(SandboxInfo, &'static str), A
     }
 }
 
-/// The sandbox once it is out of a transitional state (or the wait is over).
-async fn settled(manager: &Manager, id: &str) -> Result<SandboxInfo, ApiError> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let info = manager
-            .get(id)
-            .map_err(|_| ApiError::sandbox_not_found(id))?;
-        let moving = matches!(
-            info.state,
-            Phase::Starting | Phase::Pausing | Phase::Resuming | Phase::Stopping
-        );
-        if !moving || Instant::now() >= deadline {
-            return Ok(info);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn created(info: &SandboxInfo) -> Response {
     (StatusCode::CREATED, Json(sandbox_of(info))).into_response()
 }
@@ -257,7 +236,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
             env_vars: request.env_vars.unwrap_or_default(),
             metadata: request.metadata.unwrap_or_default(),
             auto_pause: request.auto_pause.unwrap_or(false),
-            internet: request.allow_internet_access.unwrap_or(true),
+            internet: request.allow_internet_access,
             ..CreateSandbox::default()
         })
         .await?;
@@ -616,6 +595,9 @@ async fn metrics(
     }
 }
 
+/// The largest envd `/metrics` reply read (it is a few hundred bytes).
+const ENVD_METRICS_LIMIT: usize = 64 * 1024;
+
 async fn fetch_envd_metrics(
     control: &Control,
     addr: std::net::SocketAddr,
@@ -633,11 +615,11 @@ async fn fetch_envd_metrics(
             .await
             .map_err(|e| e.to_string())?;
         let status = response.status();
-        let body = response
-            .into_body()
+        // The guest writes this reply: at most 64 KiB of it is read.
+        let body = http_body_util::Limited::new(response.into_body(), ENVD_METRICS_LIMIT)
             .collect()
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reading the reply (at most {ENVD_METRICS_LIMIT} bytes): {e}"))?
             .to_bytes();
         if !status.is_success() {
             return Err(format!("envd answered {status}"));

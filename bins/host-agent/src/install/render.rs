@@ -146,6 +146,12 @@ mod tests {
             default_vcpus,
             default_memory_mib,
             max_sandboxes,
+            max_paused,
+            paused_ttl_s,
+            max_snapshots,
+            max_snapshot_bytes,
+            exec_output_limit,
+            max_concurrent_uploads,
             network,
             net_slot_first,
             net_slot_count,
@@ -166,6 +172,12 @@ mod tests {
         assert_eq!(parsed.default_vcpus, default_vcpus);
         assert_eq!(parsed.default_memory_mib, default_memory_mib);
         assert_eq!(parsed.max_sandboxes, max_sandboxes);
+        assert_eq!(parsed.max_paused, max_paused);
+        assert_eq!(parsed.paused_ttl_s, paused_ttl_s);
+        assert_eq!(parsed.max_snapshots, max_snapshots);
+        assert_eq!(parsed.max_snapshot_bytes, max_snapshot_bytes);
+        assert_eq!(parsed.exec_output_limit, exec_output_limit);
+        assert_eq!(parsed.max_concurrent_uploads, max_concurrent_uploads);
         assert_eq!(parsed.network, network);
         assert_eq!(parsed.net_slot_first, net_slot_first);
         assert_eq!(parsed.net_slot_count, net_slot_count);

@@ -22,8 +22,15 @@ pub const TEST_API_KEY: &str = "e2b_0123456789abcdef0123456789abcdef";
 pub struct Client {
     base: String,
     inner: Legacy<HttpConnector, Full<Bytes>>,
+    /// Sent with every request.
     headers: Vec<(String, String)>,
 }
+
+/// The chunks of a request body sent as they are produced.
+pub type StreamedChunks =
+    futures::stream::BoxStream<'static, Result<hyper::body::Frame<Bytes>, std::io::Error>>;
+/// A request body sent as it is produced.
+pub type Streamed = http_body_util::StreamBody<StreamedChunks>;
 
 /// A whole response.
 #[derive(Debug, Clone)]
@@ -106,6 +113,47 @@ impl Client {
         self
     }
 
+    fn request<B>(&self, method: Method, path: &str, body: B) -> Result<Request<B>, String> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in &self.headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        builder
+            .body(body)
+            .map_err(|err| format!("building the request: {err}"))
+    }
+
+    /// Sends `body` to `path` and returns the response with its body
+    /// unread (to read it as slowly as a test wants).
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> http::Response<hyper::body::Incoming> {
+        let request = self.request(method, path, Full::new(body.into())).unwrap();
+        self.inner.request(request).await.unwrap()
+    }
+
+    /// Sends a body produced as it goes (`Transfer-Encoding: chunked`).
+    pub async fn send_streamed(&self, method: Method, path: &str, body: Streamed) -> Reply {
+        let client: Legacy<HttpConnector, Streamed> =
+            Legacy::builder(TokioExecutor::new()).build_http();
+        let response = client
+            .request(self.request(method, path, body).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
     /// Sends `body` to `path` (appended to the base as is).
     pub async fn send(&self, method: Method, path: &str, body: impl Into<Bytes>) -> Reply {
         self.try_send(method, path, body).await.unwrap()
@@ -119,15 +167,7 @@ impl Client {
         path: &str,
         body: impl Into<Bytes>,
     ) -> Result<Reply, String> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let request = request
-            .body(Full::new(body.into()))
-            .map_err(|err| format!("building the request: {err}"))?;
+        let request = self.request(method, path, Full::new(body.into()))?;
         let response = self
             .inner
             .request(request)
@@ -149,14 +189,8 @@ impl Client {
     /// POSTs `body` and reads the answer as it comes without keeping it:
     /// the status, the number of body bytes and the last 4 KiB.
     pub async fn post_streamed(&self, path: &str, body: &Value) -> (StatusCode, u64, Bytes) {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{}{path}", self.base));
-        for (name, value) in &self.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.to_string())))
+        let request = self
+            .request(Method::POST, path, Full::new(Bytes::from(body.to_string())))
             .unwrap();
         let response = self.inner.request(request).await.unwrap();
         let status = response.status();

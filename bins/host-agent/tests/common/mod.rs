@@ -91,6 +91,12 @@ pub async fn start_agent_without_vms() -> TestAgent {
 /// Starts an agent on 127.0.0.1 (random ports, envd proxy included) with
 /// the `base` template, or `None` when VM tests are skipped.
 pub async fn start_agent() -> Option<TestAgent> {
+    start_agent_with(|_| {}).await
+}
+
+/// [`start_agent`] with `adjust` applied to the configuration first (limits,
+/// quotas).
+pub async fn start_agent_with(adjust: impl FnOnce(&mut AgentConfig)) -> Option<TestAgent> {
     let (kernel, rootfs) = images()?;
     let data_dir = tempfile::tempdir().unwrap();
     let config = AgentConfig {
@@ -111,6 +117,8 @@ pub async fn start_agent() -> Option<TestAgent> {
         rootfs: Some(rootfs),
         ..AgentConfig::default()
     };
+    let mut config = config;
+    adjust(&mut config);
     let agent = host_agent::start(config).await.unwrap();
     Some(TestAgent { agent, data_dir })
 }

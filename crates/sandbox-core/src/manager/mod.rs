@@ -9,6 +9,7 @@
 //! re-adopted (or, when their VMM died, marked stopped and cleaned) and paused
 //! ones stay resumable.
 
+mod limits;
 mod store;
 mod types;
 
@@ -35,6 +36,9 @@ pub use types::{
 /// A template's metadata file in `data_dir/templates/<name>/`.
 pub const TEMPLATE_FILE: &str = "template.json";
 
+/// How long a sandbox stays paused before the reaper destroys it: 30 days.
+pub const DEFAULT_PAUSED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Limits and defaults.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -45,8 +49,18 @@ pub struct ManagerConfig {
     pub max_vcpus: u8,
     pub max_memory_mib: u32,
     pub default_timeout: Duration,
-    /// Running sandboxes at most; more is [`ManagerError::Capacity`].
+    /// VMs at most (sandboxes starting, running, pausing, resuming, and
+    /// template warm-ups); more is [`ManagerError::Capacity`].
     pub max_running: usize,
+    /// Paused sandboxes at most; a pause beyond is [`ManagerError::Quota`].
+    pub max_paused: usize,
+    /// A sandbox paused this long is destroyed by the reaper.
+    pub paused_ttl: Duration,
+    /// Named snapshots (forks' included; templates' warm snapshots not) at
+    /// most, and the disk space they may use together; a snapshot beyond
+    /// either is [`ManagerError::Quota`].
+    pub max_snapshots: usize,
+    pub max_snapshot_bytes: u64,
     /// Per-sandbox network namespaces; `None`: QEMU's user-mode network.
     pub network: Option<Arc<crate::network::NetworkPool>>,
     /// Makes cold-booted sandboxes' root disks; `None`:
@@ -57,7 +71,8 @@ pub struct ManagerConfig {
 }
 
 impl ManagerConfig {
-    /// 1 vCPU, 512 MiB, 5 minutes, at most 16 running.
+    /// 1 vCPU, 512 MiB, 5 minutes, at most 16 running, 64 paused (each for
+    /// at most [`DEFAULT_PAUSED_TTL`]), 64 snapshots using 64 GiB.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -67,6 +82,10 @@ impl ManagerConfig {
             max_memory_mib: 8192,
             default_timeout: Duration::from_secs(300),
             max_running: 16,
+            max_paused: 64,
+            paused_ttl: DEFAULT_PAUSED_TTL,
+            max_snapshots: 64,
+            max_snapshot_bytes: 64 << 30,
             network: None,
             rootfs_provider: None,
         }
@@ -96,6 +115,10 @@ struct Inner {
     store: Mutex<Store>,
     infos: Mutex<HashMap<String, SandboxInfo>>,
     handles: Mutex<HashMap<String, Handle>>,
+    /// Template warm-up boots under way (they hold VMs).
+    warming: std::sync::atomic::AtomicUsize,
+    /// Snapshots being taken (they count against `max_snapshots`).
+    snapshots_pending: Mutex<usize>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,6 +148,8 @@ impl Manager {
                 store: Mutex::new(store),
                 infos: Mutex::new(HashMap::new()),
                 handles: Mutex::new(HashMap::new()),
+                warming: std::sync::atomic::AtomicUsize::new(0),
+                snapshots_pending: Mutex::new(0),
             }),
         };
         // Where the bases and CoW files of an earlier run's dm devices lie.
@@ -221,6 +246,11 @@ impl Manager {
             }
             None => None,
         };
+        if info.state == State::Paused && info.paused_at.is_none() {
+            // Paused by a version that did not record when: its expiry
+            // counts from now.
+            info.paused_at = Some(SystemTime::now());
+        }
         let persisted = Persisted {
             info: info.clone(),
             record: sandbox.as_ref().map(Sandbox::record),
@@ -413,6 +443,7 @@ impl Manager {
         let dir = self.warm_dir(&name, &images);
         let partial = dir.with_extension("partial");
         let _ = std::fs::remove_dir_all(&partial);
+        let _slot = self.reserve_warm()?;
         let start = Instant::now();
         let config = SandboxConfig {
             network: self.inner.config.network.clone(),
@@ -528,19 +559,14 @@ impl Manager {
             envd_access_token: String::new(),
             error: None,
             timings_ms: BTreeMap::new(),
+            paused_at: None,
         };
         let handle: Handle = Arc::new(tokio::sync::Mutex::new(None));
         let mut guard = handle.lock().await;
         {
             // Capacity is checked and the slot taken under one lock.
             let mut infos = lock(&self.inner.infos);
-            let running = infos.values().filter(|i| i.state.holds_vm()).count();
-            if running >= config.max_running {
-                return Err(ManagerError::Capacity {
-                    running,
-                    limit: config.max_running,
-                });
-            }
+            self.admit(&infos, None, State::Starting)?;
             infos.insert(id.clone(), info.clone());
         }
         lock(&self.inner.handles).insert(id.clone(), handle.clone());
@@ -696,6 +722,7 @@ impl Manager {
         match sandbox.pause().await {
             Ok(stats) => self.finish(id, sandbox, State::Paused, |info| {
                 info.envd_addr = None;
+                info.paused_at = Some(SystemTime::now());
                 info.timings_ms
                     .insert("pause".into(), stats.took.as_millis() as u64);
             }),
@@ -721,6 +748,7 @@ impl Manager {
                 let addr = sandbox.envd().addr();
                 self.finish(id, sandbox, State::Running, |info| {
                     info.envd_addr = Some(addr);
+                    info.paused_at = None;
                     info.end_at = SystemTime::now() + ttl;
                     info.timings_ms
                         .insert("resume".into(), took.as_millis() as u64);
@@ -797,6 +825,7 @@ impl Manager {
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
         self.require(id, &[State::Running], "snapshot")?;
+        let _slot = self.reserve_snapshot()?;
         let sandbox = guard
             .as_mut()
             .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
@@ -805,13 +834,18 @@ impl Manager {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err.into());
         }
+        let size_bytes = dmsnap::dir_size(&dir).unwrap_or(0);
+        if let Err(err) = self.check_snapshot_bytes(size_bytes) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err);
+        }
         let template = self.get(id)?.template;
         let info = SnapshotInfo {
             name: name.to_string(),
             sandbox_id: id.to_string(),
             template: self.root_template(&template)?,
             created_at: SystemTime::now(),
-            size_bytes: dmsnap::dir_size(&dir).unwrap_or(0),
+            size_bytes,
         };
         lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
         Ok(info)
@@ -833,6 +867,8 @@ impl Manager {
             )));
         }
         let source = self.get(id)?;
+        // No snapshot for forks that could not start.
+        self.check_capacity()?;
         let name = format!("fork-{}", new_id()?);
         self.snapshot(id, &name).await?;
         let mut forks = Vec::with_capacity(count);
@@ -920,7 +956,9 @@ impl Manager {
         })
     }
 
-    /// One pass of the reaper.
+    /// One pass of the reaper: running sandboxes past their end are
+    /// destroyed (paused with `auto_pause`; destroyed all the same when the
+    /// paused quota is full), paused ones past `paused_ttl` destroyed.
     pub async fn reap(&self) {
         let now = SystemTime::now();
         let expired: Vec<(String, bool)> = lock(&self.inner.infos)
@@ -930,13 +968,27 @@ impl Manager {
             .collect();
         for (id, auto_pause) in expired {
             let result = if auto_pause {
-                self.pause(&id).await.map(drop)
+                match self.pause(&id).await {
+                    Err(err @ ManagerError::Quota { .. }) => {
+                        tracing::warn!(sandbox = %id, %err, "cannot auto-pause a timed-out sandbox: destroying it");
+                        self.destroy(&id).await
+                    }
+                    other => other.map(drop),
+                }
             } else {
                 self.destroy(&id).await
             };
             match result {
                 Ok(()) => tracing::info!(sandbox = %id, paused = auto_pause, "sandbox timed out"),
                 Err(err) => tracing::warn!(sandbox = %id, %err, "timeout handling failed"),
+            }
+        }
+        for id in self.expired_paused(now) {
+            match self.destroy(&id).await {
+                Ok(()) => tracing::info!(sandbox = %id, "paused sandbox expired: destroyed"),
+                Err(err) => {
+                    tracing::warn!(sandbox = %id, %err, "destroying an expired paused sandbox failed")
+                }
             }
         }
     }
@@ -987,6 +1039,8 @@ impl Manager {
         }
     }
 
+    /// Moves `id` from one of `from` to `to`, admitted by
+    /// [`Manager::admit`] (capacity, paused quota) under the same lock.
     fn transition(
         &self,
         id: &str,
@@ -994,8 +1048,22 @@ impl Manager {
         to: State,
         operation: &'static str,
     ) -> Result<(), ManagerError> {
-        self.require(id, from, operation)?;
-        self.set_state(id, to);
+        let mut infos = lock(&self.inner.infos);
+        let state = infos
+            .get(id)
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?
+            .state;
+        if !from.contains(&state) {
+            return Err(ManagerError::InvalidState {
+                id: id.to_string(),
+                state,
+                operation,
+            });
+        }
+        self.admit(&infos, Some(state), to)?;
+        if let Some(info) = infos.get_mut(id) {
+            info.state = to;
+        }
         Ok(())
     }
 

@@ -108,6 +108,10 @@ pub struct SandboxInfo {
     pub error: Option<String>,
     /// Milliseconds of the last create/resume steps, for the UI and logs.
     pub timings_ms: BTreeMap<String, u64>,
+    /// When it was paused, while paused: it is destroyed `paused_ttl`
+    /// (`ManagerConfig`) after.
+    #[serde(default)]
+    pub paused_at: Option<SystemTime>,
 }
 
 /// A saved snapshot.
@@ -169,8 +173,19 @@ pub enum ManagerError {
     },
     #[error("{0}")]
     Conflict(String),
-    #[error("at capacity: {running} of {limit} sandboxes running")]
+    /// No VM may start now: `limit` are running (or starting, pausing,
+    /// resuming, warming up).
+    #[error("at capacity: {running} of {limit} sandboxes running; try again later")]
     Capacity { running: usize, limit: usize },
+    /// A configured quota (paused sandboxes, snapshots, snapshot bytes)
+    /// would be exceeded.
+    #[error("quota exceeded: {used} of {limit} {what} ({hint})")]
+    Quota {
+        what: &'static str,
+        used: u64,
+        limit: u64,
+        hint: &'static str,
+    },
     #[error(transparent)]
     Sandbox(Box<SandboxError>),
     #[error("sandbox store {path}: {message}")]
