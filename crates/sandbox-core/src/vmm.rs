@@ -59,6 +59,10 @@ pub struct VmSpec {
     pub network: VmNetwork,
     /// Per-VM directory for sockets and logs (owned by the caller).
     pub run_dir: PathBuf,
+    /// The template's read-only base image the root disk is made over: a
+    /// confined VMM may see it (besides the data dir's templates and
+    /// snapshots) as a backing file.
+    pub base_image: Option<PathBuf>,
 }
 
 impl VmSpec {
