@@ -160,15 +160,20 @@ impl VmmConfinement {
                 jail::chown(&drive.path, uid, uid).map_err(err)?;
             }
             if drive.format == DiskFormat::Qcow2 {
-                for backing in crate::disk::qcow2::backing_chain(&drive.path)? {
-                    // The chain is read from headers a VMM could have
-                    // rewritten: only files in petrel's own stores count.
+                // The agent's record of the chain; without one (a disk
+                // made before chains were recorded) the headers, which a
+                // VMM could have rewritten, limited to petrel's stores.
+                let (chain, recorded) = match crate::disk::qcow2::recorded_chain(&drive.path)? {
+                    Some(chain) => (chain, true),
+                    None => (crate::disk::qcow2::backing_chain(&drive.path)?, false),
+                };
+                for backing in chain {
                     let canonical = backing.canonicalize().unwrap_or_else(|_| backing.clone());
-                    if !trusted.iter().any(|root| canonical.starts_with(root)) {
+                    if !recorded && !trusted.iter().any(|root| canonical.starts_with(root)) {
                         return Err(SandboxError::Disk {
                             sandbox: config.id.clone(),
                             message: format!(
-                                "backing file {} of {} is outside the data and image directories; refusing to show it to the VMM",
+                                "backing file {} of {} is not recorded by the agent and lies outside the base image, templates/ and snapshots/; refusing to show it to the VMM",
                                 backing.display(),
                                 drive.path.display()
                             ),

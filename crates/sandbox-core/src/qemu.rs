@@ -403,14 +403,23 @@ async fn copy_ram_and_disk(config: &VmConfig, dir: &Path) -> Result<(), SandboxE
             what: format!("snapshot vm {}: it has no disk", config.id),
         })?;
     sparse_copy(&config.id, &ram, &dir.join("ram")).await?;
+    let copy = dir.join("disk.qcow2");
     match disk.format {
         qemu_vmm::DiskFormat::Qcow2 => {
-            sparse_copy(&config.id, &disk.path, &dir.join("disk.qcow2")).await
+            sparse_copy(&config.id, &disk.path, &copy).await?;
+            // The copy's header was written by the VMM: carry over the
+            // agent's record of the chain instead.
+            let chain = match crate::disk::qcow2::recorded_chain(&disk.path)? {
+                Some(chain) => chain,
+                None => crate::disk::qcow2::backing_chain(&disk.path)?,
+            };
+            crate::disk::qcow2::record_chain(&copy, &chain)
         }
         // A raw disk (sparse copy or dm-snapshot provider) becomes a
         // standalone qcow2: the snapshot's disk is always qcow2.
         qemu_vmm::DiskFormat::Raw => {
-            raw_to_qcow2(&config.id, &disk.path, &dir.join("disk.qcow2")).await
+            raw_to_qcow2(&config.id, &disk.path, &copy).await?;
+            crate::disk::qcow2::record_chain(&copy, &[])
         }
     }
 }

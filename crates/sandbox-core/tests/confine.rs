@@ -292,7 +292,7 @@ async fn exceeding_the_memory_limit_kills_that_vmm_only() {
     let other_dir = TestDir::new("confine-oom-other");
     let other = boot(&backend, "cfoomok", &other_dir.0, 256).await;
     if let Ok(confinement) = &mut backend.confinement {
-        confinement.memory_overhead_mib = 64;
+        confinement.memory_overhead_mib = 16;
     }
     let victim = boot(&backend, "cfoom", &dir.0, 256).await;
     let victim_pid = victim.vmm_pid().unwrap();
@@ -301,7 +301,7 @@ async fn exceeding_the_memory_limit_kills_that_vmm_only() {
     // Touch every page the guest can: fill tmpfs, then allocate.
     let eat = ExecRequest::shell(
         "mkdir -p /mnt/eat && mount -t tmpfs -o size=100% tmpfs /mnt/eat; \
-         dd if=/dev/urandom of=/mnt/eat/fill bs=1M count=400 2>/dev/null; \
+         dd if=/dev/zero of=/mnt/eat/fill bs=1M count=400 2>/dev/null; \
          head -c 400M /dev/zero | tail > /dev/null; echo survived",
     )
     .user("root")
