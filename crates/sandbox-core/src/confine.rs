@@ -342,7 +342,7 @@ pub fn report(
             ));
             lines.push((
                 "vmm mount ns",
-                format!("on (private mount namespace, pivot_root into a tmpfs at {} holding /usr read-only, the run dir, kernel, disks)", c.jail_root.display()),
+                format!("on (private mount namespace, pivot_root into a tmpfs at {} holding /usr read-only, its kernel and backing files read-only, its disks, RAM file and socket dir)", c.jail_root.display()),
             ));
             lines.push((
                 "vmm rlimits",

@@ -153,6 +153,22 @@ struct QemuInstance {
     cgroup: Option<jail::Cgroup>,
 }
 
+impl Drop for QemuInstance {
+    /// A running VM dropped without stop or detach (a failed caller, a
+    /// panic): its QEMU is killed by `QemuVm`'s drop, and its cgroup must
+    /// not outlive it.
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            drop(vm);
+            if let Some(cgroup) = self.cgroup.take()
+                && let Err(err) = cgroup.remove()
+            {
+                tracing::warn!(vm = %self.config.id, %err, "cannot remove the cgroup of a dropped VM");
+            }
+        }
+    }
+}
+
 /// Written to `run_dir/qemu.json` whenever QEMU starts, so a later agent run
 /// can adopt the process.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

@@ -7,7 +7,7 @@
 //! The agent here is the test process (the `Sandbox` API), which must run
 //! as root for confinement; otherwise these tests say so and skip.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -118,11 +118,36 @@ async fn qemu_runs_as_its_own_uid_without_capabilities_under_seccomp() {
     assert_eq!(no_new_privs, "1");
     assert_eq!(in_cgroup, vec![pid_a]);
     // 256 MiB of guest RAM + the documented overhead.
-    let expected = (256 + sandbox_core::confine::DEFAULT_MEMORY_OVERHEAD_MIB as u64) << 20;
+    let expected = (256 + u64::from(sandbox_core::confine::DEFAULT_MEMORY_OVERHEAD_MIB)) << 20;
     assert_eq!(memory_limit, Some(expected.to_string()));
     assert!(
         cgroup.dirs().iter().all(|d| !d.exists()),
         "cgroup removed on destroy"
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_running_sandbox_kills_qemu_and_removes_its_cgroup() {
+    let Some(backend) = confined_backend() else {
+        return;
+    };
+    if images().is_none() {
+        return;
+    }
+    let dir = TestDir::new("confine-drop");
+    let a = boot(&backend, "cfdrop", &dir.0, 256).await;
+    let pid = a.vmm_pid().unwrap();
+    let cgroup = cgroup_of(&backend, &a);
+    let existed = cgroup.dirs().iter().all(|d| d.exists());
+
+    drop(a);
+
+    assert!(existed);
+    assert!(!alive(pid), "qemu {pid} outlived its dropped sandbox");
+    assert!(
+        cgroup.dirs().iter().all(|d| !d.exists()),
+        "cgroup {:?} leaked",
+        cgroup.dirs()
     );
 }
 
@@ -194,6 +219,53 @@ async fn qemu_cannot_see_host_files_outside_its_jail() {
         secret.display()
     );
     assert!(!own_kernel_dir.exists());
+}
+
+/// Rewrites the backing file name in the header of the qcow2 image at
+/// `path` (as a VMM that escaped into its own process could).
+fn rewrite_backing_file(path: &Path, backing: &Path) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::ffi::OsStrExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut offset = [0_u8; 8];
+    file.seek(SeekFrom::Start(8)).unwrap();
+    file.read_exact(&mut offset).unwrap();
+    let name = backing.as_os_str().as_bytes();
+    file.seek(SeekFrom::Start(u64::from_be_bytes(offset)))
+        .unwrap();
+    file.write_all(name).unwrap();
+    file.seek(SeekFrom::Start(16)).unwrap();
+    file.write_all(&(name.len() as u32).to_be_bytes()).unwrap();
+}
+
+#[tokio::test]
+async fn a_rewritten_backing_file_header_does_not_reach_into_the_host() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(backend) = confined_backend() else {
+        return;
+    };
+    if images().is_none() {
+        return;
+    }
+    let dir = TestDir::new("confine-backing");
+    let secret = dir.0.join("host-secret.img");
+    std::fs::write(&secret, vec![7_u8; 1 << 20]).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut a = boot(&backend, "cfbacking", &dir.0, 256).await;
+    a.pause().await.unwrap();
+    rewrite_backing_file(&a.run_dir().join("root.qcow2"), &secret);
+
+    let resumed = a.resume().await;
+
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+    let _ = a.destroy().await;
+    let err = resumed.expect_err("the VMM opened a backing file it was not given");
+    assert!(err.to_string().contains("host-secret.img"), "{err}");
+    assert_eq!(mode, 0o600, "the host file was made readable for the VMM");
 }
 
 #[tokio::test]
