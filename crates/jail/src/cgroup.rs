@@ -364,6 +364,87 @@ mod tests {
         );
     }
 
+    const LIMITS: Limits = Limits {
+        memory_bytes: 640 << 20,
+        cpu_percent: 125,
+        pids: 144,
+    };
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn v2_create_enables_controllers_and_writes_limits() {
+        let root = tempfile::tempdir().unwrap();
+        let hierarchy = Hierarchy::V2 {
+            root: root.path().to_path_buf(),
+        };
+        let cgroup = Cgroup::new(&hierarchy, "sb-1");
+
+        cgroup.create(LIMITS).unwrap();
+
+        let dir = root.path().join("petrel/sb-1");
+        assert_eq!(read(&dir.join("memory.max")), (640_u64 << 20).to_string());
+        assert_eq!(read(&dir.join("cpu.max")), "125000 100000");
+        assert_eq!(read(&dir.join("pids.max")), "144");
+        // A plain directory keeps only the last "+controller" write.
+        assert_eq!(
+            read(&root.path().join("petrel/cgroup.subtree_control")),
+            "+pids"
+        );
+        assert_eq!(cgroup.procs_files(), vec![dir.join("cgroup.procs")]);
+    }
+
+    #[test]
+    fn v1_create_writes_limits_where_each_controller_has_its_files() {
+        let root = tempfile::tempdir().unwrap();
+        let hierarchy = Hierarchy::V1 {
+            memory: root.path().join("memory"),
+            cpu: root.path().join("cpu"),
+            pids: root.path().join("pids"),
+        };
+        let cgroup = Cgroup::new(&hierarchy, "sb-1");
+        for (controller, file) in [
+            ("memory", "memory.limit_in_bytes"),
+            ("memory", "memory.memsw.limit_in_bytes"),
+            ("cpu", "cpu.cfs_quota_us"),
+            ("pids", "pids.max"),
+        ] {
+            let dir = root.path().join(controller).join("petrel/sb-1");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), "").unwrap();
+        }
+
+        cgroup.create(LIMITS).unwrap();
+
+        let at = |c: &str, f: &str| read(&root.path().join(c).join("petrel/sb-1").join(f));
+        assert_eq!(
+            at("memory", "memory.limit_in_bytes"),
+            (640_u64 << 20).to_string()
+        );
+        assert_eq!(
+            at("memory", "memory.memsw.limit_in_bytes"),
+            (640_u64 << 20).to_string()
+        );
+        assert_eq!(at("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(at("cpu", "cpu.cfs_quota_us"), "125000");
+        assert_eq!(at("pids", "pids.max"), "144");
+    }
+
+    #[test]
+    fn remove_of_a_missing_cgroup_is_fine() {
+        let root = tempfile::tempdir().unwrap();
+        let cgroup = Cgroup::new(
+            &Hierarchy::V2 {
+                root: root.path().to_path_buf(),
+            },
+            "gone",
+        );
+
+        cgroup.remove().unwrap();
+    }
+
     #[test]
     fn v1_cgroup_has_one_dir_per_hierarchy() {
         let hierarchy = Hierarchy::from_mountinfo(V1, |_| None).unwrap();
