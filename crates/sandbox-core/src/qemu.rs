@@ -139,6 +139,20 @@ impl Hypervisor for QemuBackend {
             cgroup,
         }))
     }
+
+    fn release_leftovers(&self, id: &str, run_dir: &Path) {
+        let Some(cgroup) = self
+            .confinement
+            .as_ref()
+            .ok()
+            .and_then(|c| c.cgroup(id, run_dir))
+        else {
+            return;
+        };
+        if let Err(err) = cgroup.remove() {
+            tracing::warn!(vm = %id, %err, "cannot remove the cgroup of a lost VM");
+        }
+    }
 }
 
 /// A QEMU guest: `vm` is set while its process runs.
