@@ -6,8 +6,10 @@
 //! rootfs are given (a probe VM must reach init under KVM; the outcome is
 //! cached in the data dir like `serve` does), and reports device-mapper
 //! (`/proc/misc`), userfaultfd, nftables (`nft --version`), QEMU's version
-//! and Firecracker ([`fc_client::find_firecracker`]). It changes nothing on
-//! the host except the probe's cache file.
+//! and Firecracker ([`fc_client::find_firecracker`]), and each VMM
+//! confinement feature (uid drop, mount namespace, seccomp, rlimits,
+//! cgroup v1/v2, PID namespace) as on or off with the reason. It changes
+//! nothing on the host except the probe's cache file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -74,6 +76,9 @@ pub async fn run(options: &DoctorOptions) -> Report {
     ] {
         lines.push((label, rootfs_provider(backend, options.rootfs_provider)));
     }
+    let confinement = sandbox_core::confine::VmmConfinement::for_host();
+    let seccomp = sandbox_core::confine::qemu_seccomp(&qemu_vmm::default_qemu_binary());
+    lines.extend(sandbox_core::confine::report(&confinement, &seccomp));
     lines.push((
         "base template",
         match (&options.kernel, &options.rootfs) {
@@ -277,6 +282,38 @@ mod tests {
             .find(|(k, _)| *k == "accelerator")
             .map(|(_, v)| v.as_str());
         assert_eq!(accel, Some("tcg (no kernel/rootfs to probe KVM with)"));
+    }
+
+    #[tokio::test]
+    async fn report_lists_every_confinement_feature_as_on_or_off() {
+        let report = run(&DoctorOptions {
+            data_dir: std::env::temp_dir(),
+            vmm: VmmChoice::Qemu,
+            accel: AccelChoice::Tcg,
+            rootfs_provider: None,
+            kernel: None,
+            rootfs: None,
+        })
+        .await;
+
+        for label in [
+            "vmm uid drop",
+            "vmm mount ns",
+            "vmm seccomp",
+            "vmm rlimits",
+            "vmm cgroup",
+            "vmm pid ns",
+        ] {
+            let (_, value) = report
+                .lines
+                .iter()
+                .find(|(l, _)| *l == label)
+                .unwrap_or_else(|| panic!("no {label} in {report}"));
+            assert!(
+                value.starts_with("on") || value.starts_with("off ("),
+                "{label}: {value}"
+            );
+        }
     }
 
     #[test]

@@ -115,7 +115,29 @@ pub struct VmConfig {
     pub incoming: bool,
     /// Holds the QMP socket, the console log and QEMU's own log.
     pub run_dir: PathBuf,
+    /// Confine the process (uid drop, private mount namespace, rlimits,
+    /// cgroup); `None`: QEMU runs with the agent's privileges.
+    pub jail: Option<jail::Jail>,
+    /// `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,
+    /// resourcecontrol=deny`: QEMU's seccomp filter.
+    pub seccomp: bool,
+    /// TCG's translation cache in MiB (`tb-size`); `None`: QEMU's default
+    /// (up to 1 GiB, which a memory limit must then allow for).
+    pub tcg_tb_mib: Option<u32>,
+    /// The console log is rotated (to `console.log.1`) past this size, so
+    /// the two files together stay under twice this.
+    pub console_cap_bytes: u64,
 }
+
+/// The descriptor number a TAP device is passed to QEMU on.
+pub const TAP_FD: i32 = 100;
+
+/// QEMU's seccomp filter with every optional deny turned on.
+pub const SECCOMP_ARG: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The default console cap: 1 MiB per file.
+pub const CONSOLE_CAP_BYTES: u64 = 1 << 20;
 
 impl VmConfig {
     /// A configuration with sane defaults (1 vCPU, 512 MiB, no drives, no
@@ -136,17 +158,39 @@ impl VmConfig {
             netns: None,
             incoming: false,
             run_dir: run_dir.into(),
+            jail: None,
+            seccomp: false,
+            tcg_tb_mib: None,
+            console_cap_bytes: CONSOLE_CAP_BYTES,
         }
+    }
+
+    /// The directory QEMU may create files in (its sockets): the only
+    /// writable directory a confined QEMU sees.
+    pub fn socket_dir(&self) -> PathBuf {
+        self.run_dir.join("vmm")
     }
 
     /// QMP's Unix socket.
     pub fn qmp_socket(&self) -> PathBuf {
-        self.run_dir.join("qmp.sock")
+        self.socket_dir().join("qmp.sock")
     }
 
-    /// The guest's serial console, as written by QEMU.
+    /// The guest's serial console as the agent writes it (capped, see
+    /// [`VmConfig::console_cap_bytes`]).
     pub fn console_log(&self) -> PathBuf {
         self.run_dir.join("console.log")
+    }
+
+    /// The console's previous part after a rotation.
+    pub fn console_log_old(&self) -> PathBuf {
+        self.run_dir.join("console.log.1")
+    }
+
+    /// The Unix socket QEMU serves the serial console on; the agent drains
+    /// it into [`VmConfig::console_log`].
+    pub fn console_socket(&self) -> PathBuf {
+        self.socket_dir().join("console.sock")
     }
 
     /// QEMU's own stdout and stderr.
@@ -191,11 +235,14 @@ impl VmConfig {
         match self.accel {
             Accel::Kvm => args.push("-accel").push("kvm").push("-cpu").push("host"),
             Accel::Tcg => {
-                let tcg = if self.vcpus > 1 {
+                let mut tcg = String::from(if self.vcpus > 1 {
                     "tcg,thread=multi"
                 } else {
                     "tcg"
-                };
+                });
+                if let Some(mib) = self.tcg_tb_mib {
+                    let _ = write!(tcg, ",tb-size={mib}");
+                }
                 args.push("-accel").push(tcg).push("-cpu").push("max")
             }
         };
@@ -203,10 +250,16 @@ impl VmConfig {
         args.push("-m").push(format!("{}M", self.memory_mib));
         if let Some(mem) = &self.memory_file {
             args.push("-object").push(format!(
-                "memory-backend-file,id=mem0,size={}M,mem-path={},share={}",
+                "memory-backend-file,id=mem0,size={}M,mem-path={},{}",
                 self.memory_mib,
                 mem.display(),
-                if self.memory_shared { "on" } else { "off" }
+                // A private mapping opens the file read-only: the file
+                // (a snapshot's RAM) stays untouched and may be read-only.
+                if self.memory_shared {
+                    "share=on"
+                } else {
+                    "share=off,readonly=on,rom=off"
+                }
             ));
         }
         args.push("-nodefaults")
@@ -215,8 +268,8 @@ impl VmConfig {
             .push("-no-reboot");
         args.push("-chardev")
             .push(format!(
-                "file,id=console,path={}",
-                self.console_log().display()
+                "socket,id=console,path={},server=on,wait=off",
+                self.console_socket().display()
             ))
             .push("-serial")
             .push("chardev:console");
@@ -259,15 +312,19 @@ impl VmConfig {
                 args.push("-netdev").push(netdev);
                 args.push("-device").push("virtio-net-device,netdev=net0");
             }
-            NetConfig::Tap { ifname, mac } => {
-                args.push("-netdev").push(format!(
-                    "tap,id=net0,ifname={ifname},script=no,downscript=no"
-                ));
+            NetConfig::Tap { mac, .. } => {
+                // Opened by the agent's child before it drops privileges
+                // (see `vm.rs`): a confined QEMU cannot open a TAP itself.
+                args.push("-netdev")
+                    .push(format!("tap,id=net0,fd={TAP_FD}"));
                 args.push("-device")
                     .push(format!("virtio-net-device,netdev=net0,mac={mac}"));
             }
         }
         args.push("-device").push("virtio-rng-device");
+        if self.seccomp {
+            args.push("-sandbox").push(SECCOMP_ARG);
+        }
         if self.incoming {
             args.push("-incoming").push("defer");
         }
@@ -328,9 +385,9 @@ mod tests {
     fn args_put_qmp_and_console_in_run_dir() {
         let args = joined(&config());
 
-        assert!(args.contains("-qmp unix:/run/vm1/qmp.sock,server=on,wait=off"));
+        assert!(args.contains("-qmp unix:/run/vm1/vmm/qmp.sock,server=on,wait=off"));
         assert!(args.contains(
-            "-chardev file,id=console,path=/run/vm1/console.log -serial chardev:console"
+            "-chardev socket,id=console,path=/run/vm1/vmm/console.sock,server=on,wait=off -serial chardev:console"
         ));
     }
 
@@ -411,6 +468,42 @@ mod tests {
 
         assert!(joined(&kvm).contains("-accel kvm -cpu host"));
         assert!(joined(&tcg).contains("-accel tcg,thread=multi -cpu max -smp 2"));
+    }
+
+    #[test]
+    fn args_with_seccomp_deny_everything_optional() {
+        let config = VmConfig {
+            seccomp: true,
+            tcg_tb_mib: Some(64),
+            ..config()
+        };
+
+        let args = joined(&config);
+
+        assert!(args.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
+        assert!(args.contains("-accel tcg,tb-size=64"));
+    }
+
+    #[test]
+    fn args_pass_tap_as_descriptor_and_map_private_ram_read_only() {
+        let config = VmConfig {
+            net: NetConfig::Tap {
+                ifname: "tap0".into(),
+                mac: "02:00:00:00:00:01".into(),
+            },
+            memory_file: Some("/snap/ram".into()),
+            memory_shared: false,
+            ..config()
+        };
+
+        let args = joined(&config);
+
+        assert!(args.contains(
+            "-netdev tap,id=net0,fd=100 -device virtio-net-device,netdev=net0,mac=02:00:00:00:00:01"
+        ));
+        assert!(args.contains("mem-path=/snap/ram,share=off,readonly=on,rom=off"));
     }
 
     #[test]

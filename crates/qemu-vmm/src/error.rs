@@ -53,6 +53,12 @@ pub enum QemuError {
         waited_ms: u128,
         log_tail: String,
     },
+    #[error("cannot confine QEMU of vm {vm}: {source}")]
+    Jail {
+        vm: String,
+        #[source]
+        source: jail::JailError,
+    },
     #[error("invalid VM configuration: {0}")]
     Config(String),
 }

@@ -2,7 +2,9 @@
 //!
 //! This crate knows QEMU and nothing else: it turns a [`VmConfig`] into a
 //! `qemu-system-x86_64 -M microvm,acpi=off` command line (virtio-mmio block,
-//! net and rng devices, serial console to a file, QMP on a Unix socket,
+//! net and rng devices, serial console on a socket drained into a capped log,
+//! QMP on a Unix socket, optionally confined by a [`jail::Jail`] and QEMU's
+//! seccomp filter,
 //! optional guest RAM in a shared `memory-backend-file`), runs and stops the
 //! process ([`QemuVm`]), talks QMP ([`QmpClient`]), and decides by a real probe
 //! whether KVM can be used or QEMU must fall back to TCG ([`probe_accelerator`]),
@@ -30,14 +32,19 @@
 
 mod accel;
 mod config;
+mod console;
 mod error;
 mod qmp;
 mod snapshot;
 mod vm;
 
 pub use accel::{Accel, AccelProbe, ProbeOutcome, probe_accelerator, qemu_version};
-pub use config::{DiskFormat, Drive, NetConfig, PortForward, VmConfig, default_qemu_binary};
+pub use config::{
+    CONSOLE_CAP_BYTES, DiskFormat, Drive, NetConfig, PortForward, SECCOMP_ARG, TAP_FD, VmConfig,
+    default_qemu_binary,
+};
+pub use console::log_tail;
 pub use error::QemuError;
 pub use qmp::QmpClient;
 pub use snapshot::MigrationStats;
-pub use vm::{QemuVm, log_tail};
+pub use vm::{QemuVm, absolute_binary};

@@ -1,10 +1,13 @@
 //! A minimal QMP (QEMU Machine Protocol) client over a Unix socket.
 
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -84,6 +87,11 @@ impl QmpClient {
             .write_all(line.as_bytes())
             .await
             .map_err(|source| self.io(source))?;
+        self.read_reply(command).await
+    }
+
+    /// Reads messages until the reply to `command`, logging events.
+    async fn read_reply(&mut self, command: &str) -> Result<Value, QemuError> {
         loop {
             let message = self.read_message().await?;
             if let Some(value) = message.get("return") {
@@ -100,6 +108,41 @@ impl QmpClient {
                 tracing::debug!(qmp = %self.path.display(), %event, "QMP event");
             }
         }
+    }
+
+    /// Hands QEMU the descriptor `fd` under `name` (QMP `getfd`, the
+    /// descriptor travelling as `SCM_RIGHTS` with the command), for a later
+    /// `fd:NAME` URI. QEMU keeps its own copy; the caller may close `fd`.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QemuError> {
+        let mut line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string();
+        line.push('\n');
+        let raw = [fd.as_raw_fd()];
+        let sent = loop {
+            let stream: &UnixStream = self.writer.as_ref();
+            if let Err(source) = stream.writable().await {
+                return Err(self.io(source));
+            }
+            let attempt = stream.try_io(Interest::WRITABLE, || {
+                let iov = [IoSlice::new(line.as_bytes())];
+                let cmsg = [ControlMessage::ScmRights(&raw)];
+                sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                    .map_err(std::io::Error::from)
+            });
+            match attempt {
+                Ok(n) => break n,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(source) => return Err(self.io(source)),
+            }
+        };
+        if sent < line.len() {
+            // The descriptor went with the first bytes; the rest of the
+            // line is plain data.
+            self.writer
+                .write_all(&line.as_bytes()[sent..])
+                .await
+                .map_err(|source| self.io(source))?;
+        }
+        self.read_reply("getfd").await.map(drop)
     }
 
     /// Waits for an asynchronous event by name (e.g. `MIGRATION` or `STOP`)

@@ -1,11 +1,14 @@
 //! Saving a VM's state to a file and restoring it (QMP migration to and from
-//! `file:`), the QEMU half of pause/resume and snapshots.
+//! a file the agent opens and passes to QEMU as `fd:`), the QEMU half of pause/resume and snapshots.
 //!
 //! With guest RAM in a `memory-backend-file` and the `x-ignore-shared`
 //! capability, the state file holds only device state (tens of KB): the RAM
 //! stays in its own file. Without a memory file, the RAM goes into the state
 //! file too.
 
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,8 @@ use crate::vm::QemuVm;
 /// saving to a local file.
 const MAX_BANDWIDTH: u64 = 1 << 40;
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+/// The name the state file's descriptor gets in QEMU (`getfd`).
+const MIGRATION_FD: &str = "petrel-migration";
 
 /// What a save or restore took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +42,17 @@ impl QemuVm {
     pub async fn save_state(&mut self, state_file: &Path) -> Result<MigrationStats, QemuError> {
         let start = Instant::now();
         let ignore_shared = self.config().memory_file.is_some() && self.config().memory_shared;
-        let uri = file_uri(state_file)?;
+        let file = open_state(state_file, true)?;
         let qmp = self.qmp();
         qmp.execute("stop", None).await?;
         prepare_migration(qmp, ignore_shared).await?;
-        qmp.execute("migrate", Some(json!({ "uri": uri }))).await?;
+        qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
+        drop(file);
+        qmp.execute(
+            "migrate",
+            Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+        )
+        .await?;
         wait_migration(qmp, "migrate to file").await?;
         let state_bytes = std::fs::metadata(state_file).map_or(0, |m| m.len());
         Ok(MigrationStats {
@@ -75,11 +86,16 @@ impl QemuVm {
             )));
         }
         let ignore_shared = !ram_in_state;
-        let uri = file_uri(state_file)?;
+        let file = open_state(state_file, false)?;
         let qmp = self.qmp();
         prepare_migration(qmp, ignore_shared).await?;
-        qmp.execute("migrate-incoming", Some(json!({ "uri": uri })))
-            .await?;
+        qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
+        drop(file);
+        qmp.execute(
+            "migrate-incoming",
+            Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+        )
+        .await?;
         wait_incoming(qmp).await?;
         qmp.execute("cont", None).await?;
         let state_bytes = std::fs::metadata(state_file).map_or(0, |m| m.len());
@@ -101,11 +117,24 @@ impl QemuVm {
     }
 }
 
-fn file_uri(path: &Path) -> Result<String, QemuError> {
-    let text = path.to_str().ok_or_else(|| {
-        QemuError::Config(format!("state file path {} is not UTF-8", path.display()))
-    })?;
-    Ok(format!("file:{text}"))
+/// Opens a state file in the agent (new files 0600) for QEMU to use through
+/// a passed descriptor: a confined QEMU cannot open paths outside its jail.
+fn open_state(path: &Path, write: bool) -> Result<File, QemuError> {
+    let mut options = OpenOptions::new();
+    if write {
+        options.write(true).create(true).truncate(true).mode(0o600);
+    } else {
+        options.read(true);
+    }
+    options.open(path).map_err(|source| QemuError::Io {
+        what: if write {
+            "create state file"
+        } else {
+            "open state file"
+        },
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 async fn prepare_migration(qmp: &mut QmpClient, ignore_shared: bool) -> Result<(), QemuError> {

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
 
-use crate::config::VmConfig;
+use crate::config::{NetConfig, TAP_FD, VmConfig};
+use crate::console::log_tail;
 use crate::error::QemuError;
 use crate::qmp::QmpClient;
 
@@ -27,6 +29,8 @@ pub struct QemuVm {
     pid: u32,
     qmp: QmpClient,
     armed: bool,
+    /// Drains the console socket into the capped log.
+    console: JoinHandle<()>,
 }
 
 impl QemuVm {
@@ -34,12 +38,13 @@ impl QemuVm {
     /// booting unless the config asked for `-incoming defer`.
     pub async fn spawn(config: VmConfig) -> Result<Self, QemuError> {
         config.validate()?;
-        std::fs::create_dir_all(&config.run_dir).map_err(|source| QemuError::Io {
+        std::fs::create_dir_all(config.socket_dir()).map_err(|source| QemuError::Io {
             what: "create run dir",
-            path: config.run_dir.clone(),
+            path: config.socket_dir(),
             source,
         })?;
         remove_if_exists(&config.qmp_socket())?;
+        remove_if_exists(&config.console_socket())?;
         let log = File::create(config.qemu_log()).map_err(|source| QemuError::Io {
             what: "create log",
             path: config.qemu_log(),
@@ -51,16 +56,20 @@ impl QemuVm {
             source,
         })?;
         let started = Instant::now();
-        let mut command = Command::new(&config.binary);
+        let binary = if config.jail.is_some() {
+            // Resolved now: inside the jail PATH is searched in its root.
+            absolute_binary(&config.binary)?
+        } else {
+            config.binary.clone()
+        };
+        let mut command = Command::new(&binary);
         command
             .args(config.args())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .kill_on_drop(false);
-        if let Some(netns) = &config.netns {
-            enter_netns_on_exec(&mut command, netns)?;
-        }
+        confine_on_exec(&mut command, &config)?;
         let mut child = command.spawn().map_err(|source| QemuError::Spawn {
             binary: config.binary.clone(),
             source,
@@ -69,9 +78,11 @@ impl QemuVm {
             return Err(early_exit(&config, &mut child).await);
         };
         tracing::debug!(vm = %config.id, pid, "qemu started");
+        let console = drain_console(&config);
         let qmp = match wait_for_qmp(&config, &mut child).await {
             Ok(qmp) => qmp,
             Err(err) => {
+                console.abort();
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 return Err(err);
@@ -84,6 +95,7 @@ impl QemuVm {
             pid,
             qmp,
             armed: true,
+            console,
         })
     }
 
@@ -107,6 +119,7 @@ impl QemuVm {
             )));
         }
         let qmp = QmpClient::connect(&socket).await?;
+        let console = drain_console(&config);
         tracing::info!(vm = %config.id, pid, "adopted running qemu");
         Ok(Self {
             config,
@@ -114,6 +127,7 @@ impl QemuVm {
             pid,
             qmp,
             armed: true,
+            console,
         })
     }
 
@@ -229,6 +243,7 @@ impl QemuVm {
 
 impl Drop for QemuVm {
     fn drop(&mut self) {
+        self.console.abort();
         if self.armed && self.exit_status().is_none() {
             tracing::warn!(vm = %self.config.id, pid = self.pid, "dropping a running VM: killing qemu");
             let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
@@ -239,23 +254,130 @@ impl Drop for QemuVm {
     }
 }
 
-/// Makes the child join the network namespace at `path` before it execs.
-fn enter_netns_on_exec(command: &mut Command, path: &Path) -> Result<(), QemuError> {
-    let netns = File::open(path).map_err(|source| QemuError::Io {
-        what: "open network namespace",
-        path: path.to_path_buf(),
-        source,
-    })?;
+fn drain_console(config: &VmConfig) -> JoinHandle<()> {
+    crate::console::spawn_drain(
+        config.console_socket(),
+        config.console_log(),
+        config.console_log_old(),
+        config.console_cap_bytes,
+    )
+}
+
+/// `binary` as an absolute path (searched in PATH when it has no `/`).
+pub fn absolute_binary(binary: &Path) -> Result<PathBuf, QemuError> {
+    if binary.components().count() > 1 {
+        return std::path::absolute(binary).map_err(|source| QemuError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        });
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| QemuError::Spawn {
+            binary: binary.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not found in PATH"),
+        })
+}
+
+/// What the child does between fork and exec, in this order: join the
+/// network namespace, open and attach the TAP (needs root), enter the jail
+/// (cgroup, mount namespace, rlimits, uid drop), then put the TAP on
+/// [`TAP_FD`] for `-netdev tap,fd=`.
+fn confine_on_exec(command: &mut Command, config: &VmConfig) -> Result<(), QemuError> {
+    let netns = match &config.netns {
+        Some(path) => Some(File::open(path).map_err(|source| QemuError::Io {
+            what: "open network namespace",
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let tap = match &config.net {
+        NetConfig::Tap { ifname, .. } => Some(tap_request(ifname)?),
+        _ => None,
+    };
+    let jail = match &config.jail {
+        Some(jail) => Some(jail.prepare().map_err(|source| QemuError::Jail {
+            vm: config.id.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    if netns.is_none() && tap.is_none() && jail.is_none() {
+        return Ok(());
+    }
     // SAFETY: the closure runs in the forked child before exec and only
-    // calls setns(2), which is async-signal-safe, on a descriptor opened
-    // (and kept alive by the closure) in the parent.
+    // makes system calls (setns, open, ioctl, dup2, fcntl and those of
+    // `Prepared::enter`) on descriptors and buffers prepared in the parent
+    // and owned by the closure; it allocates nothing.
     unsafe {
         command.pre_exec(move || {
-            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
+            if let Some(netns) = &netns {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+            }
+            let tap_fd = match &tap {
+                Some(request) => Some(open_tap(request)?),
+                None => None,
+            };
+            if let Some(jail) = &jail {
+                jail.enter()?;
+            }
+            if let Some(fd) = tap_fd {
+                if fd == TAP_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, TAP_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
         });
     }
     Ok(())
+}
+
+/// The name of a TAP to attach to, as `struct ifreq` wants it.
+#[derive(Debug, Clone, Copy)]
+struct TapRequest {
+    name: [libc::c_char; libc::IFNAMSIZ],
+}
+
+fn tap_request(ifname: &str) -> Result<TapRequest, QemuError> {
+    let bytes = ifname.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(QemuError::Config(format!("bad TAP name {ifname:?}")));
+    }
+    let mut name = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (slot, byte) in name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    Ok(TapRequest { name })
+}
+
+/// Opens `/dev/net/tun` and attaches it to the TAP (no packet info, with
+/// virtio-net headers, as QEMU asks for it); only system calls (runs
+/// between fork and exec).
+fn open_tap(request: &TapRequest) -> std::io::Result<i32> {
+    // SAFETY: ifreq is plain data, all zeroes is a valid value; open and
+    // ioctl get a C string literal and a pointer to that local ifreq.
+    unsafe {
+        let mut ifreq: libc::ifreq = std::mem::zeroed();
+        ifreq.ifr_name = request.name;
+        ifreq.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
+        let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::ioctl(fd, libc::TUNSETIFF, &raw mut ifreq) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
 }
 
 /// Whether `pid` runs (a zombie counts as gone).
@@ -303,21 +425,10 @@ async fn early_exit(config: &VmConfig, child: &mut Child) -> QemuError {
     }
 }
 
+/// Whether the console log (at most the cap, see `console.rs`) shows
+/// `marker`.
 fn console_contains(path: &Path, marker: &str) -> bool {
     std::fs::read(path).is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(marker))
-}
-
-/// The last `lines` lines of a text file (a console or QEMU log), or a
-/// note that it could not be read.
-pub fn log_tail(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(err) => format!("(cannot read {}: {err})", path.display()),
-    }
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), QemuError> {

@@ -22,6 +22,12 @@ pub enum SandboxError {
         #[source]
         source: qemu_vmm::QemuError,
     },
+    #[error("confining the VMM of vm {vm}: {source}")]
+    Confine {
+        vm: String,
+        #[source]
+        source: jail::JailError,
+    },
     #[error("Firecracker backend, vm {vm}: {message}")]
     Firecracker { vm: String, message: String },
     #[error("network: {0}")]

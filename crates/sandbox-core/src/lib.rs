@@ -9,6 +9,8 @@
 //! - [`disk`]: per-sandbox copy-on-write root disks behind one trait
 //!   ([`RootfsProvider`]: qcow2 overlay, sparse copy, dm-snapshot) and
 //!   [`choose_provider`], which picks one for a backend and says why.
+//! - [`confine`]: how VMM processes are confined (uid, mount namespace,
+//!   rlimits, cgroup; see the `jail` crate).
 //! - [`sandbox`]: one sandbox's cold boot, exec and teardown, with rollback of
 //!   everything it made when a step fails.
 //!
@@ -33,6 +35,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod confine;
 pub mod disk;
 mod error;
 pub mod firecracker;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use qemu_vmm::{Accel, Drive, NetConfig, PortForward, QemuVm, VmConfig};
 
+use crate::confine::VmmConfinement;
 use crate::error::SandboxError;
 use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
@@ -17,15 +18,27 @@ pub const ENVD_PORT: u16 = 49983;
 pub struct QemuBackend {
     pub binary: PathBuf,
     pub accel: Accel,
+    /// How each QEMU is confined; `Err`: not at all, and why.
+    pub confinement: Result<VmmConfinement, String>,
+    /// QEMU's seccomp filter (`-sandbox`, see [`qemu_vmm::SECCOMP_ARG`]).
+    pub seccomp: bool,
 }
 
 impl QemuBackend {
     /// The QEMU binary from `PETREL_QEMU` or PATH, with this accelerator
     /// (normally the outcome of [`qemu_vmm::probe_accelerator`]).
+    /// Confined ([`VmmConfinement::for_host`]) when the agent runs as
+    /// root, with QEMU's seccomp filter either way.
     pub fn new(accel: Accel) -> Self {
+        let confinement = VmmConfinement::for_host();
+        if let Err(why) = &confinement {
+            tracing::warn!(%why, "QEMU runs unconfined");
+        }
         Self {
             binary: qemu_vmm::default_qemu_binary(),
             accel,
+            confinement,
+            seccomp: true,
         }
     }
 
@@ -50,6 +63,8 @@ impl QemuBackend {
             // only device state and the RAM file stays for resume.
             memory_file: Some(spec.run_dir.join("ram")),
             memory_shared: true,
+            seccomp: self.seccomp,
+            tcg_tb_mib: (self.accel == Accel::Tcg).then_some(crate::confine::TCG_TB_MIB),
             ..VmConfig::new(&spec.id, &spec.run_dir, self.accel)
         }
     }
@@ -93,7 +108,13 @@ impl Hypervisor for QemuBackend {
             vm: spec.id.clone(),
             source,
         })?;
-        Ok(Box::new(QemuInstance { config, vm: None }))
+        Ok(Box::new(QemuInstance {
+            config,
+            base_image: spec.base_image.clone(),
+            vm: None,
+            confinement: self.confinement.as_ref().ok().cloned(),
+            cgroup: None,
+        }))
     }
 
     async fn adopt(&self, spec: VmSpec, pid: u32) -> Result<Box<dyn Vm>, SandboxError> {
@@ -109,10 +130,31 @@ impl Hypervisor for QemuBackend {
                 vm: spec.id.clone(),
                 source,
             })?;
+        let confinement = self.confinement.as_ref().ok().cloned();
+        let cgroup = confinement
+            .as_ref()
+            .and_then(|c| c.cgroup(&spec.id, &spec.run_dir));
         Ok(Box::new(QemuInstance {
             config,
+            base_image: spec.base_image.clone(),
             vm: Some(vm),
+            confinement,
+            cgroup,
         }))
+    }
+
+    fn release_leftovers(&self, id: &str, run_dir: &Path) {
+        let Some(cgroup) = self
+            .confinement
+            .as_ref()
+            .ok()
+            .and_then(|c| c.cgroup(id, run_dir))
+        else {
+            return;
+        };
+        if let Err(err) = cgroup.remove() {
+            tracing::warn!(vm = %id, %err, "cannot remove the cgroup of a lost VM");
+        }
     }
 }
 
@@ -120,7 +162,28 @@ impl Hypervisor for QemuBackend {
 #[derive(Debug)]
 struct QemuInstance {
     config: VmConfig,
+    /// See [`VmSpec::base_image`].
+    base_image: Option<PathBuf>,
     vm: Option<QemuVm>,
+    confinement: Option<VmmConfinement>,
+    /// The VMM's cgroup once made (removed on destroy).
+    cgroup: Option<jail::Cgroup>,
+}
+
+impl Drop for QemuInstance {
+    /// A running VM dropped without stop or detach (a failed caller, a
+    /// panic): its QEMU is killed by `QemuVm`'s drop, and its cgroup must
+    /// not outlive it.
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            drop(vm);
+            if let Some(cgroup) = self.cgroup.take()
+                && let Err(err) = cgroup.remove()
+            {
+                tracing::warn!(vm = %self.config.id, %err, "cannot remove the cgroup of a dropped VM");
+            }
+        }
+    }
 }
 
 /// Written to `run_dir/qemu.json` whenever QEMU starts, so a later agent run
@@ -146,7 +209,21 @@ impl QemuInstance {
             memory_file: config.memory_file.clone().unwrap_or_default(),
             memory_shared: config.memory_shared,
         };
+        let (config, lease) = match &self.confinement {
+            Some(confinement) => {
+                let confined = confinement.prepare(&config, self.base_image.as_deref())?;
+                self.cgroup = confined.cgroup;
+                let config = VmConfig {
+                    jail: Some(confined.jail),
+                    ..config
+                };
+                (config, Some(confined.lease))
+            }
+            None => (config, None),
+        };
         let vm = QemuVm::spawn(config).await.map_err(|e| self.err(e))?;
+        // The process runs as the uid now: it keeps it busy.
+        drop(lease);
         write_json(&self.config.run_dir.join("qemu.json"), &started)?;
         Ok(vm)
     }
@@ -316,6 +393,18 @@ impl Vm for QemuInstance {
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {
         self.stop().await?;
+        // Also a cgroup left by an earlier run of a paused sandbox.
+        let cgroup = self.cgroup.take().or_else(|| {
+            self.confinement
+                .as_ref()
+                .and_then(|c| c.cgroup(&self.config.id, &self.config.run_dir))
+        });
+        if let Some(cgroup) = cgroup {
+            cgroup.remove().map_err(|source| SandboxError::Confine {
+                vm: self.config.id.clone(),
+                source,
+            })?;
+        }
         let path = self.config.qmp_socket();
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -347,14 +436,23 @@ async fn copy_ram_and_disk(config: &VmConfig, dir: &Path) -> Result<(), SandboxE
             what: format!("snapshot vm {}: it has no disk", config.id),
         })?;
     sparse_copy(&config.id, &ram, &dir.join("ram")).await?;
+    let copy = dir.join("disk.qcow2");
     match disk.format {
         qemu_vmm::DiskFormat::Qcow2 => {
-            sparse_copy(&config.id, &disk.path, &dir.join("disk.qcow2")).await
+            sparse_copy(&config.id, &disk.path, &copy).await?;
+            // The copy's header was written by the VMM: carry over the
+            // agent's record of the chain instead.
+            let chain = match crate::disk::qcow2::recorded_chain(&disk.path)? {
+                Some(chain) => chain,
+                None => crate::disk::qcow2::backing_chain(&disk.path)?,
+            };
+            crate::disk::qcow2::record_chain(&copy, &chain)
         }
         // A raw disk (sparse copy or dm-snapshot provider) becomes a
         // standalone qcow2: the snapshot's disk is always qcow2.
         qemu_vmm::DiskFormat::Raw => {
-            raw_to_qcow2(&config.id, &disk.path, &dir.join("disk.qcow2")).await
+            raw_to_qcow2(&config.id, &disk.path, &copy).await?;
+            crate::disk::qcow2::record_chain(&copy, &[])
         }
     }
 }

@@ -862,6 +862,7 @@ fn vm_spec(config: &SandboxConfig, run_dir: &Path, attach: &Attach<'_>) -> VmSpe
         extra_drives: config.extra_drives.clone(),
         network: attach.vm_network(),
         run_dir: run_dir.to_path_buf(),
+        base_image: Some(config.images.rootfs.clone()),
     }
 }
 

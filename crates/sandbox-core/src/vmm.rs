@@ -60,6 +60,10 @@ pub struct VmSpec {
     pub network: VmNetwork,
     /// Per-VM directory for sockets and logs (owned by the caller).
     pub run_dir: PathBuf,
+    /// The template's read-only base image the root disk is made over: a
+    /// confined VMM may see it (besides the data dir's templates and
+    /// snapshots) as a backing file.
+    pub base_image: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -80,6 +84,13 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// Takes over the running VMM process `pid` of `spec`, started by an
     /// earlier run of the agent.
     async fn adopt(&self, spec: VmSpec, pid: u32) -> Result<Box<dyn Vm>, SandboxError>;
+
+    /// Removes what a VMM of VM `id` in `run_dir` may leave behind outside
+    /// the run dir (QEMU: its cgroup) once its process is gone, for a
+    /// sandbox the agent gives up without a [`Vm`] (lost at a restart).
+    fn release_leftovers(&self, id: &str, run_dir: &Path) {
+        let _ = (id, run_dir);
+    }
 }
 
 /// One VM of a backend.

@@ -118,6 +118,7 @@ fn spec(id: &str, kernel: &Path, root_disk: PathBuf, run_dir: PathBuf, net: VmNe
         extra_drives: Vec::new(),
         network: net,
         run_dir,
+        base_image: None,
     }
 }
 

@@ -127,6 +127,7 @@ async fn read_mark_after_cold_boot(
         extra_drives: Vec::new(),
         network: VmNetwork::UserForward { host },
         run_dir,
+        base_image: Some(images.rootfs.clone()),
     };
     let mut vm = backend().create(spec).await.unwrap();
     vm.start().await.unwrap();

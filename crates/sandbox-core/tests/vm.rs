@@ -181,7 +181,7 @@ async fn failed_boot_rolls_back_the_sandbox_directory() {
     let dir = TestDir::new("rollback");
     let backend = QemuBackend {
         binary: PathBuf::from("/nonexistent/qemu-system-x86_64"),
-        accel: accel(),
+        ..QemuBackend::new(accel())
     };
 
     let err = Sandbox::boot(&backend, SandboxConfig::new("rollback", images, &dir.0))

@@ -69,7 +69,39 @@ pub async fn create_qcow2_overlay(
         overlay.as_os_str(),
     ];
     super::run_tool(sandbox, "qemu-img", &args, overlay).await?;
+    let mut chain = vec![base.clone()];
+    if base_is_qcow2 {
+        match recorded_chain(&base)? {
+            Some(recorded) => chain.extend(recorded),
+            // A snapshot from before chains were recorded.
+            None => chain.extend(backing_chain(&base)?),
+        }
+    }
+    record_chain(overlay, &chain)?;
     Ok(overlay.to_path_buf())
+}
+
+/// The file beside a qcow2 image the agent made (`IMAGE.chain`) that
+/// records its backing chain. The chain in the image's header is not to be
+/// trusted once a VMM has written the image; this record is the agent's.
+pub fn chain_record(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_os_string();
+    name.push(".chain");
+    PathBuf::from(name)
+}
+
+/// Records `chain` as the backing chain of `image` (see [`chain_record`]).
+pub fn record_chain(image: &Path, chain: &[PathBuf]) -> Result<(), SandboxError> {
+    crate::qemu::write_json(&chain_record(image), &chain)
+}
+
+/// The recorded backing chain of `image`, `None` when there is no record.
+pub fn recorded_chain(image: &Path) -> Result<Option<Vec<PathBuf>>, SandboxError> {
+    let record = chain_record(image);
+    if !record.exists() {
+        return Ok(None);
+    }
+    crate::qemu::read_json(&record).map(Some)
 }
 
 /// The backing file named in the header of the qcow2 image at `path`

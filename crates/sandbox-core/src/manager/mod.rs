@@ -225,7 +225,7 @@ impl Manager {
                     Ok(sandbox) => Some(sandbox),
                     Err(err) => {
                         tracing::warn!(sandbox = %id, %err, "cannot reattach: marking stopped and cleaning up");
-                        clean_dead(&record);
+                        clean_dead(self.inner.hypervisor.as_ref(), &record);
                         info.state = State::Stopped;
                         info.error = Some(format!("lost at agent restart: {err}"));
                         info.envd_addr = None;
@@ -235,7 +235,7 @@ impl Manager {
             }
             Some(record) => {
                 // Interrupted mid-operation by the crash.
-                clean_dead(&record);
+                clean_dead(self.inner.hypervisor.as_ref(), &record);
                 info.error = Some(format!(
                     "interrupted while {} by an agent restart",
                     info.state
@@ -1190,7 +1190,7 @@ fn canonical(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
-fn clean_dead(record: &SandboxRecord) {
+fn clean_dead(hypervisor: &dyn Hypervisor, record: &SandboxRecord) {
     if let Some(pid) = record.vmm_pid {
         let run_dir = record
             .config
@@ -1212,6 +1212,7 @@ fn clean_dead(record: &SandboxRecord) {
         .data_dir
         .join("sandboxes")
         .join(&record.config.id);
+    hypervisor.release_leftovers(&record.config.id, &run_dir);
     if let Err(err) = std::fs::remove_dir_all(&run_dir)
         && err.kind() != std::io::ErrorKind::NotFound
     {
