@@ -36,8 +36,10 @@ fn status_bytes(field: &str) -> u64 {
     text.lines()
         .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim_start_matches(':').trim().strip_suffix("kB"))
-        .map(|kib| kib.trim().parse::<u64>().unwrap() * 1024)
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+        .map_or_else(
+            || panic!("no {field} in /proc/self/status"),
+            |kib| kib.trim().parse::<u64>().unwrap() * 1024,
+        )
 }
 
 /// Peak RSS growth of this process since [`Peak::start`].

@@ -192,8 +192,10 @@ pub struct ExecArgs {
     /// Deadline of the run in seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
-    /// Print the agent's JSON result ({stdout, stderr, exit_code, pid})
-    /// once the command has finished, instead of streaming.
+    /// Print the agent's JSON result ({stdout, stderr, stdout_truncated,
+    /// stderr_truncated, exit_code, pid}; each stream capped at the agent's
+    /// exec_output_limit) once the command has finished, instead of
+    /// streaming.
     #[arg(long)]
     pub json: bool,
 }

@@ -283,7 +283,7 @@ async fn files_stream_both_ways_and_a_whole_read_over_its_cap_is_refused() {
     let path = dir.path().join("big.bin");
     let path = path.to_str().unwrap();
     let chunk = bytes::Bytes::from(vec![7u8; 1 << 20]);
-    let chunks = (0..envd_client::MAX_FILE_READ / (1 << 20) + 1)
+    let chunks = (0..=envd_client::MAX_FILE_READ / (1 << 20))
         .map(move |_| Ok::<_, envd_client::BoxError>(chunk.clone()));
 
     envd.client

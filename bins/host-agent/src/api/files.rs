@@ -113,7 +113,7 @@ pub async fn write(
     let overrun = std::sync::Arc::new(std::sync::Mutex::new(None::<ApiError>));
     let seen = overrun.clone();
     let data = body.into_data_stream().map_err(move |err| {
-        let api = body_error(err);
+        let api = body_error(&err);
         let message = api.message.clone();
         *seen
             .lock()
@@ -144,9 +144,9 @@ fn too_large_error() -> ApiError {
 }
 
 /// A failure reading the request body: 413 past the limit, 400 otherwise.
-fn body_error(err: axum::Error) -> ApiError {
+fn body_error(err: &axum::Error) -> ApiError {
     let too_large = std::error::Error::source(&err)
-        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        .is_some_and(<dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>)
         || err.to_string().contains("length limit");
     if too_large {
         too_large_error()

@@ -987,7 +987,7 @@ impl Manager {
             match self.destroy(&id).await {
                 Ok(()) => tracing::info!(sandbox = %id, "paused sandbox expired: destroyed"),
                 Err(err) => {
-                    tracing::warn!(sandbox = %id, %err, "destroying an expired paused sandbox failed")
+                    tracing::warn!(sandbox = %id, %err, "destroying an expired paused sandbox failed");
                 }
             }
         }
