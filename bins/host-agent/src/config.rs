@@ -34,8 +34,9 @@ pub enum NetworkChoice {
     Auto,
     /// A network namespace per sandbox (veth, TAP, NAT, egress policy).
     Namespace,
-    /// QEMU's user-mode network (no isolation from the host's loopback
-    /// services beyond QEMU's own; no root needed).
+    /// QEMU's user-mode network, isolated (`restrict=on`: the guest
+    /// reaches neither the host nor the internet, only envd is forwarded
+    /// in); sandboxes asking for internet are refused. No root needed.
     User,
 }
 

@@ -32,7 +32,8 @@ pub struct CreateBody {
     env: BTreeMap<String, String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
-    /// Outbound internet; on unless `false`.
+    /// Outbound internet; unset: the network mode's default (see
+    /// `sandbox_core::network::resolve_internet`).
     internet: Option<bool>,
     /// At expiry: pause instead of kill.
     #[serde(default)]
@@ -113,7 +114,7 @@ pub async fn create(
         env_vars: body.env,
         metadata: body.metadata,
         auto_pause: body.auto_pause,
-        internet: body.internet.unwrap_or(true),
+        internet: body.internet,
     };
     let info = state.app.manager.create(request).await?;
     tracing::info!(sandbox = %info.id, template = %info.template, "sandbox created over the API");

@@ -257,7 +257,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
             env_vars: request.env_vars.unwrap_or_default(),
             metadata: request.metadata.unwrap_or_default(),
             auto_pause: request.auto_pause.unwrap_or(false),
-            internet: request.allow_internet_access.unwrap_or(true),
+            internet: request.allow_internet_access,
             ..CreateSandbox::default()
         })
         .await?;
