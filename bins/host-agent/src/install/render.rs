@@ -149,6 +149,9 @@ mod tests {
             network,
             net_slot_first,
             net_slot_count,
+            net_max_connections,
+            net_new_connections_per_sec,
+            net_allow_smtp,
             warm_templates,
             rootfs_provider: _,
             api_keys,
@@ -166,6 +169,12 @@ mod tests {
         assert_eq!(parsed.network, network);
         assert_eq!(parsed.net_slot_first, net_slot_first);
         assert_eq!(parsed.net_slot_count, net_slot_count);
+        assert_eq!(parsed.net_max_connections, net_max_connections);
+        assert_eq!(
+            parsed.net_new_connections_per_sec,
+            net_new_connections_per_sec
+        );
+        assert_eq!(parsed.net_allow_smtp, net_allow_smtp);
         assert_eq!(parsed.warm_templates, warm_templates);
         assert_eq!(parsed.api_keys, api_keys);
         // Keys without a default show an example.
