@@ -34,8 +34,9 @@ pub enum NetworkChoice {
     Auto,
     /// A network namespace per sandbox (veth, TAP, NAT, egress policy).
     Namespace,
-    /// QEMU's user-mode network (no isolation from the host's loopback
-    /// services beyond QEMU's own; no root needed).
+    /// QEMU's user-mode network, isolated (`restrict=on`: the guest
+    /// reaches neither the host nor the internet, only envd is forwarded
+    /// in); sandboxes asking for internet are refused. No root needed.
     User,
 }
 
@@ -97,6 +98,11 @@ pub struct AgentConfig {
     /// one host need disjoint ranges (slot `s` owns namespace `petrel-s`).
     pub net_slot_first: u16,
     pub net_slot_count: u16,
+    /// Per sandbox (namespaces only): concurrent outbound connections and
+    /// new ones per second (0: no limit), outbound SMTP (TCP 25).
+    pub net_max_connections: u32,
+    pub net_new_connections_per_sec: u32,
+    pub net_allow_smtp: bool,
     /// Keep a booted snapshot of the `base` template so creates restore it
     /// instead of cold-booting (made in the background at start).
     pub warm_templates: bool,
@@ -140,6 +146,10 @@ impl Default for AgentConfig {
             network: NetworkChoice::Auto,
             net_slot_first: 1,
             net_slot_count: 1024,
+            net_max_connections: sandbox_core::network::EgressPolicy::DEFAULT_MAX_CONNECTIONS,
+            net_new_connections_per_sec:
+                sandbox_core::network::EgressPolicy::DEFAULT_NEW_CONNECTIONS_PER_SEC,
+            net_allow_smtp: false,
             warm_templates: true,
             rootfs_provider: None,
             api_keys: Vec::new(),

@@ -201,8 +201,15 @@ pub fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
     let end = first
         .checked_add(config.net_slot_count)
         .context("net_slot_first + net_slot_count overflows")?;
+    let policy = sandbox_core::network::EgressPolicy {
+        smtp: config.net_allow_smtp,
+        max_connections: config.net_max_connections,
+        new_connections_per_sec: config.net_new_connections_per_sec,
+        ..sandbox_core::network::EgressPolicy::default()
+    };
     let pool = NetworkPool::new(first..end)
-        .with_context(|| format!("creating the network slot pool {first}..{end}"))?;
+        .with_context(|| format!("creating the network slot pool {first}..{end}"))?
+        .with_policy(policy);
     tracing::info!(slots = ?(first..end), "sandboxes get their own network namespaces");
     Ok(Some(Arc::new(pool)))
 }

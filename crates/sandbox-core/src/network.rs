@@ -7,7 +7,8 @@
 
 use std::ops::Range;
 
-use netns::{EgressPolicy, Network, NetworkOptions, Slot, SlotAllocator};
+pub use netns::EgressPolicy;
+use netns::{Network, NetworkOptions, Slot, SlotAllocator};
 
 use crate::error::SandboxError;
 

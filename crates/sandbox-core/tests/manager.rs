@@ -603,3 +603,26 @@ async fn an_old_base_stays_while_a_sandbox_or_snapshot_uses_it() {
     assert!(kept_for_snapshot);
     assert!(!kept_for_nothing);
 }
+
+#[tokio::test]
+async fn user_mode_create_refuses_internet_and_defaults_to_isolated() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+
+    let err = manager
+        .create(CreateSandbox {
+            internet: Some(true),
+            ..base()
+        })
+        .await
+        .unwrap_err();
+    let listed = manager.list(&ListFilter::default()).len();
+    let unset = manager.create(base()).await.unwrap();
+    destroy_all(&manager).await;
+
+    assert!(matches!(err, ManagerError::InvalidRequest(_)), "{err}");
+    assert!(err.to_string().contains("10.0.2.2"), "{err}");
+    assert_eq!(listed, 0);
+    assert!(!unset.internet);
+}

@@ -423,7 +423,7 @@ fn schemas() -> Value {
                 "timeout_s": {"type": "integer", "minimum": 1, "maximum": crate::policy::MAX_TTL.as_secs(), "description": "TTL in seconds (default 300)."},
                 "env": string_map(),
                 "metadata": string_map(),
-                "internet": {"type": "boolean", "default": true, "description": "Outbound internet (recorded; enforced once per-sandbox networks land)."},
+                "internet": {"type": "boolean", "description": "Outbound internet. Unset: on with per-sandbox network namespaces; off in QEMU user-mode networking, which is always isolated from the host and the internet and refuses true (400)."},
                 "auto_pause": {"type": "boolean", "default": false, "description": "At expiry: pause instead of kill."},
             },
         },

@@ -29,7 +29,8 @@ pub struct CreateBody {
     env: BTreeMap<String, String>,
     #[serde(default)]
     metadata: BTreeMap<String, String>,
-    /// Outbound internet; on unless `false`.
+    /// Outbound internet; unset: the network mode's default (see
+    /// `sandbox_core::network::resolve_internet`).
     internet: Option<bool>,
     /// At expiry: pause instead of kill.
     #[serde(default)]

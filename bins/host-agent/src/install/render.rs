@@ -155,6 +155,9 @@ mod tests {
             network,
             net_slot_first,
             net_slot_count,
+            net_max_connections,
+            net_new_connections_per_sec,
+            net_allow_smtp,
             warm_templates,
             rootfs_provider: _,
             api_keys,
@@ -181,6 +184,12 @@ mod tests {
         assert_eq!(parsed.network, network);
         assert_eq!(parsed.net_slot_first, net_slot_first);
         assert_eq!(parsed.net_slot_count, net_slot_count);
+        assert_eq!(parsed.net_max_connections, net_max_connections);
+        assert_eq!(
+            parsed.net_new_connections_per_sec,
+            net_new_connections_per_sec
+        );
+        assert_eq!(parsed.net_allow_smtp, net_allow_smtp);
         assert_eq!(parsed.warm_templates, warm_templates);
         assert_eq!(parsed.api_keys, api_keys);
         assert_eq!(parsed.api_key_sha256, api_key_sha256);
