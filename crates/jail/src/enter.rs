@@ -188,6 +188,9 @@ impl Prepared {
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 c"mode=0755,size=1m".as_ptr().cast(),
             ))?;
+            // The tree is built with the modes written here whatever the
+            // agent's umask (077): the jail's uid must traverse it.
+            let umask = libc::umask(0o022);
             for step in &self.steps {
                 match step {
                     Step::Mkdir(path) => {
@@ -237,6 +240,7 @@ impl Prepared {
                     }
                 }
             }
+            libc::umask(umask);
             // pivot_root(".", "."): the old root ends up stacked on the new
             // one and is detached, so no path leads back to the host's.
             check(libc::chdir(self.root.as_ptr()))?;
