@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API until SIGTERM or Ctrl-C (sandboxes keep running).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the host's capabilities (KVM, device-mapper, userfaultfd,
     /// nftables, QEMU, Firecracker) and the choices `serve` would make.
     Doctor(DoctorArgs),
