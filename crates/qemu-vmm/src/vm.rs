@@ -102,8 +102,12 @@ impl QemuVm {
     /// Takes over a QEMU process started by an earlier run (e.g. before an
     /// agent restart): checks that `pid` is the QEMU of `config` (its
     /// command line names the QMP socket) and reconnects QMP.
+    ///
+    /// A QEMU started by an agent from before confinement has its QMP
+    /// socket in the run dir itself (`run_dir/qmp.sock`) and its console in
+    /// a plain file: it is adopted as it is (unconfined until its next
+    /// pause and resume), so an upgrade loses no running sandbox.
     pub async fn adopt(config: VmConfig, pid: u32) -> Result<Self, QemuError> {
-        let socket = config.qmp_socket();
         let cmdline =
             std::fs::read(format!("/proc/{pid}/cmdline")).map_err(|source| QemuError::Io {
                 what: "read the command line of adopted pid",
@@ -111,6 +115,14 @@ impl QemuVm {
                 source,
             })?;
         let cmdline = String::from_utf8_lossy(&cmdline);
+        let legacy_socket = config.run_dir.join("qmp.sock");
+        let legacy = !cmdline.contains(&*config.qmp_socket().to_string_lossy())
+            && cmdline.contains(&format!("unix:{},", legacy_socket.display()));
+        let socket = if legacy {
+            legacy_socket
+        } else {
+            config.qmp_socket()
+        };
         if !cmdline.contains(&*socket.to_string_lossy()) {
             return Err(QemuError::Config(format!(
                 "pid {pid} is not the QEMU of vm {} (its command line does not name {})",
@@ -119,8 +131,13 @@ impl QemuVm {
             )));
         }
         let qmp = QmpClient::connect(&socket).await?;
-        let console = drain_console(&config);
-        tracing::info!(vm = %config.id, pid, "adopted running qemu");
+        // A legacy QEMU writes its console to the file itself.
+        let console = if legacy {
+            tokio::spawn(async {})
+        } else {
+            drain_console(&config)
+        };
+        tracing::info!(vm = %config.id, pid, legacy, "adopted running qemu");
         Ok(Self {
             config,
             child: None,

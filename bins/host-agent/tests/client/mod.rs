@@ -137,12 +137,16 @@ impl Client {
         self.inner.request(request).await.unwrap()
     }
 
-    /// Sends a body produced as it goes (`Transfer-Encoding: chunked`).
+    /// Uploads a body produced as it goes (`Transfer-Encoding: chunked`,
+    /// `application/octet-stream`).
     pub async fn send_streamed(&self, method: Method, path: &str, body: Streamed) -> Reply {
         let client: Legacy<HttpConnector, Streamed> =
             Legacy::builder(TokioExecutor::new()).build_http();
+        let uploader = self
+            .clone()
+            .with_header("content-type", "application/octet-stream");
         let response = client
-            .request(self.request(method, path, body).unwrap())
+            .request(uploader.request(method, path, body).unwrap())
             .await
             .unwrap();
         let (parts, body) = response.into_parts();
