@@ -153,10 +153,15 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
     assert_eq!(kept["stdout"], "kept\n");
 }
 
+/// The group confined VMMs read their read-only inputs (template base
+/// images) through: no user is in it.
+const VMM_GID: u32 = sandbox_core::confine::DEFAULT_UID_FIRST - 1;
+
 /// Every directory and file under `dir` whose mode lets anyone but the
-/// owner in (`(path, mode)`), `dir` included.
+/// owner in (`(path, mode)`), `dir` included; read access for the VMMs'
+/// group alone does not count.
 fn open_to_others(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
@@ -167,7 +172,8 @@ fn open_to_others(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
             continue;
         }
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        let vmm_read_only = meta.gid() == VMM_GID && mode & 0o037 == 0;
+        if mode & 0o077 != 0 && !vmm_read_only {
             found.push((path.clone(), mode));
         }
         if meta.is_dir() {
