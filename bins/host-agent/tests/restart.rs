@@ -172,7 +172,8 @@ fn open_to_others(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
             continue;
         }
         let mode = meta.permissions().mode() & 0o777;
-        let vmm_read_only = meta.gid() == VMM_GID && mode & 0o037 == 0;
+        // Group read at most (no group write or execute, nothing for others).
+        let vmm_read_only = meta.gid() == VMM_GID && (mode & 0o077) | 0o040 == 0o040;
         if mode & 0o077 != 0 && !vmm_read_only {
             found.push((path.clone(), mode));
         }
