@@ -194,7 +194,12 @@ impl Cgroup {
             let dir = &self.dirs[0];
             write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
             write_if_present(&dir.join("memory.swap.max"), "0")?;
-            write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+            // A kernel without CFS bandwidth control (CONFIG_CFS_BANDWIDTH,
+            // as our own guest kernel) lists `cpu` but has no `cpu.max`:
+            // the VMM then runs without a CPU cap, memory and pids still hold.
+            if !write_if_present(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))? {
+                tracing::warn!(cgroup = %dir.display(), "no cpu.max (kernel without CFS bandwidth control): no CPU limit for this VMM");
+            }
             write(&dir.join("pids.max"), &limits.pids.to_string())?;
             return Ok(());
         }
@@ -306,11 +311,13 @@ fn write(file: &Path, value: &str) -> Result<(), JailError> {
     std::fs::write(file, value).map_err(|e| JailError::io("write cgroup file", file, e))
 }
 
-fn write_if_present(file: &Path, value: &str) -> Result<(), JailError> {
-    if file.exists() {
-        write(file, value)?;
+/// Writes `value` to `file` when the kernel offers it; whether it did.
+fn write_if_present(file: &Path, value: &str) -> Result<bool, JailError> {
+    if !file.exists() {
+        return Ok(false);
     }
-    Ok(())
+    write(file, value)?;
+    Ok(true)
 }
 
 #[cfg(test)]
