@@ -388,10 +388,13 @@ mod tests {
             root: root.path().to_path_buf(),
         };
         let cgroup = Cgroup::new(&hierarchy, "sb-1");
+        let dir = root.path().join("petrel/sb-1");
+        // The kernel offers cpu.max where it has CFS bandwidth control.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.max"), "max 100000").unwrap();
 
         cgroup.create(LIMITS).unwrap();
 
-        let dir = root.path().join("petrel/sb-1");
         assert_eq!(read(&dir.join("memory.max")), (640_u64 << 20).to_string());
         assert_eq!(read(&dir.join("cpu.max")), "125000 100000");
         assert_eq!(read(&dir.join("pids.max")), "144");
@@ -401,6 +404,22 @@ mod tests {
             "+pids"
         );
         assert_eq!(cgroup.procs_files(), vec![dir.join("cgroup.procs")]);
+    }
+
+    #[test]
+    fn v2_create_without_cpu_max_keeps_memory_and_pids_limits() {
+        let root = tempfile::tempdir().unwrap();
+        let hierarchy = Hierarchy::V2 {
+            root: root.path().to_path_buf(),
+        };
+        let cgroup = Cgroup::new(&hierarchy, "sb-2");
+
+        cgroup.create(LIMITS).unwrap();
+
+        let dir = root.path().join("petrel/sb-2");
+        assert_eq!(read(&dir.join("memory.max")), (640_u64 << 20).to_string());
+        assert_eq!(read(&dir.join("pids.max")), "144");
+        assert!(!dir.join("cpu.max").exists());
     }
 
     #[test]
