@@ -34,6 +34,7 @@ pub mod filesystem;
 pub mod health;
 pub mod init;
 pub mod metrics;
+pub mod oom;
 pub mod process;
 pub mod rpc;
 pub mod server;

@@ -511,3 +511,32 @@ async fn start_as_nobody_in_a_root_only_directory_fails() {
 
     assert_eq!(run.trailer["error"]["code"], "permission_denied");
 }
+
+#[tokio::test]
+async fn started_processes_run_with_the_default_oom_score_not_envds() {
+    // Arrange: this test process plays envd with a score of its own (in a
+    // guest envd is exempt, -1000; raising it, as here, needs no privilege).
+    std::fs::write("/proc/self/oom_score_adj", "500").expect("raising the test's score");
+    let envd = Envd::start().await;
+
+    // Act
+    let as_user = finish(
+        envd.run("cat /proc/self/oom_score_adj", json!({}), &[])
+            .await,
+    )
+    .await;
+    let as_root = finish(
+        envd.run(
+            "cat /proc/self/oom_score_adj",
+            json!({}),
+            &[("authorization", &basic("root"))],
+        )
+        .await,
+    )
+    .await;
+
+    // Assert
+    assert_eq!(envd::oom::current().unwrap(), 500);
+    assert_eq!(as_user.stdout, "0\n");
+    assert_eq!(as_root.stdout, "0\n");
+}

@@ -1,7 +1,7 @@
 //! A hostile guest and a hostile caller against one agent at once, with
 //! real VMs: one sandbox floods its console, runs `head -c 2G /dev/zero`
 //! as an exec (JSON and streaming), fills its disk to the virtual size,
-//! fork-bombs itself and opens connections as fast as it can; meanwhile a
+//! takes all its RAM (its OOM killer must spare envd), fork-bombs itself and opens connections as fast as it can; meanwhile a
 //! bystander sandbox keeps answering exec, the agent keeps answering its
 //! API, and the agent's memory stays bounded.
 //!
@@ -137,7 +137,21 @@ async fn a_hostile_guest_neither_starves_the_host_nor_its_neighbour() {
     )
     .await;
     agent_answers.push(api.get("/v1/sandboxes").await.status.as_u16());
-    // 4. A connection flood at the sandbox's own gateway (inside the
+    // 4. All the guest's RAM taken by one process (tail buffers a line with
+    //    no end): the guest's OOM killer must take it, not envd.
+    let hog = exec(
+        &api,
+        &attacker,
+        json!({"cmd": "head -c 1G /dev/zero | tail", "timeout_s": 300}),
+    )
+    .await;
+    let envd_score = exec(
+        &api,
+        &attacker,
+        json!({"cmd": "cat /proc/$(pgrep -xo envd)/oom_score_adj /proc/self/oom_score_adj", "timeout_s": 60}),
+    )
+    .await;
+    // 5. A connection flood at the sandbox's own gateway (inside the
     //    namespace the agent made), 20 s.
     let conns = exec(
         &api,
@@ -151,7 +165,7 @@ async fn a_hostile_guest_neither_starves_the_host_nor_its_neighbour() {
             None => bystander_failures += 1,
         }
     }
-    // 5. A fork bomb as the unprivileged guest user; it never ends by
+    // 6. A fork bomb as the unprivileged guest user; it never ends by
     //    itself, so the exec times out.
     let bomb = exec(
         &api,
@@ -218,6 +232,19 @@ async fn a_hostile_guest_neither_starves_the_host_nor_its_neighbour() {
                 .contains(" 100%"),
         "the disk did not fill: {}",
         fill.text()
+    );
+    assert_eq!(hog.status.as_u16(), 200, "{}", hog.text());
+    assert_ne!(
+        hog.json()["exit_code"],
+        0,
+        "the memory hog was not stopped: {}",
+        hog.text()
+    );
+    assert_eq!(
+        envd_score.json()["stdout"],
+        "-1000\n0\n",
+        "envd is not exempt from the guest's OOM killer, or what it starts is: {}",
+        envd_score.text()
     );
     assert_eq!(conns.status.as_u16(), 200, "{}", conns.text());
     assert!(

@@ -85,11 +85,13 @@ fn credentials_for(user: &UserInfo) -> Result<Option<Credentials>, EnvdError> {
     )))
 }
 
-/// Runs in the child between fork and exec: new session, controlling
-/// terminal, groups, gid, uid, then the working directory (entered as the
+/// Runs in the child between fork and exec: default OOM score, new
+/// session, controlling terminal, groups, gid, uid, then the working directory (entered as the
 /// user, so a directory the user may not enter fails the start). Only
 /// async-signal-safe calls on memory allocated before the fork.
 fn child_setup(creds: Option<&Credentials>, pty: bool, cwd: &CStr) -> io::Result<()> {
+    // envd itself is exempt from the guest's OOM killer; what it starts is not.
+    crate::oom::reset_in_child();
     // SAFETY: setsid has no memory-safety preconditions.
     if unsafe { libc::setsid() } < 0 {
         return Err(io::Error::last_os_error());
@@ -161,7 +163,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Spawned, EnvdError> {
 
     let is_pty = pty.is_some();
     // SAFETY: `child_setup` only makes async-signal-safe system calls
-    // (setsid, ioctl, setgroups, setgid, setuid, chdir) on data moved into the
+    // (open, write, close, setsid, ioctl, setgroups, setgid, setuid, chdir) on data moved into the
     // closure before the fork; it neither allocates nor takes locks.
     unsafe {
         command.pre_exec(move || child_setup(creds.as_ref(), is_pty, &cwd));
