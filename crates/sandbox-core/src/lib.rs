@@ -44,6 +44,7 @@ pub mod manager;
 pub mod network;
 pub mod qemu;
 pub mod sandbox;
+pub mod snapshot;
 pub mod vmm;
 
 pub use disk::{RootfsProvider, choose_provider};

@@ -429,7 +429,14 @@ impl Sandbox {
     pub async fn snapshot(&mut self, dir: &Path) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "snapshot")?;
         let stats = self.vm.snapshot(dir).await?;
-        save_snapshot_token(dir, &self.token)?;
+        crate::snapshot::save_token(dir, &self.token)?;
+        crate::snapshot::save_shape(
+            dir,
+            crate::snapshot::MachineShape {
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+            },
+        )?;
         tracing::info!(sandbox = %self.id, dir = %dir.display(), took_ms = stats.took.as_millis() as u64, "sandbox snapshotted");
         Ok(stats)
     }
@@ -647,7 +654,12 @@ async fn boot_steps(
     let init = init_request(&token, &config.env_vars);
     // A guest restored from a snapshot still has the snapshotted sandbox's
     // token, and envd takes a new one only from a caller showing it.
-    let envd = match config.snapshot.as_deref().map(snapshot_token).transpose()? {
+    let envd = match config
+        .snapshot
+        .as_deref()
+        .map(crate::snapshot::token)
+        .transpose()?
+    {
         Some(Some(old)) => envd.with_access_token(old),
         _ => envd,
     };
@@ -717,43 +729,6 @@ fn root_base(images: &GuestImages, snapshot: Option<&Path>) -> (PathBuf, disk::D
     match snapshot {
         Some(snapshot) => (snapshot.join("disk.qcow2"), disk::DiskFormat::Qcow2),
         None => (images.rootfs.clone(), disk::DiskFormat::Raw),
-    }
-}
-
-/// The file in a snapshot directory holding the envd access token of the
-/// snapshotted guest (owner-only).
-const SNAPSHOT_TOKEN_FILE: &str = "envd-token";
-
-fn save_snapshot_token(dir: &Path, token: &str) -> Result<(), SandboxError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = dir.join(SNAPSHOT_TOKEN_FILE);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| f.write_all(token.as_bytes()))
-        .map_err(|source| SandboxError::Io {
-            what: "save the snapshot's envd token",
-            path,
-            source,
-        })
-}
-
-/// The envd token saved with a snapshot; `None` for a snapshot made before
-/// tokens were saved (its envd accepts a new token without one).
-fn snapshot_token(dir: &Path) -> Result<Option<String>, SandboxError> {
-    let path = dir.join(SNAPSHOT_TOKEN_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(token) => Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(SandboxError::Io {
-            what: "read the snapshot's envd token",
-            path,
-            source,
-        }),
     }
 }
 

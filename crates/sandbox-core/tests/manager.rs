@@ -398,6 +398,78 @@ async fn warm_template_creates_from_its_snapshot_with_own_identity() {
 }
 
 #[tokio::test]
+async fn starts_keep_the_shape_of_what_they_restore_and_other_shapes_boot_cold() {
+    // Arrange: a warm template (default shape: 1 vCPU, 512 MiB).
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    manager.warm_template("base").await.unwrap();
+    let mem_total = |id: String| {
+        let manager = &manager;
+        async move {
+            let out = manager
+                .exec(&id, ExecRequest::shell("grep MemTotal /proc/meminfo"))
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.split_whitespace()
+                .nth(1)
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .unwrap()
+                / 1024
+        }
+    };
+
+    // Act: another shape than the warm snapshot's; a snapshot of it; starts
+    // from that snapshot with its shape left unset, and with another.
+    let small = manager
+        .create(CreateSandbox {
+            memory_mib: Some(256),
+            ..base()
+        })
+        .await
+        .unwrap();
+    let small_mem = mem_total(small.id.clone()).await;
+    manager.snapshot(&small.id, "small").await.unwrap();
+    let from_small = manager
+        .create(CreateSandbox {
+            template: "small".into(),
+            ..base()
+        })
+        .await
+        .unwrap();
+    let from_small_mem = mem_total(from_small.id.clone()).await;
+    let reshaped = manager
+        .create(CreateSandbox {
+            template: "small".into(),
+            memory_mib: Some(512),
+            ..base()
+        })
+        .await
+        .unwrap_err();
+    let default = manager.create(base()).await.unwrap();
+    destroy_all(&manager).await;
+    manager.delete_snapshot("small").unwrap();
+
+    // Assert
+    assert_eq!(small.memory_mib, 256);
+    assert!(
+        (200..=256).contains(&small_mem),
+        "guest sees {small_mem} MiB"
+    );
+    assert_eq!(from_small.memory_mib, 256);
+    assert!(
+        (200..=256).contains(&from_small_mem),
+        "guest sees {from_small_mem} MiB"
+    );
+    assert!(
+        matches!(&reshaped, ManagerError::InvalidRequest(m) if m.contains("1 vCPU and 256 MiB")),
+        "{reshaped}"
+    );
+    assert_eq!(default.memory_mib, 512);
+}
+
+#[tokio::test]
 async fn fork_makes_independent_copies_of_a_running_sandbox() {
     let Some(images) = images() else { return };
     let dir = tempfile::tempdir().unwrap();

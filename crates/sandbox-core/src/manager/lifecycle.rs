@@ -1,0 +1,347 @@
+//! One sandbox's life: create, pause, resume, destroy, TTL changes,
+//! listing, and envd access while it runs.
+
+use super::{
+    Arc, BTreeMap, BootTimings, CreateSandbox, Duration, EnvdClient, ExecOutput, ExecRequest,
+    GuestImages, Handle, Instant, ListFilter, Manager, ManagerError, PathBuf, Persisted, SafeName,
+    Sandbox, SandboxConfig, SandboxInfo, SnapshotInfo, State, SystemTime, Table, TemplateInfo,
+    lock, new_id,
+};
+
+impl Manager {
+    /// Creates and boots a sandbox from a template (cold boot) or from a
+    /// snapshot of the same name.
+    pub async fn create(&self, request: CreateSandbox) -> Result<SandboxInfo, ManagerError> {
+        let name = SafeName::new(&request.template)?;
+        let config = &self.inner.config;
+        let (template, images, snapshot, warm) = self.resolve_source(&name)?;
+        // A start from a snapshot keeps the snapshotted machine's shape.
+        let shape = snapshot
+            .as_deref()
+            .map(crate::snapshot::shape)
+            .transpose()?
+            .flatten();
+        let mut snapshot = snapshot;
+        let (vcpus, memory_mib) = match shape {
+            Some(shape) if !warm => {
+                let conflicts = request.vcpus.is_some_and(|v| v != shape.vcpus)
+                    || request.memory_mib.is_some_and(|m| m != shape.memory_mib);
+                if conflicts {
+                    return Err(ManagerError::InvalidRequest(format!(
+                        "snapshot {template} was taken from a sandbox with {shape}; a sandbox started from it has the same (leave vcpus and memory unset)"
+                    )));
+                }
+                (shape.vcpus, shape.memory_mib)
+            }
+            _ => (
+                request.vcpus.unwrap_or(config.default_vcpus),
+                request.memory_mib.unwrap_or(config.default_memory_mib),
+            ),
+        };
+        if warm && shape.is_none_or(|s| (s.vcpus, s.memory_mib) != (vcpus, memory_mib)) {
+            // The warm snapshot is of another machine: boot this one cold.
+            tracing::info!(template = %template, vcpus, memory_mib, "the template's warm snapshot has another shape; cold boot");
+            snapshot = None;
+        }
+        if vcpus == 0 || vcpus > config.max_vcpus {
+            return Err(ManagerError::InvalidRequest(format!(
+                "vcpus must be 1..={}, got {vcpus}",
+                config.max_vcpus
+            )));
+        }
+        if !(128..=config.max_memory_mib).contains(&memory_mib) {
+            return Err(ManagerError::InvalidRequest(format!(
+                "memory_mib must be 128..={}, got {memory_mib}",
+                config.max_memory_mib
+            )));
+        }
+        let internet = crate::network::resolve_internet(request.internet, config.network.is_some())
+            .map_err(ManagerError::InvalidRequest)?;
+        let timeout = request.timeout.unwrap_or(config.default_timeout);
+        let id = new_id()?;
+        let now = SystemTime::now();
+        let mut info = SandboxInfo {
+            id: id.clone(),
+            template,
+            state: State::Starting,
+            vcpus,
+            memory_mib,
+            created_at: now,
+            end_at: now + timeout,
+            auto_pause: request.auto_pause,
+            internet,
+            metadata: request.metadata,
+            env_vars: request.env_vars.clone(),
+            envd_addr: None,
+            envd_access_token: String::new(),
+            error: None,
+            timings_ms: BTreeMap::new(),
+            paused_at: None,
+        };
+        let handle: Handle = Arc::new(tokio::sync::Mutex::new(None));
+        let mut guard = handle.lock().await;
+        {
+            // Capacity is checked and the slot taken under one lock.
+            let mut infos = lock(&self.inner.infos);
+            self.admit(&infos, None, State::Starting)?;
+            infos.insert(id.clone(), info.clone());
+        }
+        lock(&self.inner.handles).insert(id.clone(), handle.clone());
+        let start = Instant::now();
+        // A start from a snapshot needs a qcow2 overlay of its disk: the
+        // default choice unless qcow2 is what is configured.
+        let rootfs_provider = config
+            .rootfs_provider
+            .clone()
+            .filter(|p| snapshot.is_none() || p.name() == "qcow2");
+        let sandbox_config = SandboxConfig {
+            vcpus,
+            memory_mib,
+            env_vars: request.env_vars,
+            snapshot,
+            rootfs_provider,
+            network: config.network.clone(),
+            internet: Some(internet),
+            ..SandboxConfig::new(&id, images, &config.data_dir)
+        };
+        match Sandbox::boot(self.inner.hypervisor.as_ref(), sandbox_config).await {
+            Ok(sandbox) => {
+                info.state = State::Running;
+                info.envd_addr = Some(sandbox.envd().addr());
+                info.envd_access_token = sandbox.access_token().to_string();
+                info.timings_ms = boot_timings(sandbox.timings());
+                let persisted = Persisted {
+                    info: info.clone(),
+                    record: Some(sandbox.record()),
+                };
+                *guard = Some(sandbox);
+                lock(&self.inner.infos).insert(id.clone(), info.clone());
+                self.save(&persisted)?;
+                tracing::info!(sandbox = %id, template = %info.template, took_ms = start.elapsed().as_millis() as u64, "managed sandbox created");
+                Ok(info)
+            }
+            Err(err) => {
+                // Sandbox::boot removed what it made; forget the sandbox.
+                lock(&self.inner.infos).remove(&id);
+                lock(&self.inner.handles).remove(&id);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// What `name` starts from: (template or snapshot name, images, the
+    /// snapshot directory to restore, whether that is a template's warm
+    /// snapshot).
+    pub(super) fn resolve_source(
+        &self,
+        name: &SafeName,
+    ) -> Result<(String, GuestImages, Option<PathBuf>, bool), ManagerError> {
+        let store = lock(&self.inner.store);
+        if let Some(snapshot) = store.get::<SnapshotInfo>(Table::Snapshots, name.as_str())? {
+            let template: TemplateInfo = store
+                .get(Table::Templates, &snapshot.template)?
+                .ok_or_else(|| ManagerError::TemplateNotFound(snapshot.template.clone()))?;
+            let images = GuestImages {
+                kernel: template.kernel,
+                rootfs: template.rootfs,
+            };
+            return Ok((
+                snapshot.name.clone(),
+                images,
+                Some(self.snapshot_dir(name)),
+                false,
+            ));
+        }
+        let template: TemplateInfo = store
+            .get(Table::Templates, name.as_str())?
+            .ok_or_else(|| ManagerError::TemplateNotFound(name.to_string()))?;
+        // The fast path when the template is warm; a cold boot otherwise.
+        let warm = template
+            .warm_snapshot
+            .filter(|dir| dir.join("vmstate.json").is_file());
+        let is_warm = warm.is_some();
+        Ok((
+            template.name,
+            GuestImages {
+                kernel: template.kernel,
+                rootfs: template.rootfs,
+            },
+            warm,
+            is_warm,
+        ))
+    }
+
+    pub fn get(&self, id: &str) -> Result<SandboxInfo, ManagerError> {
+        lock(&self.inner.infos)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))
+    }
+
+    /// The disk space the sandbox's files take (root disk overlay or CoW
+    /// file, RAM file, saved state): allocated blocks, so sparse files count
+    /// what they really use. 0 once they are gone.
+    pub fn disk_usage(&self, id: &str) -> Result<u64, ManagerError> {
+        let id = SafeName::new(id)?;
+        self.get(id.as_str())?;
+        let dir = id.join_under(&self.inner.config.data_dir.join("sandboxes"));
+        if !dir.exists() {
+            return Ok(0);
+        }
+        dmsnap::dir_size(&dir).map_err(|err| ManagerError::Store {
+            path: dir,
+            message: err.to_string(),
+        })
+    }
+
+    /// Sandboxes matching `filter`, oldest first.
+    pub fn list(&self, filter: &ListFilter) -> Vec<SandboxInfo> {
+        let mut out: Vec<SandboxInfo> = lock(&self.inner.infos)
+            .values()
+            .filter(|i| filter.states.is_empty() || filter.states.contains(&i.state))
+            .filter(|i| {
+                filter
+                    .metadata
+                    .iter()
+                    .all(|(k, v)| i.metadata.get(k) == Some(v))
+            })
+            .filter(|i| filter.template.as_ref().is_none_or(|t| &i.template == t))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        out
+    }
+
+    /// Runs a command in a running sandbox.
+    pub async fn exec(&self, id: &str, request: ExecRequest) -> Result<ExecOutput, ManagerError> {
+        let envd = self.envd(id).await?;
+        envd.exec(request).await.map_err(|source| {
+            ManagerError::from(crate::SandboxError::Envd {
+                sandbox: id.to_string(),
+                source: Box::new(source),
+            })
+        })
+    }
+
+    /// The envd client of a running sandbox (files, streams, proxying).
+    pub async fn envd(&self, id: &str) -> Result<EnvdClient, ManagerError> {
+        let handle = self.handle(id)?;
+        let guard = handle.lock().await;
+        self.require(id, &[State::Running], "use envd")?;
+        guard
+            .as_ref()
+            .map(|s| s.envd().clone())
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))
+    }
+
+    /// Saves a running sandbox to disk; it holds no VMM process after this.
+    pub async fn pause(&self, id: &str) -> Result<SandboxInfo, ManagerError> {
+        let handle = self.handle(id)?;
+        let mut guard = handle.lock().await;
+        self.transition(id, &[State::Running], State::Pausing, "pause")?;
+        let sandbox = guard
+            .as_mut()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        match sandbox.pause().await {
+            Ok(stats) => self.finish(id, sandbox, State::Paused, |info| {
+                info.envd_addr = None;
+                info.paused_at = Some(SystemTime::now());
+                info.timings_ms
+                    .insert("pause".into(), stats.took.as_millis() as u64);
+            }),
+            Err(err) => self.fail(id, sandbox, err),
+        }
+    }
+
+    /// Continues a paused sandbox; the TTL starts again from now.
+    pub async fn resume(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<SandboxInfo, ManagerError> {
+        let handle = self.handle(id)?;
+        let mut guard = handle.lock().await;
+        self.transition(id, &[State::Paused], State::Resuming, "resume")?;
+        let sandbox = guard
+            .as_mut()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        let ttl = timeout.unwrap_or(self.inner.config.default_timeout);
+        match sandbox.resume().await {
+            Ok(took) => {
+                let addr = sandbox.envd().addr();
+                self.finish(id, sandbox, State::Running, |info| {
+                    info.envd_addr = Some(addr);
+                    info.paused_at = None;
+                    info.end_at = SystemTime::now() + ttl;
+                    info.timings_ms
+                        .insert("resume".into(), took.as_millis() as u64);
+                })
+            }
+            Err(err) => self.fail(id, sandbox, err),
+        }
+    }
+
+    /// Stops a sandbox in any state and removes its files and record.
+    pub async fn destroy(&self, id: &str) -> Result<(), ManagerError> {
+        let handle = self.handle(id)?;
+        let mut guard = handle.lock().await;
+        let previous = self.get(id)?.state;
+        self.set_state(id, State::Stopping);
+        let result = match guard.take() {
+            Some(sandbox) => sandbox.destroy().await.map_err(ManagerError::from),
+            None => Ok(()),
+        };
+        lock(&self.inner.infos).remove(id);
+        lock(&self.inner.handles).remove(id);
+        let forgotten = lock(&self.inner.store).delete(Table::Sandboxes, id);
+        tracing::info!(sandbox = %id, from = %previous, ok = result.is_ok(), "managed sandbox destroyed");
+        result.and(forgotten)
+    }
+
+    /// Sets the TTL to `timeout` from now (shorter or longer).
+    pub fn set_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, ManagerError> {
+        self.update_end(id, SystemTime::now() + timeout, false)
+    }
+
+    /// Extends the TTL to at least `timeout` from now; never shortens it.
+    pub fn extend_timeout(&self, id: &str, timeout: Duration) -> Result<SandboxInfo, ManagerError> {
+        self.update_end(id, SystemTime::now() + timeout, true)
+    }
+
+    pub(super) fn update_end(
+        &self,
+        id: &str,
+        end_at: SystemTime,
+        only_extend: bool,
+    ) -> Result<SandboxInfo, ManagerError> {
+        let info = {
+            let mut infos = lock(&self.inner.infos);
+            let info = infos
+                .get_mut(id)
+                .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+            if !only_extend || end_at > info.end_at {
+                info.end_at = end_at;
+            }
+            info.clone()
+        };
+        self.save_info(&info)?;
+        Ok(info)
+    }
+}
+
+fn boot_timings(t: BootTimings) -> BTreeMap<String, u64> {
+    [
+        ("prepare", t.prepare),
+        ("vm_start", t.vm_started),
+        ("envd_ready", t.envd_ready),
+        ("init", t.init),
+        ("create", t.total),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.as_millis() as u64))
+    .collect()
+}

@@ -1,0 +1,133 @@
+//! The per-sandbox state machine: lookups, checked transitions, and
+//! their persistence.
+
+use super::{
+    Handle, Manager, ManagerError, Persisted, Sandbox, SandboxInfo, SandboxState, State, Table,
+    lock,
+};
+
+impl Manager {
+    pub(super) fn handle(&self, id: &str) -> Result<Handle, ManagerError> {
+        lock(&self.inner.handles)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))
+    }
+
+    pub(super) fn require(
+        &self,
+        id: &str,
+        allowed: &[State],
+        operation: &'static str,
+    ) -> Result<State, ManagerError> {
+        let state = self.get(id)?.state;
+        if allowed.contains(&state) {
+            Ok(state)
+        } else {
+            Err(ManagerError::InvalidState {
+                id: id.to_string(),
+                state,
+                operation,
+            })
+        }
+    }
+
+    /// Moves `id` from one of `from` to `to`, admitted by
+    /// [`Manager::admit`] (capacity, paused quota) under the same lock.
+    pub(super) fn transition(
+        &self,
+        id: &str,
+        from: &[State],
+        to: State,
+        operation: &'static str,
+    ) -> Result<(), ManagerError> {
+        let mut infos = lock(&self.inner.infos);
+        let state = infos
+            .get(id)
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?
+            .state;
+        if !from.contains(&state) {
+            return Err(ManagerError::InvalidState {
+                id: id.to_string(),
+                state,
+                operation,
+            });
+        }
+        self.admit(&infos, Some(state), to)?;
+        if let Some(info) = infos.get_mut(id) {
+            info.state = to;
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_state(&self, id: &str, state: State) {
+        if let Some(info) = lock(&self.inner.infos).get_mut(id) {
+            info.state = state;
+        }
+    }
+
+    pub(super) fn finish(
+        &self,
+        id: &str,
+        sandbox: &Sandbox,
+        state: State,
+        update: impl FnOnce(&mut SandboxInfo),
+    ) -> Result<SandboxInfo, ManagerError> {
+        let info = {
+            let mut infos = lock(&self.inner.infos);
+            let info = infos
+                .get_mut(id)
+                .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+            info.state = state;
+            info.error = None;
+            update(info);
+            info.clone()
+        };
+        self.save(&Persisted {
+            info: info.clone(),
+            record: Some(sandbox.record()),
+        })?;
+        Ok(info)
+    }
+
+    /// Records a failed operation. The sandbox keeps the state its VM is
+    /// really in (a failed pause leaves it running; a failed resume leaves
+    /// it paused) when that is known, `error` otherwise.
+    pub(super) fn fail(
+        &self,
+        id: &str,
+        sandbox: &Sandbox,
+        err: crate::SandboxError,
+    ) -> Result<SandboxInfo, ManagerError> {
+        let state = match sandbox.state() {
+            SandboxState::Running => State::Running,
+            SandboxState::Paused => State::Paused,
+        };
+        let message = err.to_string();
+        let _ = self.finish(id, sandbox, state, |info| info.error = Some(message));
+        Err(err.into())
+    }
+
+    pub(super) fn save(&self, persisted: &Persisted) -> Result<(), ManagerError> {
+        lock(&self.inner.store).put(Table::Sandboxes, &persisted.info.id, persisted)
+    }
+
+    pub(super) fn save_info(&self, info: &SandboxInfo) -> Result<(), ManagerError> {
+        let store = lock(&self.inner.store);
+        let mut persisted: Persisted = store
+            .get(Table::Sandboxes, &info.id)?
+            .ok_or_else(|| ManagerError::SandboxNotFound(info.id.clone()))?;
+        persisted.info = info.clone();
+        store.put(Table::Sandboxes, &info.id, &persisted)
+    }
+}
+
+impl State {
+    /// States in which the sandbox holds (or is about to hold) a VM.
+    pub(super) fn holds_vm(self) -> bool {
+        matches!(
+            self,
+            State::Starting | State::Running | State::Pausing | State::Resuming
+        )
+    }
+}
