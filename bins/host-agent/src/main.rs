@@ -32,6 +32,9 @@ enum Command {
     /// Print the SHA-256 of an API key read from standard input, for
     /// `api_key_sha256` in the config (so the file need not hold the key).
     HashKey,
+    /// List the named crash points of the lifecycle operations: with
+    /// PETREL_TEST_CRASH_AT=<point>, `serve` aborts there (recovery tests).
+    CrashPoints,
 }
 
 #[derive(clap::Args)]
@@ -279,6 +282,12 @@ async fn main() -> Result<()> {
             let key = key.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!key.is_empty(), "no key on standard input");
             println!("{}", host_agent::auth::sha256_hex(key));
+            Ok(())
+        }
+        Command::CrashPoints => {
+            for (name, what) in sandbox_core::crash::POINTS {
+                println!("{name:<22} {what}");
+            }
             Ok(())
         }
     }

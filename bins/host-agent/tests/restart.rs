@@ -7,86 +7,31 @@
 mod client;
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use client::Client;
+use common::binary::{Agent, Spawn, free_port, wait_ready};
 use serde_json::{Value, json};
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The agent binary cargo built for this test, serving `data_dir`.
+/// The agent binary serving `data_dir` (no warm-up, no crash point).
 fn spawn_agent(
     data_dir: &std::path::Path,
     port: u16,
     kernel: &std::path::Path,
     rootfs: &std::path::Path,
     slot_first: u16,
-) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_host-agent"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("--kernel")
-        .arg(kernel)
-        .arg("--rootfs")
-        .arg(rootfs)
-        .args(["--accel", "tcg", "--warm-templates", "false"])
-        .args(["--api-key", client::TEST_API_KEY])
-        // Disjoint from the in-process test agents' slots (and each test
-        // here has its own range: an agent clears stale slots of its range).
-        .args([
-            "--net-slot-first",
-            &slot_first.to_string(),
-            "--net-slot-count",
-            "32",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
-/// Kills the agent (SIGKILL, by its pid) when the test ends, even on panic.
-struct Agent(Child);
-
-impl Agent {
-    /// Like `kill -9`: the agent gets no chance to clean up.
-    fn kill_9(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn wait_ready(port: u16) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the agent did not listen on port {port} within 60 s");
+) -> Agent {
+    Agent::spawn(&Spawn {
+        data_dir,
+        port,
+        kernel,
+        rootfs,
+        slot_first,
+        warm_templates: false,
+        env: Vec::new(),
+    })
 }
 
 async fn exec(client: &Client, id: &str, cmd: &str) -> Value {
@@ -108,7 +53,7 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let client = Client::new(format!("http://127.0.0.1:{port}"));
-    let mut first = Agent(spawn_agent(data.path(), port, &kernel, &rootfs, 30_000));
+    let mut first = spawn_agent(data.path(), port, &kernel, &rootfs, 30_000);
     wait_ready(port).await;
     let running = client
         .post("/v1/sandboxes", &json!({"template": "base"}))
@@ -131,7 +76,7 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
         .await;
 
     first.kill_9();
-    let mut second = Agent(spawn_agent(data.path(), port, &kernel, &rootfs, 30_000));
+    let mut second = spawn_agent(data.path(), port, &kernel, &rootfs, 30_000);
     wait_ready(port).await;
     let running_state =
         client.get(&format!("/v1/sandboxes/{running}")).await.json()["state"].clone();
@@ -216,7 +161,7 @@ async fn another_local_user_reads_no_token_ram_or_snapshot() {
     let data = parent.path().join("data");
     let port = free_port();
     let client = Client::new(format!("http://127.0.0.1:{port}"));
-    let mut agent = Agent(spawn_agent(&data, port, &kernel, &rootfs, 30_032));
+    let mut agent = spawn_agent(&data, port, &kernel, &rootfs, 30_032);
     wait_ready(port).await;
     let id = client
         .post("/v1/sandboxes", &json!({"template": "base"}))

@@ -72,6 +72,26 @@ impl QemuVm {
         state_file: &Path,
         ram_in_state: bool,
     ) -> Result<MigrationStats, QemuError> {
+        self.restore(state_file, ram_in_state, true).await
+    }
+
+    /// [`QemuVm::restore_state`] leaving the vCPUs stopped (QMP status
+    /// `paused`): the caller records that the guest is about to run, then
+    /// lets it run with [`QemuVm::cont_vcpus`].
+    pub async fn restore_state_stopped(
+        &mut self,
+        state_file: &Path,
+        ram_in_state: bool,
+    ) -> Result<MigrationStats, QemuError> {
+        self.restore(state_file, ram_in_state, false).await
+    }
+
+    async fn restore(
+        &mut self,
+        state_file: &Path,
+        ram_in_state: bool,
+        run: bool,
+    ) -> Result<MigrationStats, QemuError> {
         let start = Instant::now();
         if !self.config().incoming {
             return Err(QemuError::Config(format!(
@@ -97,7 +117,9 @@ impl QemuVm {
         )
         .await?;
         wait_incoming(qmp).await?;
-        qmp.execute("cont", None).await?;
+        if run {
+            qmp.execute("cont", None).await?;
+        }
         let state_bytes = std::fs::metadata(state_file).map_or(0, |m| m.len());
         Ok(MigrationStats {
             took: start.elapsed(),

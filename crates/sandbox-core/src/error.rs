@@ -54,6 +54,14 @@ pub enum SandboxError {
         operation: String,
         state: crate::sandbox::SandboxState,
     },
+    /// A resume failed after the guest ran; `outcome` says what became of
+    /// the sandbox.
+    #[error("resume of sandbox {sandbox} failed after the guest ran ({outcome}): {source}")]
+    ResumeFailed {
+        sandbox: String,
+        outcome: &'static str,
+        source: Box<SandboxError>,
+    },
     #[error("teardown of {resource} left {} error(s): {}", .errors.len(), .errors.join("; "))]
     Teardown {
         resource: String,

@@ -84,6 +84,11 @@ impl Hypervisor for FirecrackerBackend {
             what: format!("adopt vm {} after a restart yet", spec.id),
         })
     }
+
+    /// The save renames its memory file into place last.
+    fn saved_state_complete(&self, state_dir: &Path) -> bool {
+        state_dir.join(VMSTATE).is_file() && state_dir.join(MEM).is_file()
+    }
 }
 
 /// The API socket inside a VM's run directory.

@@ -36,6 +36,7 @@
 //! ```
 
 pub mod confine;
+pub mod crash;
 pub mod disk;
 mod error;
 pub mod firecracker;

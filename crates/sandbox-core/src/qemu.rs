@@ -270,13 +270,15 @@ impl QemuInstance {
     }
 
     /// Starts QEMU waiting for a migration and loads `dir/vmstate` into it,
-    /// with guest RAM from `memory_file` when it is not in the state.
+    /// with guest RAM from `memory_file` when it is not in the state; the
+    /// guest runs after if `run`, else its vCPUs stay stopped.
     async fn load(
         &mut self,
         dir: &Path,
         network: &VmNetwork,
         memory_file: PathBuf,
         memory_shared: bool,
+        run: bool,
     ) -> Result<Duration, SandboxError> {
         let start = Instant::now();
         if self.vm.is_some() {
@@ -295,10 +297,13 @@ impl QemuInstance {
             ..self.config.clone()
         };
         let mut vm = self.spawn(config.clone()).await?;
-        if let Err(err) = vm
-            .restore_state(&dir.join("vmstate"), saved.ram_in_state)
-            .await
-        {
+        let state = dir.join("vmstate");
+        let restored = if run {
+            vm.restore_state(&state, saved.ram_in_state).await
+        } else {
+            vm.restore_state_stopped(&state, saved.ram_in_state).await
+        };
+        if let Err(err) = restored {
             let _ = vm.kill().await;
             return Err(self.err(err));
         }
@@ -341,13 +346,21 @@ impl Vm for QemuInstance {
     ) -> Result<Duration, SandboxError> {
         // A private mapping of the snapshot's RAM: every sandbox started
         // from it shares the page cache and writes only to its own pages.
-        self.load(snapshot_dir, &network, snapshot_dir.join("ram"), false)
-            .await
+        self.load(
+            snapshot_dir,
+            &network,
+            snapshot_dir.join("ram"),
+            false,
+            true,
+        )
+        .await
     }
 
     async fn snapshot(&mut self, snapshot_dir: &Path) -> Result<PauseStats, SandboxError> {
         let stats = self.save(snapshot_dir, "snapshot").await?;
+        crate::crash::point("snapshot.state_saved");
         let copied = copy_ram_and_disk(&self.config, snapshot_dir).await;
+        crate::crash::point("snapshot.copied");
         let resumed = self.running("snapshot")?.cont_vcpus().await;
         copied?;
         resumed.map_err(|e| self.err(e))?;
@@ -356,6 +369,7 @@ impl Vm for QemuInstance {
 
     async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError> {
         let stats = self.save(state_dir, "pause").await?;
+        crate::crash::point("pause.state_saved");
         // The VMM must let go of the disk and RAM file before they are
         // handed to anyone else.
         if let Some(mut vm) = self.vm.take() {
@@ -373,7 +387,9 @@ impl Vm for QemuInstance {
         // from a snapshot, whose pause put the RAM in the state) a new one
         // the restore fills.
         let own_ram = self.config.run_dir.join("ram");
-        self.load(state_dir, &network, own_ram, true).await
+        // Stopped: the caller records that the guest is about to run (its
+        // saved state goes stale then) and lets it run.
+        self.load(state_dir, &network, own_ram, true, false).await
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {
@@ -383,6 +399,23 @@ impl Vm for QemuInstance {
         // The guest's disk is a throwaway overlay or is flushed by the
         // lifecycle layer before this: no need for a clean guest shutdown.
         vm.kill().await.map_err(|e| self.err(e))
+    }
+
+    async fn continue_if_stopped(&mut self) -> Result<bool, SandboxError> {
+        let vm = self.running("continue")?;
+        let status = vm.qmp().status().await;
+        match status {
+            // Stopped by the agent: `paused` (restored, not yet run) or
+            // `postmigrate` (its state saved for a pause or snapshot); not
+            // a guest that stopped itself (`internal-error`, `shutdown`...).
+            Ok(status) if status == "paused" || status == "postmigrate" => {
+                let cont = vm.cont_vcpus().await;
+                cont.map_err(|e| self.err(e))?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(err) => Err(self.err(err)),
+        }
     }
 
     fn detach(mut self: Box<Self>) {

@@ -132,6 +132,10 @@ pub enum SandboxState {
     Running,
     /// Saved to disk; no VMM process.
     Paused,
+    /// A resume let the guest run and then failed, and saving it again
+    /// failed too: the saved state no longer matches its RAM and disk. No
+    /// VMM process; the files stay for inspection until destroyed.
+    Broken,
 }
 
 /// A booted sandbox.
@@ -327,16 +331,27 @@ impl Sandbox {
                         }
                         (None, _) => Attach::User(addr),
                     };
-                    let vm = hypervisor
+                    let mut vm = hypervisor
                         .adopt(vm_spec(&config, &run_dir, &attach), pid)
                         .await?;
+                    // An agent that crashed mid-pause or mid-snapshot left
+                    // the vCPUs stopped.
+                    if vm.continue_if_stopped().await? {
+                        tracing::info!(sandbox = %config.id, "adopted guest was stopped: continued");
+                    }
                     let envd = EnvdClient::new(addr).with_access_token(record.token.clone());
-                    envd.wait_healthy(Duration::from_secs(10))
-                        .await
-                        .map_err(|source| SandboxError::Envd {
-                            sandbox: config.id.clone(),
-                            source: Box::new(source),
-                        })?;
+                    // A slow guest is kept: it is waited for in the
+                    // background, and the agent serves meanwhile.
+                    if envd.wait_healthy(Duration::from_millis(500)).await.is_err() {
+                        let (id, slow) = (config.id.clone(), envd.clone());
+                        let patience = config.boot_timeout;
+                        tokio::spawn(async move {
+                            match slow.wait_healthy(patience).await {
+                                Ok(took) => tracing::info!(sandbox = %id, took_ms = took.as_millis() as u64, "adopted guest's envd answers"),
+                                Err(err) => tracing::warn!(sandbox = %id, %err, "adopted guest's envd does not answer; kept running (destroy it if it stays so)"),
+                            }
+                        });
+                    }
                     Ok((vm, envd))
                 }
                 .await;
@@ -354,7 +369,7 @@ impl Sandbox {
                     }
                 }
             }
-            (SandboxState::Paused, _, _) => {
+            (SandboxState::Paused | SandboxState::Broken, _, _) => {
                 let vm = hypervisor
                     .create(vm_spec(&config, &run_dir, &Attach::User(placeholder)))
                     .await?;
@@ -445,8 +460,24 @@ impl Sandbox {
     /// its disk, memory and identity for [`Sandbox::resume`].
     pub async fn pause(&mut self) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "pause")?;
-        let stats = self.vm.pause(&self.run_dir.join("state")).await?;
+        let state_dir = self.run_dir.join("state");
+        // The state of an earlier pause is stale (the guest ran since): a
+        // state directory with its `vmstate.json` is then always this
+        // pause's, complete (recovery relies on it).
+        match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    what: "remove the stale saved state",
+                    path: state_dir,
+                    source,
+                });
+            }
+        }
+        let stats = self.vm.pause(&state_dir).await?;
         self.state = SandboxState::Paused;
+        crate::crash::point("pause.vm_stopped");
         // Nor a dm device: its writes are in the CoW file until resume.
         if let Err(err) = self.provider.release(&self.id, &self.run_dir).await {
             tracing::error!(sandbox = %self.id, %err, "releasing the paused sandbox's root disk failed");
@@ -457,13 +488,27 @@ impl Sandbox {
         {
             tracing::error!(sandbox = %self.id, %err, "removing the paused sandbox's network failed");
         }
+        crate::crash::point("pause.released");
         tracing::info!(sandbox = %self.id, took_ms = stats.took.as_millis() as u64, state_bytes = stats.state_bytes, "sandbox paused");
         Ok(stats)
     }
 
     /// Continues a paused sandbox in a new VMM process: memory, processes
-    /// and files as they were; the guest clock is set to now.
+    /// and files as they were; the guest clock is set to now. See
+    /// [`Sandbox::resume_with`] for what a failure leaves.
     pub async fn resume(&mut self) -> Result<Duration, SandboxError> {
+        self.resume_with(&|_| Ok(())).await
+    }
+
+    /// [`Sandbox::resume`], and `on_running` is called once the restored guest runs, with the record
+    /// of the running VM (pid, network), so the caller can make it durable:
+    /// from then on the saved state is stale. A failure after that point
+    /// saves the guest again (the sandbox stays paused, consistent), or,
+    /// when that fails too, leaves it [`SandboxState::Broken`].
+    pub async fn resume_with(
+        &mut self,
+        on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
+    ) -> Result<Duration, SandboxError> {
         self.require(SandboxState::Paused, "resume")?;
         let start = Instant::now();
         let (base, _) = root_base(&self.images, self.snapshot.as_deref());
@@ -490,38 +535,38 @@ impl Sandbox {
         let vm_took = match self.vm.resume(&self.run_dir.join("state"), network).await {
             Ok(took) => took,
             Err(err) => {
-                if let (Some(pool), Some(net)) = (&self.pool, self.net.take()) {
-                    let _ = pool.remove(net).await;
-                }
+                // The guest never ran: the saved state still holds.
+                let _ = self.vm.stop().await;
+                self.release_network().await;
                 self.release_disk().await;
                 return Err(err);
             }
         };
-        let envd = EnvdClient::new(envd_addr);
-        let ready = match envd.wait_healthy(self.boot_timeout).await {
-            Ok(ready) => ready,
-            Err(err) => {
-                let _ = self.vm.stop().await;
-                self.release_disk().await;
-                return Err(SandboxError::EnvdNotReady {
-                    sandbox: self.id.clone(),
-                    message: err.to_string(),
-                    console: qemu_vmm::log_tail(&self.vm.console_log(), 30),
-                });
-            }
-        };
-        let envd = envd.with_access_token(self.token.clone());
-        let init = init_request(&self.token, &self.env_vars);
-        if let Err(source) = envd.init(&init).await {
-            let _ = self.vm.stop().await;
-            self.release_disk().await;
-            return Err(SandboxError::Envd {
-                sandbox: self.id.clone(),
-                source: Box::new(source),
-            });
-        }
-        self.envd = envd;
         self.state = SandboxState::Running;
+        self.envd = EnvdClient::new(envd_addr).with_access_token(self.token.clone());
+        if let Err(err) = on_running(&self.record()) {
+            // The guest has not run yet (its vCPUs wait): the saved state
+            // still holds.
+            self.state = SandboxState::Paused;
+            let _ = self.vm.stop().await;
+            self.release_network().await;
+            self.release_disk().await;
+            return Err(err);
+        }
+        crate::crash::point("resume.vm_restored");
+        let ready = match self.vm.continue_if_stopped().await {
+            Ok(_) => self.resume_guest(envd_addr).await,
+            Err(err) => Err(err),
+        };
+        let ready = match ready {
+            Ok(ready) => ready,
+            Err(err) => return Err(self.save_again_after(err).await),
+        };
+        // The saved state is stale now that the guest ran: free its space.
+        let state_dir = self.run_dir.join("state");
+        if let Err(err) = std::fs::remove_dir_all(&state_dir) {
+            tracing::warn!(sandbox = %self.id, %err, "cannot remove the stale saved state");
+        }
         let took = start.elapsed();
         tracing::info!(
             sandbox = %self.id,
@@ -531,6 +576,73 @@ impl Sandbox {
             "sandbox resumed"
         );
         Ok(took)
+    }
+
+    /// The guest side of a resume: envd answers, `/init` (token, env, clock).
+    async fn resume_guest(&mut self, envd_addr: SocketAddr) -> Result<Duration, SandboxError> {
+        let envd = EnvdClient::new(envd_addr);
+        let ready = envd.wait_healthy(self.boot_timeout).await.map_err(|err| {
+            SandboxError::EnvdNotReady {
+                sandbox: self.id.clone(),
+                message: err.to_string(),
+                console: qemu_vmm::log_tail(&self.vm.console_log(), 30),
+            }
+        })?;
+        let envd = envd.with_access_token(self.token.clone());
+        let init = init_request(&self.token, &self.env_vars);
+        envd.init(&init)
+            .await
+            .map_err(|source| SandboxError::Envd {
+                sandbox: self.id.clone(),
+                source: Box::new(source),
+            })?;
+        self.envd = envd;
+        Ok(ready)
+    }
+
+    /// A resume failed after the guest ran (its saved state is stale): save
+    /// it again and let go of the VMM, disk and network, so the sandbox is
+    /// paused and consistent; when saving fails too, it is
+    /// [`SandboxState::Broken`] with its files kept. Returns `err`, saying
+    /// which.
+    async fn save_again_after(&mut self, err: SandboxError) -> SandboxError {
+        let state_dir = self.run_dir.join("state");
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let saved = self.vm.pause(&state_dir).await;
+        if saved.is_err() {
+            let _ = self.vm.stop().await;
+        }
+        self.release_network().await;
+        self.release_disk().await;
+        match saved {
+            Ok(_) => {
+                self.state = SandboxState::Paused;
+                tracing::warn!(sandbox = %self.id, %err, "resume failed after the guest ran; saved it again: still paused");
+                SandboxError::ResumeFailed {
+                    sandbox: self.id.clone(),
+                    outcome: "the guest was saved again and stays paused",
+                    source: Box::new(err),
+                }
+            }
+            Err(save_err) => {
+                self.state = SandboxState::Broken;
+                tracing::error!(sandbox = %self.id, %err, %save_err, "resume failed after the guest ran and saving it again failed: broken");
+                SandboxError::ResumeFailed {
+                    sandbox: self.id.clone(),
+                    outcome: "saving the guest again failed too; its files are kept (state error) until it is destroyed",
+                    source: Box::new(err),
+                }
+            }
+        }
+    }
+
+    /// Removes the network a resume made (a paused sandbox holds none).
+    async fn release_network(&mut self) {
+        if let (Some(pool), Some(net)) = (&self.pool, self.net.take())
+            && let Err(err) = pool.remove(net).await
+        {
+            tracing::error!(sandbox = %self.id, %err, "removing the network of a failed resume failed");
+        }
     }
 
     /// Undoes the disk restore of a resume that failed (the sandbox stays
@@ -597,6 +709,7 @@ async fn boot_steps(
             .create(&config.id, &base, base_format, run_dir)
             .await?;
     }
+    crate::crash::point("create.disk_made");
     if let Some(pool) = &config.network {
         // Sandbox::boot resolved `internet` before calling this.
         *made_net = Some(pool.create(config.internet.unwrap_or(true)).await?);
@@ -622,7 +735,10 @@ async fn boot_steps(
             None => vm.start().await,
         };
         match started {
-            Ok(()) => break (attach.envd_addr(), vm_start.elapsed()),
+            Ok(()) => {
+                crate::crash::point("create.vm_started");
+                break (attach.envd_addr(), vm_start.elapsed());
+            }
             Err(err)
                 if attempt < 3
                     && matches!(attach, Attach::User(_))
@@ -755,6 +871,7 @@ async fn teardown(
     {
         errors.push(err.to_string());
     }
+    crate::crash::point("destroy.vm_stopped");
     if let Some((pool, net)) = net
         && let Err(err) = pool.remove(net).await
     {
@@ -768,6 +885,7 @@ async fn teardown(
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => errors.push(format!("remove {}: {err}", run_dir.display())),
     }
+    crate::crash::point("destroy.removed");
     if errors.is_empty() {
         Ok(())
     } else {

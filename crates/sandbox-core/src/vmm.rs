@@ -91,6 +91,13 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     fn release_leftovers(&self, id: &str, run_dir: &Path) {
         let _ = (id, run_dir);
     }
+
+    /// Whether `state_dir` holds a complete saved state written by
+    /// [`Vm::pause`] (its last file is in place), as opposed to a save cut
+    /// short. QEMU writes `vmstate.json` last.
+    fn saved_state_complete(&self, state_dir: &Path) -> bool {
+        state_dir.join("vmstate.json").is_file()
+    }
 }
 
 /// One VM of a backend.
@@ -127,7 +134,9 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError>;
 
     /// Starts a new VMM process that continues the guest saved by
-    /// [`Vm::pause`], reachable through `network`.
+    /// [`Vm::pause`], reachable through `network`. A backend that can leaves
+    /// the vCPUs stopped until [`Vm::continue_if_stopped`] (QEMU), so the
+    /// caller can record that the guest is about to run first.
     async fn resume(
         &mut self,
         state_dir: &Path,
@@ -136,6 +145,12 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
 
     /// Stops the guest and its VMM process (idempotent).
     async fn stop(&mut self) -> Result<(), SandboxError>;
+
+    /// Lets an adopted guest whose vCPUs were left stopped (an agent that
+    /// crashed mid-pause or mid-snapshot) run again; `true` if it had to.
+    async fn continue_if_stopped(&mut self) -> Result<bool, SandboxError> {
+        Ok(false)
+    }
 
     /// Stops the VM if needed and removes what the backend made for it.
     async fn destroy(self: Box<Self>) -> Result<(), SandboxError>;

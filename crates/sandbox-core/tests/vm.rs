@@ -434,3 +434,51 @@ async fn sandbox_started_from_a_snapshot_pauses_and_resumes() {
 
     assert_eq!(out.stdout, b"before-pause\n");
 }
+
+#[tokio::test]
+async fn a_resume_that_fails_after_the_guest_ran_saves_it_again_and_stays_paused() {
+    // Arrange: a guest whose envd is gone for good (its restart loop
+    // stopped), paused; the resume's wait for envd will fail after the
+    // guest ran, which makes the saved state stale.
+    let Some(images) = images() else { return };
+    let dir = TestDir::new("resave");
+    let backend = QemuBackend::new(accel());
+    let config = SandboxConfig {
+        boot_timeout: std::time::Duration::from_secs(20),
+        ..SandboxConfig::new("resave", images, &dir.0)
+    };
+    let mut sandbox = Sandbox::boot(&backend, config).await.unwrap();
+    sandbox
+        .exec(
+            ExecRequest::shell(
+                "nohup sh -c 'sleep 1; kill -STOP $(ps -o ppid= -p $(pgrep -xo envd)); \
+                 pkill -x envd' >/dev/null 2>&1 &",
+            )
+            .user("root"),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    sandbox.pause().await.unwrap();
+    let marker = sandbox.run_dir().join("state/vmstate.json");
+    let saved_at = std::fs::metadata(&marker).unwrap().modified().unwrap();
+
+    // Act
+    let resumed = sandbox.resume().await;
+
+    // Assert
+    let err = resumed.unwrap_err();
+    let state = sandbox.state();
+    let vmm = sandbox.vmm_pid();
+    let saved_again_at = std::fs::metadata(&marker).unwrap().modified().unwrap();
+    let run_dir = sandbox.run_dir().to_path_buf();
+    sandbox.destroy().await.unwrap();
+    assert!(
+        matches!(&err, SandboxError::ResumeFailed { outcome, .. } if outcome.contains("saved again")),
+        "{err}"
+    );
+    assert_eq!(state, sandbox_core::SandboxState::Paused);
+    assert_eq!(vmm, None, "a paused sandbox kept a VMM process");
+    assert!(saved_again_at > saved_at, "the guest was not saved again");
+    assert!(!run_dir.exists());
+}

@@ -87,6 +87,12 @@ impl Manager {
             infos.insert(id.clone(), info.clone());
         }
         lock(&self.inner.handles).insert(id.clone(), handle.clone());
+        // The intent: a crash from here on is rolled back at the next start.
+        if let Err(err) = self.record_intent(&id, None) {
+            self.forget(&id);
+            return Err(err);
+        }
+        crate::crash::point("create.recorded");
         let start = Instant::now();
         // A start from a snapshot needs a qcow2 overlay of its disk: the
         // default choice unless qcow2 is what is configured.
@@ -106,6 +112,7 @@ impl Manager {
         };
         match Sandbox::boot(self.inner.hypervisor.as_ref(), sandbox_config).await {
             Ok(sandbox) => {
+                crate::crash::point("create.booted");
                 info.state = State::Running;
                 info.envd_addr = Some(sandbox.envd().addr());
                 info.envd_access_token = sandbox.access_token().to_string();
@@ -122,8 +129,7 @@ impl Manager {
             }
             Err(err) => {
                 // Sandbox::boot removed what it made; forget the sandbox.
-                lock(&self.inner.infos).remove(&id);
-                lock(&self.inner.handles).remove(&id);
+                self.forget(&id);
                 Err(err.into())
             }
         }
@@ -246,6 +252,11 @@ impl Manager {
         let sandbox = guard
             .as_mut()
             .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        if let Err(err) = self.record_intent(id, Some(sandbox.record())) {
+            self.set_state(id, State::Running);
+            return Err(err);
+        }
+        crate::crash::point("pause.recorded");
         match sandbox.pause().await {
             Ok(stats) => self.finish(id, sandbox, State::Paused, |info| {
                 info.envd_addr = None;
@@ -269,9 +280,25 @@ impl Manager {
         let sandbox = guard
             .as_mut()
             .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        if let Err(err) = self.record_intent(id, Some(sandbox.record())) {
+            self.set_state(id, State::Paused);
+            return Err(err);
+        }
+        crate::crash::point("resume.recorded");
         let ttl = timeout.unwrap_or(self.inner.config.default_timeout);
-        match sandbox.resume().await {
+        // Once the guest runs, its record (pid, network) is made durable:
+        // recovery then adopts it instead of trusting the stale saved state.
+        let on_running = |record: &crate::sandbox::SandboxRecord| {
+            self.record_intent(id, Some(record.clone()))
+                .map_err(|err| crate::SandboxError::Io {
+                    what: "record the resumed VM",
+                    path: self.inner.config.data_dir.join("petrel.db"),
+                    source: std::io::Error::other(err.to_string()),
+                })
+        };
+        match sandbox.resume_with(&on_running).await {
             Ok(took) => {
+                crate::crash::point("resume.ready");
                 let addr = sandbox.envd().addr();
                 self.finish(id, sandbox, State::Running, |info| {
                     info.envd_addr = Some(addr);
@@ -291,6 +318,11 @@ impl Manager {
         let mut guard = handle.lock().await;
         let previous = self.get(id)?.state;
         self.set_state(id, State::Stopping);
+        // The intent: a crash from here on is completed at the next start.
+        if let Err(err) = self.record_intent(id, guard.as_ref().map(Sandbox::record)) {
+            tracing::warn!(sandbox = %id, %err, "cannot record the destroy's intent; destroying anyway");
+        }
+        crate::crash::point("destroy.recorded");
         let result = match guard.take() {
             Some(sandbox) => sandbox.destroy().await.map_err(ManagerError::from),
             None => Ok(()),

@@ -11,6 +11,7 @@
 
 mod lifecycle;
 mod limits;
+mod orphans;
 mod reaper;
 mod recovery;
 mod snapshots;

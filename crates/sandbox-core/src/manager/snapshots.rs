@@ -25,6 +25,7 @@ impl Manager {
         let mut guard = handle.lock().await;
         self.require(id, &[State::Running], "snapshot")?;
         let _slot = self.reserve_snapshot()?;
+        crate::crash::point("snapshot.recorded");
         let sandbox = guard
             .as_mut()
             .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
@@ -33,6 +34,7 @@ impl Manager {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err.into());
         }
+        crate::crash::point("snapshot.continued");
         let size_bytes = dmsnap::dir_size(&dir).unwrap_or(0);
         if let Err(err) = self.check_snapshot_bytes(size_bytes) {
             let _ = std::fs::remove_dir_all(&dir);
@@ -70,6 +72,7 @@ impl Manager {
         self.check_capacity()?;
         let name = format!("fork-{}", new_id()?);
         self.snapshot(id, &name).await?;
+        crate::crash::point("fork.snapshotted");
         let mut forks = Vec::with_capacity(count);
         for _ in 0..count {
             let request = CreateSandbox {

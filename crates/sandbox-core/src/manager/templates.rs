@@ -19,6 +19,7 @@ impl Manager {
         let name = SafeName::new(name)?;
         images.check()?;
         let rootfs = import_base(&self.template_dir(&name), &images.rootfs).await?;
+        crate::crash::point("template.imported");
         let images = &GuestImages {
             kernel: images.kernel.clone(),
             rootfs,
@@ -208,7 +209,9 @@ impl Manager {
             )
         };
         let mut sandbox = Sandbox::boot(self.inner.hypervisor.as_ref(), config).await?;
+        crate::crash::point("template.warm_booted");
         let saved = sandbox.snapshot(&partial).await;
+        crate::crash::point("template.warm_saved");
         let destroyed = sandbox.destroy().await;
         saved?;
         destroyed?;

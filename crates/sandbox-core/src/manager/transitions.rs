@@ -2,8 +2,8 @@
 //! their persistence.
 
 use super::{
-    Handle, Manager, ManagerError, Persisted, Sandbox, SandboxInfo, SandboxState, State, Table,
-    lock,
+    Handle, Manager, ManagerError, Persisted, Sandbox, SandboxInfo, SandboxRecord, SandboxState,
+    State, Table, lock,
 };
 
 impl Manager {
@@ -60,6 +60,29 @@ impl Manager {
         Ok(())
     }
 
+    /// Makes the state `id` has now (a transitional one: starting,
+    /// pausing, resuming, stopping) durable with `record`, before the step
+    /// it announces touches the host: after a crash, recovery reads what
+    /// was about to happen from it (see `recovery.rs`).
+    pub(super) fn record_intent(
+        &self,
+        id: &str,
+        record: Option<SandboxRecord>,
+    ) -> Result<(), ManagerError> {
+        let info = self.get(id)?;
+        self.save(&Persisted { info, record })
+    }
+
+    /// Drops a sandbox that never came to be (a failed create) from memory
+    /// and from the store.
+    pub(super) fn forget(&self, id: &str) {
+        lock(&self.inner.infos).remove(id);
+        lock(&self.inner.handles).remove(id);
+        if let Err(err) = lock(&self.inner.store).delete(Table::Sandboxes, id) {
+            tracing::warn!(sandbox = %id, %err, "cannot remove the record of a failed create");
+        }
+    }
+
     pub(super) fn set_state(&self, id: &str, state: State) {
         if let Some(info) = lock(&self.inner.infos).get_mut(id) {
             info.state = state;
@@ -92,7 +115,8 @@ impl Manager {
 
     /// Records a failed operation. The sandbox keeps the state its VM is
     /// really in (a failed pause leaves it running; a failed resume leaves
-    /// it paused) when that is known, `error` otherwise.
+    /// it paused, saved again if the guest had run), `error` when its saved
+    /// state no longer holds (files kept until destroyed).
     pub(super) fn fail(
         &self,
         id: &str,
@@ -102,6 +126,7 @@ impl Manager {
         let state = match sandbox.state() {
             SandboxState::Running => State::Running,
             SandboxState::Paused => State::Paused,
+            SandboxState::Broken => State::Error,
         };
         let message = err.to_string();
         let _ = self.finish(id, sandbox, state, |info| info.error = Some(message));
