@@ -433,7 +433,7 @@ fn schemas() -> Value {
             "properties": {
                 "id": {"type": "string"},
                 "template": {"type": "string"},
-                "state": {"type": "string", "enum": ["starting", "running", "pausing", "paused", "resuming", "stopping", "stopped", "error"]},
+                "state": {"type": "string", "enum": ["starting", "running", "pausing", "paused", "resuming", "stopping", "stopped", "error"], "description": "stopped: its VM was lost (nothing saved), files removed, record kept until deleted. error: a resume failed after the guest ran and it could not be saved again, or an agent crash interrupted such a resume; its saved state no longer matches its disk; its files are kept for inspection until it is deleted (DELETE works in every state)."},
                 "vcpus": {"type": "integer"},
                 "memory_mb": {"type": "integer"},
                 "created_at": time,
