@@ -77,7 +77,7 @@ enum Command {
     },
     /// Benchmarks; the last line of stdout is one JSON object.
     Bench {
-        #[arg(value_parser = ["boot", "network", "providers", "lifecycle"], default_value = "boot")]
+        #[arg(value_parser = ["boot", "network", "providers", "lifecycle", "soak"], default_value = "boot")]
         which: String,
         #[arg(long, default_value_t = 10)]
         runs: usize,

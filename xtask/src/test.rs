@@ -35,6 +35,10 @@ pub fn run(cargo_args: &[String]) -> Result<()> {
         env::step("`cargo xtask serve` answers with the printed key and URLs");
         serve::smoke_test(&images)?;
         images::xtask_vm(&["dm-tests"], Some(&images))?;
+        env::step(
+            "soak: 20 create/exec/destroy and 4 pause/resume cycles leave the host as it was",
+        );
+        images::xtask_vm(&["bench", "soak", "--runs", "20"], Some(&images))?;
     }
     env::step("all checks passed");
     Ok(())

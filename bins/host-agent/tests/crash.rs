@@ -108,6 +108,20 @@ fn namespaces(first: u16) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Kills, when the test ends (a failed one included), every process left
+/// naming the test's data dir: the VMMs the test made.
+struct KillLeftovers<'a>(&'a Path);
+
+impl Drop for KillLeftovers<'_> {
+    fn drop(&mut self) {
+        for (pid, _) in processes_naming(self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 /// Runs one crash point end to end (see the module doc).
 async fn crash_at(point: &str, index: u16) {
     let Some((kernel, rootfs)) = common::images() else {
@@ -116,6 +130,7 @@ async fn crash_at(point: &str, index: u16) {
     // Arrange
     let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
     let data = tempfile::tempdir().unwrap();
+    let _leftovers = KillLeftovers(data.path());
     let port = free_port();
     let slot_first = 30_200 + index * 32;
     let api = Client::new(format!("http://127.0.0.1:{port}"));

@@ -23,6 +23,9 @@ pub enum Which {
     Providers,
     /// Cold and warm create, pause, resume, exec, disk use; beside raw QEMU.
     Lifecycle,
+    /// `--runs` create/exec/destroy and runs/5 pause/resume cycles through
+    /// the manager; fails when host listings differ after.
+    Soak,
 }
 
 pub fn run(which: Which, runs: usize) -> Result<()> {
@@ -47,6 +50,10 @@ pub fn run(which: Which, runs: usize) -> Result<()> {
         Which::Lifecycle => {
             let images = images::from_env()?;
             demo::runtime()?.block_on(lifecycle(&images, runs.max(1)))
+        }
+        Which::Soak => {
+            let images = images::from_env()?;
+            demo::runtime()?.block_on(crate::soak::soak(&images, runs.max(1)))
         }
         Which::Network => {
             let runs = runs.max(1).to_string();
@@ -269,7 +276,7 @@ fn make_base(path: &std::path::Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-fn stats(samples: &[Duration]) -> serde_json::Value {
+pub(crate) fn stats(samples: &[Duration]) -> serde_json::Value {
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
     let pick = |q: f64| {

@@ -22,6 +22,7 @@
 mod bench;
 mod demo;
 mod images;
+mod soak;
 mod vmtest;
 
 use anyhow::Result;
