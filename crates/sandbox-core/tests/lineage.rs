@@ -68,7 +68,8 @@ fn template_files(data: &Path, prefix: &str) -> Vec<PathBuf> {
 #[tokio::test]
 async fn a_snapshot_on_the_old_base_and_warm_snapshot_starts_after_the_image_is_rebuilt() {
     // Arrange: a warm template; a sandbox started from its warm snapshot
-    // writes a file and is snapshotted, then destroyed; the agent stops.
+    // writes a file and is snapshotted, then destroyed; another one writes
+    // a file and is paused; the agent stops.
     let Some(images) = images() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -94,11 +95,21 @@ async fn a_snapshot_on_the_old_base_and_warm_snapshot_starts_after_the_image_is_
         .unwrap();
     first.snapshot(&source.id, "keep").await.unwrap();
     first.destroy(&source.id).await.unwrap();
+    let paused = first.create(from("base")).await.unwrap();
+    first
+        .exec(
+            &paused.id,
+            ExecRequest::shell("echo paused > ~/p.txt && sync"),
+        )
+        .await
+        .unwrap();
+    first.pause(&paused.id).await.unwrap();
     first.shutdown().await.unwrap();
     drop(first);
 
     // Act: the agent restarts with the image at another path (a rebuild),
-    // then starts the snapshot; then the snapshot's last dependent goes.
+    // then starts the snapshot and resumes the paused sandbox; then the
+    // last dependents of the old base and warm snapshot go.
     let second = open(&data).await;
     second
         .register_template("base", &rebuilt(&images, dir.path()), "test")
@@ -116,7 +127,13 @@ async fn a_snapshot_on_the_old_base_and_warm_snapshot_starts_after_the_image_is_
         ),
         Err(_) => None,
     };
+    second.resume(&paused.id, None).await.unwrap();
+    let resumed_read = second
+        .exec(&paused.id, ExecRequest::shell("cat ~/p.txt"))
+        .await
+        .unwrap();
     destroy_all(&second).await;
+    let kept_for_snapshot = old_base.exists() && warm.exists();
     second.delete_snapshot("keep").unwrap();
     let bases_after = template_files(&data, "rootfs-");
     let warm_after = template_files(&data, "warm-");
@@ -130,6 +147,11 @@ async fn a_snapshot_on_the_old_base_and_warm_snapshot_starts_after_the_image_is_
     let started = started.unwrap();
     assert_eq!(started.template, "keep");
     assert_eq!(read.unwrap().stdout, b"lineage\n");
+    assert_eq!(resumed_read.stdout, b"paused\n");
+    assert!(
+        kept_for_snapshot,
+        "removed while the snapshot stood on them"
+    );
     assert!(
         !old_base.exists(),
         "the old base outlived its last dependent"

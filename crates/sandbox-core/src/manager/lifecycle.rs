@@ -285,7 +285,8 @@ impl Manager {
         }
     }
 
-    /// Stops a sandbox in any state and removes its files and record.
+    /// Stops a sandbox in any state and removes its files and record; then
+    /// prunes the template files nothing stands on any more.
     pub async fn destroy(&self, id: &str) -> Result<(), ManagerError> {
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
@@ -299,6 +300,8 @@ impl Manager {
         lock(&self.inner.handles).remove(id);
         let forgotten = lock(&self.inner.store).delete(Table::Sandboxes, id);
         tracing::info!(sandbox = %id, from = %previous, ok = result.is_ok(), "managed sandbox destroyed");
+        // It may have been the last to stand on an old base or warm snapshot.
+        self.prune_unreferenced();
         result.and(forgotten)
     }
 
