@@ -129,7 +129,7 @@ impl Manager {
         };
         let refuse = |dependents: Vec<String>| {
             ManagerError::Conflict(format!(
-                "snapshot {name} cannot be deleted while {} stand on it; delete those first",
+                "snapshot {name} has dependents: {}; delete them first",
                 dependents.join(", ")
             ))
         };

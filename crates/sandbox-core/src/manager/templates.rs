@@ -259,27 +259,29 @@ impl Manager {
     /// name only.
     pub fn delete_template(&self, name: &str) -> Result<(), ManagerError> {
         let template = self.template(name)?;
-        let infos: Vec<(String, String)> = lock(&self.inner.infos)
+        let infos: Vec<(String, State, String)> = lock(&self.inner.infos)
             .values()
             .filter(|i| i.state != State::Stopped)
-            .map(|i| (i.id.clone(), i.template.clone()))
+            .map(|i| (i.id.clone(), i.state, i.template.clone()))
             .collect();
-        let mut users = Vec::new();
-        for (id, from) in infos {
+        let mut dependents = Vec::new();
+        for (id, state, from) in infos {
             if self.root_template(&from)? == template.name {
-                users.push(id);
+                dependents.push(format!("sandbox {id} ({state})"));
             }
         }
-        let snapshots: Vec<String> = self
-            .snapshots()?
-            .into_iter()
-            .filter(|s| s.template == template.name)
-            .map(|s| s.name)
-            .collect();
-        if !users.is_empty() || !snapshots.is_empty() {
+        dependents.sort();
+        dependents.extend(
+            self.snapshots()?
+                .into_iter()
+                .filter(|s| s.template == template.name)
+                .map(|s| format!("snapshot {}", s.name)),
+        );
+        if !dependents.is_empty() {
             return Err(ManagerError::Conflict(format!(
-                "template {} cannot be deleted while sandboxes {users:?} and snapshots {snapshots:?} stand on it; delete those first",
-                template.name
+                "template {} has dependents: {}; delete them first",
+                template.name,
+                dependents.join(", ")
             )));
         }
         lock(&self.inner.store).delete(Table::Templates, &template.name)?;
