@@ -227,3 +227,79 @@ async fn deleting_a_snapshot_that_another_chains_through_is_refused_naming_it() 
     assert!(!dir.path().join("snapshots/s1").exists());
     assert!(!dir.path().join("snapshots/s2").exists());
 }
+
+#[tokio::test]
+async fn a_snapshot_from_before_lineage_keeps_its_base_and_gets_its_lineage_recorded() {
+    // Arrange: a template on image A; a snapshot row as an earlier version
+    // wrote it (no lineage), whose disk backs onto A's base (no VM needed:
+    // only the files and the row).
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let kernel = dir.path().join("vmlinux");
+    std::fs::write(&kernel, b"kernel").unwrap();
+    let image = |name: &str, byte: u8| {
+        let rootfs = dir.path().join(name);
+        std::fs::write(&rootfs, vec![byte; 65536]).unwrap();
+        GuestImages {
+            kernel: kernel.clone(),
+            rootfs,
+        }
+    };
+    let manager = open(&data).await;
+    let old_base = manager
+        .register_template("base", &image("a.ext4", 1), "test")
+        .await
+        .unwrap()
+        .rootfs
+        .canonicalize()
+        .unwrap();
+    let snapshot_dir = data.join("snapshots/legacy");
+    std::fs::create_dir_all(&snapshot_dir).unwrap();
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&old_base)
+        .arg(snapshot_dir.join("disk.qcow2"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut row = serde_json::to_value(sandbox_core::SnapshotInfo {
+        name: "legacy".into(),
+        sandbox_id: "0123456789abcdef".into(),
+        template: "base".into(),
+        created_at: std::time::SystemTime::now(),
+        size_bytes: 0,
+        stands_on: None,
+    })
+    .unwrap();
+    row.as_object_mut().unwrap().remove("stands_on");
+    rusqlite::Connection::open(data.join("petrel.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO snapshots (key, value) VALUES ('legacy', ?1)",
+            [row.to_string()],
+        )
+        .unwrap();
+
+    // Act: the image is rebuilt (B) and registered; then the snapshot goes.
+    manager
+        .register_template("base", &image("b.ext4", 2), "test")
+        .await
+        .unwrap();
+    let kept = old_base.exists();
+    let recorded = manager.snapshots().unwrap()[0].stands_on.clone();
+    manager.delete_snapshot("legacy").unwrap();
+
+    // Assert
+    assert!(kept, "the base a legacy snapshot stands on was removed");
+    assert_eq!(
+        recorded,
+        Some(sandbox_core::StandsOn::Base {
+            file: old_base.clone()
+        })
+    );
+    assert!(
+        !old_base.exists(),
+        "the old base outlived its last dependent"
+    );
+    assert_eq!(template_files(&data, "rootfs-").len(), 1);
+}
