@@ -84,6 +84,10 @@ impl Manager {
             // Capacity is checked and the slot taken under one lock.
             let mut infos = lock(&self.inner.infos);
             self.admit(&infos, None, State::Starting)?;
+            if snapshot.is_some() && !warm {
+                // Not deleted since it was resolved (see delete_snapshot).
+                self.require_snapshot(&info.template)?;
+            }
             infos.insert(id.clone(), info.clone());
         }
         lock(&self.inner.handles).insert(id.clone(), handle.clone());

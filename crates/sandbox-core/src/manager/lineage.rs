@@ -111,6 +111,18 @@ impl Manager {
         Ok(names)
     }
 
+    /// Fails when snapshot `name` is gone. A create calls it while it
+    /// enters the sandbox table, after resolving the snapshot: a delete
+    /// removes the row before it looks for dependents in that table, so
+    /// either the delete sees the create (and is refused) or the create
+    /// sees the row gone (and starts nothing).
+    pub(super) fn require_snapshot(&self, name: &str) -> Result<(), ManagerError> {
+        lock(&self.inner.store)
+            .get::<SnapshotInfo>(Table::Snapshots, name)?
+            .map(drop)
+            .ok_or_else(|| ManagerError::TemplateNotFound(name.to_string()))
+    }
+
     /// Works out what a snapshot taken before lineage was recorded stands
     /// on, from the agent's record of its disk's backing chain (or the
     /// disk's header when there is none), and writes it to its row.

@@ -137,10 +137,11 @@ impl Manager {
         if !dependents.is_empty() {
             return Err(refuse(dependents));
         }
-        // The row goes first: no new start resolves the snapshot after
-        // this, and one that did just before is in the table of sandboxes
-        // by now. A crash before the files go leaves unlisted files, never
-        // a listed snapshot without them.
+        // The row goes first, then a second look: a start that resolved
+        // the snapshot before is in the sandbox table by then (the delete
+        // is refused) or finds the row gone and starts nothing (see
+        // `require_snapshot`). A crash before the files go leaves unlisted
+        // files, never a listed snapshot without them.
         lock(&self.inner.store).delete(Table::Snapshots, name.as_str())?;
         let dependents = self.snapshot_dependents(name.as_str())?;
         if !dependents.is_empty() {
