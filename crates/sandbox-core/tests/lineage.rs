@@ -196,9 +196,10 @@ async fn deleting_a_snapshot_that_another_chains_through_is_refused_naming_it() 
     manager.snapshot(&second.id, "s2").await.unwrap();
     destroy_all(&manager).await;
 
-    // Act: delete s1 while s2 stands on it; start s2; a paused sandbox on
-    // s2 holds s2; then s2 and s1 in that order.
+    // Act: delete s1 while s2 stands on it, and their template; start s2;
+    // a paused sandbox on s2 holds s2; then s2 and s1 in that order.
     let refused = manager.delete_snapshot("s1");
+    let template_refused = manager.delete_template("base");
     let clone = manager.create(from("s2")).await.unwrap();
     let read = manager
         .exec(&clone.id, ExecRequest::shell("cat ~/f.txt"))
@@ -215,6 +216,10 @@ async fn deleting_a_snapshot_that_another_chains_through_is_refused_naming_it() 
     assert!(
         matches!(&refused, Err(ManagerError::Conflict(m)) if m.contains("s2")),
         "{refused:?}"
+    );
+    assert!(
+        matches!(&template_refused, Err(ManagerError::Conflict(m)) if m.contains("snapshot s1") && m.contains("snapshot s2")),
+        "{template_refused:?}"
     );
     assert_eq!(read.stdout, b"one\ntwo\n");
     assert!(
