@@ -217,3 +217,111 @@ async fn another_local_user_reads_no_token_ram_or_snapshot() {
         "nobody read {snapshot_readable:?}"
     );
 }
+
+/// The template's base image files in `data`.
+fn base_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(data.join("templates/base"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("rootfs-"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn snapshots_outlive_an_image_rebuild_and_a_parent_with_children_is_not_deleted() {
+    let Some((kernel, rootfs)) = common::images() else {
+        return;
+    };
+    // Arrange: s1 of a sandbox, s2 of a sandbox started from s1 (its disk
+    // backs onto s1's); the sandboxes are gone.
+    let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    let port = free_port();
+    let client = Client::new(format!("http://127.0.0.1:{port}"));
+    let mut first = spawn_agent(&data, port, &kernel, &rootfs, 30_064);
+    wait_ready(port).await;
+    let create = |template: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .post("/v1/sandboxes", &json!({ "template": template }))
+                .await
+                .json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let one = create("base").await;
+    exec(&client, &one, "echo one > ~/f.txt && sync").await;
+    let s1 = client
+        .post(
+            &format!("/v1/sandboxes/{one}/snapshots"),
+            &json!({"name": "s1"}),
+        )
+        .await;
+    let two = create("s1").await;
+    exec(&client, &two, "echo two >> ~/f.txt && sync").await;
+    let s2 = client
+        .post(
+            &format!("/v1/sandboxes/{two}/snapshots"),
+            &json!({"name": "s2"}),
+        )
+        .await;
+    for id in [&one, &two] {
+        client.delete(&format!("/v1/sandboxes/{id}")).await;
+    }
+    let old_bases = base_files(&data);
+
+    // Act: delete s1 (REST and E2B), then restart the agent with the image
+    // at another path (a rebuild), start s2, delete s2 and s1 in order.
+    let refused = client.delete("/v1/snapshots/s1").await;
+    let refused_e2b = client.delete("/templates/s1").await;
+    first.kill_9();
+    let rebuilt = parent.path().join("rebuilt.ext4");
+    let copied = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&rootfs)
+        .arg(&rebuilt)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let mut second = spawn_agent(&data, port, &kernel, &rebuilt, 30_064);
+    wait_ready(port).await;
+    let bases_after_restart = base_files(&data);
+    let three = create("s2").await;
+    let read = exec(&client, &three, "cat ~/f.txt").await;
+    client.delete(&format!("/v1/sandboxes/{three}")).await;
+    let deleted_s2 = client.delete("/v1/snapshots/s2").await;
+    let deleted_s1 = client.delete("/v1/snapshots/s1").await;
+    let bases_at_end = base_files(&data);
+    second.kill_9();
+    std::fs::write(IP_FORWARD, &forwarding).unwrap();
+
+    // Assert
+    assert_eq!(s1.status.as_u16(), 201, "{}", s1.text());
+    assert_eq!(s2.status.as_u16(), 201, "{}", s2.text());
+    assert_eq!(refused.status_code(), (409, "conflict".into()));
+    assert!(refused.text().contains("snapshot s2"), "{}", refused.text());
+    assert_eq!(refused_e2b.status.as_u16(), 409, "{}", refused_e2b.text());
+    assert!(
+        refused_e2b.json()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("snapshot s2")),
+        "{}",
+        refused_e2b.text()
+    );
+    assert_eq!(old_bases.len(), 1);
+    assert_eq!(bases_after_restart.len(), 2, "{bases_after_restart:?}");
+    assert!(bases_after_restart.contains(&old_bases[0]));
+    assert_eq!(read["stdout"], "one\ntwo\n", "{read}");
+    assert_eq!(deleted_s2.status.as_u16(), 204, "{}", deleted_s2.text());
+    assert_eq!(deleted_s1.status.as_u16(), 204, "{}", deleted_s1.text());
+    assert_eq!(bases_at_end.len(), 1, "{bases_at_end:?}");
+    assert!(!bases_at_end.contains(&old_bases[0]));
+}

@@ -54,7 +54,7 @@ pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
 pub use manager::{
     CreateSandbox, DEFAULT_PAUSED_TTL, ListFilter, Manager, ManagerConfig, ManagerError,
-    SandboxInfo, SnapshotInfo, State, TemplateInfo,
+    SandboxInfo, SnapshotInfo, StandsOn, State, TemplateInfo,
 };
 pub use network::NetworkPool;
 pub use qemu::{QemuBackend, default_boot_timeout};

@@ -342,7 +342,7 @@ pub fn operation(operation_id: &str) -> Value {
         "deleteSnapshot" => json!({
             "tags": ["snapshots"],
             "summary": "Delete a snapshot",
-            "description": "409 while sandboxes created from it exist.",
+            "description": "409 (the message names them) while anything stands on it: sandboxes started from it, in any state but stopped, and snapshots taken from such sandboxes, whose disks back onto its disk. Delete those first; then the template files nothing stands on any more are removed.",
             "responses": responses(&[("204", json!({"description": "Deleted."}))], &["400", "404", "409", "500"]),
         }),
         "listTemplates" => json!({
@@ -358,7 +358,7 @@ pub fn operation(operation_id: &str) -> Value {
         "deleteTemplate" => json!({
             "tags": ["templates"],
             "summary": "Delete a template",
-            "description": "Removes the record, not the images. 409 while a sandbox or snapshot uses it.",
+            "description": "Removes the record and the template's own files (its copies of the base image, its warm snapshots), not the registered image or kernel. 409 (the message names them) while a sandbox of it, in any state but stopped, or a snapshot of it exists.",
             "responses": responses(&[("204", json!({"description": "Deleted."}))], &["400", "404", "409", "500"]),
         }),
         "getOpenApi" => json!({

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `POST /sandboxes/{id}/snapshots` | snapshot a running sandbox (201 `SnapshotInfo`) |
 //! | `GET /snapshots` | list, newest first, `sandboxID`/`name` filters, `x-next-token` pages |
-//! | `DELETE /templates/{id}` | delete a snapshot (204; 404 unknown; 409 while sandboxes use it) |
+//! | `DELETE /templates/{id}` | delete a snapshot (204; 404 unknown; 409, naming them, while sandboxes or snapshots stand on it) |
 //!
 //! A snapshot's `snapshotID` is its name, which `POST /v2/sandboxes` accepts
 //! as `templateID`. Unnamed snapshots are called `snap-<16 hex digits>`.

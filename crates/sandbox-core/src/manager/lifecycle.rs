@@ -84,6 +84,10 @@ impl Manager {
             // Capacity is checked and the slot taken under one lock.
             let mut infos = lock(&self.inner.infos);
             self.admit(&infos, None, State::Starting)?;
+            if snapshot.is_some() && !warm {
+                // Not deleted since it was resolved (see delete_snapshot).
+                self.require_snapshot(&info.template)?;
+            }
             infos.insert(id.clone(), info.clone());
         }
         lock(&self.inner.handles).insert(id.clone(), handle.clone());
@@ -312,7 +316,8 @@ impl Manager {
         }
     }
 
-    /// Stops a sandbox in any state and removes its files and record.
+    /// Stops a sandbox in any state and removes its files and record; then
+    /// prunes the template files nothing stands on any more.
     pub async fn destroy(&self, id: &str) -> Result<(), ManagerError> {
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
@@ -331,6 +336,8 @@ impl Manager {
         lock(&self.inner.handles).remove(id);
         let forgotten = lock(&self.inner.store).delete(Table::Sandboxes, id);
         tracing::info!(sandbox = %id, from = %previous, ok = result.is_ok(), "managed sandbox destroyed");
+        // It may have been the last to stand on an old base or warm snapshot.
+        self.prune_unreferenced();
         result.and(forgotten)
     }
 

@@ -11,6 +11,7 @@
 
 mod lifecycle;
 mod limits;
+mod lineage;
 mod orphans;
 mod reaper;
 mod recovery;
@@ -37,7 +38,8 @@ use crate::sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxRecord, Sandbox
 use crate::vmm::Hypervisor;
 use store::{Store, Table};
 pub use types::{
-    CreateSandbox, ListFilter, ManagerError, SandboxInfo, SnapshotInfo, State, TemplateInfo,
+    CreateSandbox, ListFilter, ManagerError, SandboxInfo, SnapshotInfo, StandsOn, State,
+    TemplateInfo,
 };
 
 /// A template's metadata file in `data_dir/templates/<name>/`.

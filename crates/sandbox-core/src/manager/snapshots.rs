@@ -1,8 +1,9 @@
 //! Named snapshots and forks: taking, listing and deleting them.
 
+use super::lineage::sandbox_stands_on;
 use super::{
     CreateSandbox, Duration, Manager, ManagerError, PathBuf, SafeName, SandboxInfo, SnapshotInfo,
-    State, SystemTime, Table, TemplateInfo, lock, new_id,
+    StandsOn, State, SystemTime, Table, TemplateInfo, lock, new_id,
 };
 
 impl Manager {
@@ -35,6 +36,13 @@ impl Manager {
             return Err(err.into());
         }
         crate::crash::point("snapshot.continued");
+        // Its disk is a copy of the sandbox's overlay, backed by what the
+        // sandbox stands on; or self-contained (empty chain) when the
+        // sandbox's disk was raw.
+        let stands_on = match crate::disk::qcow2::recorded_chain(&dir.join("disk.qcow2")) {
+            Ok(Some(chain)) if chain.is_empty() => StandsOn::Nothing,
+            _ => sandbox_stands_on(&sandbox.record()),
+        };
         let size_bytes = dmsnap::dir_size(&dir).unwrap_or(0);
         if let Err(err) = self.check_snapshot_bytes(size_bytes) {
             let _ = std::fs::remove_dir_all(&dir);
@@ -47,6 +55,7 @@ impl Manager {
             template: self.root_template(&template)?,
             created_at: SystemTime::now(),
             size_bytes,
+            stands_on: Some(stands_on),
         };
         lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
         Ok(info)
@@ -107,36 +116,50 @@ impl Manager {
             .collect())
     }
 
-    /// Deletes a snapshot; refused while sandboxes started from it exist
-    /// (their disks are overlays of its disk).
+    /// Deletes a snapshot; refused ([`ManagerError::Conflict`], naming
+    /// them) while anything stands on it: sandboxes started from it in any
+    /// state but stopped (their disks are overlays of its disk), and
+    /// snapshots taken from such sandboxes (their disks back onto its
+    /// disk). Delete those first, newest first. Then prunes the template
+    /// files nothing stands on any more (see
+    /// [`Manager::register_template`]).
     pub fn delete_snapshot(&self, name: &str) -> Result<(), ManagerError> {
         let name = SafeName::new(name)?;
-        if lock(&self.inner.store)
-            .get::<SnapshotInfo>(Table::Snapshots, name.as_str())?
-            .is_none()
-        {
+        let Some(info) =
+            lock(&self.inner.store).get::<SnapshotInfo>(Table::Snapshots, name.as_str())?
+        else {
             return Err(ManagerError::SnapshotNotFound(name.to_string()));
+        };
+        let refuse = |dependents: Vec<String>| {
+            ManagerError::Conflict(format!(
+                "snapshot {name} has dependents: {}; delete them first",
+                dependents.join(", ")
+            ))
+        };
+        let dependents = self.snapshot_dependents(name.as_str())?;
+        if !dependents.is_empty() {
+            return Err(refuse(dependents));
         }
-        let users: Vec<String> = lock(&self.inner.infos)
-            .values()
-            .filter(|i| i.template == name.as_str() && i.state != State::Stopped)
-            .map(|i| i.id.clone())
-            .collect();
-        if !users.is_empty() {
-            return Err(ManagerError::Conflict(format!(
-                "snapshot {name} is used by sandboxes {users:?}"
-            )));
+        // The row goes first, then a second look: a start that resolved
+        // the snapshot before is in the sandbox table by then (the delete
+        // is refused) or finds the row gone and starts nothing (see
+        // `require_snapshot`). A crash before the files go leaves unlisted
+        // files, never a listed snapshot without them.
+        lock(&self.inner.store).delete(Table::Snapshots, name.as_str())?;
+        let dependents = self.snapshot_dependents(name.as_str())?;
+        if !dependents.is_empty() {
+            lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
+            return Err(refuse(dependents));
         }
         let dir = self.snapshot_dir(&name);
         if let Err(err) = std::fs::remove_dir_all(&dir)
             && err.kind() != std::io::ErrorKind::NotFound
         {
-            return Err(ManagerError::Store {
-                path: dir,
-                message: err.to_string(),
-            });
+            tracing::warn!(dir = %dir.display(), %err, "cannot remove a deleted snapshot's files");
         }
-        lock(&self.inner.store).delete(Table::Snapshots, name.as_str())
+        tracing::info!(snapshot = %name, stands_on = ?info.stands_on, "snapshot deleted");
+        self.prune_unreferenced();
+        Ok(())
     }
 
     pub(super) fn snapshot_dir(&self, name: &SafeName) -> PathBuf {

@@ -1,15 +1,22 @@
 //! Templates: their own base images, registration and pruning, warm
 //! snapshots.
 
+use std::sync::atomic::Ordering;
+
+use super::lineage::canonical;
 use super::{
-    GuestImages, Instant, Manager, ManagerError, Path, PathBuf, Persisted, SafeName, Sandbox,
-    SandboxConfig, SandboxError, SandboxRecord, State, SystemTime, TEMPLATE_FILE, Table,
-    TemplateInfo, Write, lock, new_id,
+    GuestImages, Instant, Manager, ManagerError, Path, PathBuf, SafeName, Sandbox, SandboxConfig,
+    SandboxError, StandsOn, State, SystemTime, TEMPLATE_FILE, Table, TemplateInfo, Write, lock,
+    new_id,
 };
 
 impl Manager {
     /// Adds or replaces a template: `templates/<name>/` gets its own base
     /// image (see [`import_base`]), `template.json` references the kernel.
+    /// Then the template's files that nothing stands on any more are pruned
+    /// (see [`Manager::prune_template_files`]): an old base image and warm
+    /// snapshot stay while a sandbox (of any state but stopped) or a
+    /// snapshot stands on them, and go with their last dependent.
     pub async fn register_template(
         &self,
         name: &str,
@@ -36,83 +43,89 @@ impl Manager {
             warm_snapshot: warm.join("vmstate.json").is_file().then(|| warm.clone()),
         };
         self.save_template(&name, &info)?;
-        self.prune_template_files(&name, &info.rootfs, &warm);
+        self.prune_template_files(&name);
         Ok(info)
     }
 
-    /// Removes what a re-registration left unused in the template's
-    /// directory: warm snapshots of other images that no sandbox started
-    /// from, then base images (`rootfs-*`) other than `base` that no
-    /// sandbox runs on and no snapshot's disk (named or warm, through its
-    /// backing chain) is backed by. Skipped while a sandbox is between
-    /// states (a create may be taking a base); when in doubt a file stays:
-    /// it costs space, never data.
-    pub(super) fn prune_template_files(&self, name: &SafeName, base: &Path, warm: &Path) {
+    /// Prunes every template's files that nothing stands on (see
+    /// [`Manager::prune_template_files`]); after a snapshot is deleted or a
+    /// sandbox destroyed, whose last dependent may have gone with it.
+    pub(super) fn prune_unreferenced(&self) {
+        let templates = match self.templates() {
+            Ok(templates) => templates,
+            Err(err) => {
+                tracing::warn!(%err, "not pruning template files: templates unreadable");
+                return;
+            }
+        };
+        for template in templates {
+            if let Ok(name) = SafeName::new(&template.name) {
+                self.prune_template_files(&name);
+            }
+        }
+    }
+
+    /// Removes the template's base images (`rootfs-*`) and warm snapshots
+    /// (`warm-*`) other than its current ones that nothing stands on: no
+    /// sandbox record (of any state but stopped) and no snapshot, as the
+    /// lineage in the store says (see the `lineage` module). Skipped while
+    /// a sandbox is between states or a warm-up runs (a create may be
+    /// taking a base): the next registration, snapshot delete or destroy
+    /// prunes. When in doubt a file stays: it costs space, never data.
+    pub(super) fn prune_template_files(&self, name: &SafeName) {
         let settled = lock(&self.inner.infos).values().all(|info| {
             matches!(
                 info.state,
                 State::Running | State::Paused | State::Stopped | State::Error
             )
-        });
-        let all = lock(&self.inner.store).all::<Persisted>(Table::Sandboxes);
-        let (true, Ok(all)) = (settled, all) else {
+        }) && self.inner.warming.load(Ordering::SeqCst) == 0;
+        let (true, Ok(template), Ok(dependents)) =
+            (settled, self.template(name.as_str()), self.dependents())
+        else {
             tracing::debug!(template = %name, "not pruning template files now");
             return;
         };
-        let records: Vec<SandboxRecord> = all.into_iter().filter_map(|(_, p)| p.record).collect();
-        let dir = self.template_dir(name);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let images = GuestImages {
+            kernel: template.kernel.clone(),
+            rootfs: template.rootfs.clone(),
+        };
+        let mut bases = vec![canonical(&template.rootfs)];
+        let mut warms = vec![canonical(&self.warm_dir(name, &images))];
+        warms.extend(template.warm_snapshot.as_deref().map(canonical));
+        for dependent in &dependents {
+            match &dependent.stands_on {
+                StandsOn::Base { file } => bases.push(canonical(file)),
+                StandsOn::Warm { dir, base } => {
+                    warms.push(canonical(dir));
+                    bases.push(canonical(base));
+                }
+                StandsOn::Snapshot { .. } | StandsOn::Nothing => {}
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(self.template_dir(name)) else {
             return;
         };
-        let entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        let named = |path: &Path, prefix: &str| {
-            path.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
-        };
-        let started_from: Vec<&Path> = records
-            .iter()
-            .filter_map(|r| r.config.snapshot.as_deref())
-            .collect();
-        for old in entries.iter().filter(|p| named(p, "warm-")) {
-            if old == warm || started_from.contains(&old.as_path()) {
-                continue;
-            }
-            if let Err(err) = std::fs::remove_dir_all(old) {
-                tracing::warn!(dir = %old.display(), %err, "cannot remove an unused warm snapshot");
-            }
-        }
-        let mut used = vec![canonical(base)];
-        used.extend(records.iter().map(|r| canonical(&r.config.images.rootfs)));
-        for parent in [dir.clone(), self.inner.config.data_dir.join("snapshots")] {
-            let Ok(snapshots) = std::fs::read_dir(&parent) else {
+        for path in entries.flatten().map(|e| e.path()) {
+            let file_name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let removed = if file_name.starts_with("warm-") && !warms.contains(&canonical(&path)) {
+                std::fs::remove_dir_all(&path)
+            } else if file_name.starts_with("rootfs-")
+                && path.is_file()
+                && !bases.contains(&canonical(&path))
+            {
+                std::fs::remove_file(&path)
+            } else {
                 continue;
             };
-            for disk in snapshots.flatten().map(|e| e.path().join("disk.qcow2")) {
-                if !disk.is_file() {
-                    continue;
-                }
-                match crate::disk::qcow2::backing_chain(&disk) {
-                    Ok(chain) => used.extend(chain.iter().map(|p| canonical(p))),
-                    Err(err) => {
-                        tracing::warn!(disk = %disk.display(), %err, "not pruning base images: a backing chain is unreadable");
-                        return;
-                    }
-                }
-            }
-        }
-        for old in entries
-            .iter()
-            .filter(|p| named(p, "rootfs-") && p.is_file())
-        {
-            if used.contains(&canonical(old)) {
-                continue;
-            }
-            match std::fs::remove_file(old) {
+            match removed {
                 Ok(()) => {
-                    tracing::info!(base = %old.display(), "removed an unused template base image");
+                    tracing::info!(template = %name, path = %path.display(), "removed a template file nothing stands on");
                 }
                 Err(err) => {
-                    tracing::warn!(base = %old.display(), %err, "cannot remove an unused template base image");
+                    tracing::warn!(template = %name, path = %path.display(), %err, "cannot remove a template file nothing stands on");
                 }
             }
         }
@@ -242,24 +255,36 @@ impl Manager {
 
     /// Removes a template's record and its directory (`template.json`, its
     /// base images, warm snapshots; the kernel it references is not ours to
-    /// delete); refused while a sandbox or snapshot uses it.
+    /// delete). Refused ([`ManagerError::Conflict`], naming them) while
+    /// anything stands on the template: a sandbox of it in any state but
+    /// stopped (started from it, or from one of its snapshots) or a
+    /// snapshot of it. A stopped sandbox's record keeps the template's
+    /// name only.
     pub fn delete_template(&self, name: &str) -> Result<(), ManagerError> {
         let template = self.template(name)?;
-        let users: Vec<String> = lock(&self.inner.infos)
+        let infos: Vec<(String, State, String)> = lock(&self.inner.infos)
             .values()
-            .filter(|i| i.template == template.name && i.state != State::Stopped)
-            .map(|i| i.id.clone())
+            .filter(|i| i.state != State::Stopped)
+            .map(|i| (i.id.clone(), i.state, i.template.clone()))
             .collect();
-        let snapshots: Vec<String> = self
-            .snapshots()?
-            .into_iter()
-            .filter(|s| s.template == template.name)
-            .map(|s| s.name)
-            .collect();
-        if !users.is_empty() || !snapshots.is_empty() {
+        let mut dependents = Vec::new();
+        for (id, state, from) in infos {
+            if self.root_template(&from)? == template.name {
+                dependents.push(format!("sandbox {id} ({state})"));
+            }
+        }
+        dependents.sort();
+        dependents.extend(
+            self.snapshots()?
+                .into_iter()
+                .filter(|s| s.template == template.name)
+                .map(|s| format!("snapshot {}", s.name)),
+        );
+        if !dependents.is_empty() {
             return Err(ManagerError::Conflict(format!(
-                "template {} is used by sandboxes {users:?} and snapshots {snapshots:?}",
-                template.name
+                "template {} has dependents: {}; delete them first",
+                template.name,
+                dependents.join(", ")
             )));
         }
         lock(&self.inner.store).delete(Table::Templates, &template.name)?;
@@ -325,9 +350,4 @@ async fn import_base(dir: &Path, source: &Path) -> Result<PathBuf, ManagerError>
     }
     tracing::info!(source = %source.display(), base = %base.display(), "template base image imported");
     Ok(base)
-}
-
-/// `path` with symlinks resolved, or as given when it cannot be.
-fn canonical(path: &Path) -> PathBuf {
-    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }

@@ -125,6 +125,32 @@ pub struct SnapshotInfo {
     pub created_at: SystemTime,
     /// Disk usage of the snapshot's files (allocated blocks).
     pub size_bytes: u64,
+    /// What its disk stands on (see [`StandsOn`]); `None` only in rows
+    /// written before lineage was recorded, until the manager next reads
+    /// them (it then records it from the disk's backing chain).
+    #[serde(default)]
+    pub stands_on: Option<StandsOn>,
+}
+
+/// What a sandbox's or snapshot's root disk stands on: its parent in the
+/// lineage base image <- warm snapshot <- sandbox <- snapshot <- sandbox
+/// <- child snapshot. Nothing is deleted while anything stands on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StandsOn {
+    /// Nothing: a self-contained disk (a snapshot of a sandbox whose disk
+    /// was raw: sparse copy or dm-snapshot).
+    Nothing,
+    /// A template's base image file (`templates/<name>/rootfs-*`).
+    Base { file: std::path::PathBuf },
+    /// A template's warm snapshot (`templates/<name>/warm-*/`), itself
+    /// standing on the base image `base`.
+    Warm {
+        dir: std::path::PathBuf,
+        base: std::path::PathBuf,
+    },
+    /// A named snapshot (whose disk this disk's backs onto).
+    Snapshot { name: String },
 }
 
 /// A template sandboxes are created from.
