@@ -426,6 +426,8 @@ impl Sandbox {
 
     /// Saves the running guest (memory, devices, disk) into `dir` as a
     /// snapshot that new sandboxes can start from; the sandbox keeps running.
+    /// Returns once every file of the snapshot, `dir`'s name in its parent
+    /// and the images its disk is backed by are on stable storage.
     pub async fn snapshot(&mut self, dir: &Path) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "snapshot")?;
         let stats = self.vm.snapshot(dir).await?;
@@ -437,12 +439,15 @@ impl Sandbox {
                 memory_mib: self.memory_mib,
             },
         )?;
+        crate::durable::sync_dir_contents_blocking(dir.to_path_buf()).await?;
         tracing::info!(sandbox = %self.id, dir = %dir.display(), took_ms = stats.took.as_millis() as u64, "sandbox snapshotted");
         Ok(stats)
     }
 
     /// Saves the guest to disk and ends its VMM process; the sandbox keeps
-    /// its disk, memory and identity for [`Sandbox::resume`].
+    /// its disk, memory and identity for [`Sandbox::resume`]. Returns once
+    /// the saved state, the RAM and the disk are on stable storage (the
+    /// backend syncs them before it ends the VMM).
     pub async fn pause(&mut self) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "pause")?;
         let stats = self.vm.pause(&self.run_dir.join("state")).await?;

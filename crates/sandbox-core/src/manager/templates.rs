@@ -149,6 +149,7 @@ impl Manager {
             let _ = std::fs::remove_file(&tmp);
             return Err(failed(&path, err.to_string()));
         }
+        crate::durable::sync_dir(&dir)?;
         lock(&self.inner.store).put(Table::Templates, name.as_str(), info)
     }
 
@@ -208,6 +209,8 @@ impl Manager {
             )
         };
         let mut sandbox = Sandbox::boot(self.inner.hypervisor.as_ref(), config).await?;
+        // Durable when it returns (`Sandbox::snapshot`); the rename below
+        // is made durable in its directory.
         let saved = sandbox.snapshot(&partial).await;
         let destroyed = sandbox.destroy().await;
         saved?;
@@ -216,6 +219,7 @@ impl Manager {
             path: dir.clone(),
             message: format!("moving the warm snapshot into place: {e}"),
         })?;
+        crate::durable::sync_parent(&dir)?;
         template.warm_snapshot = Some(dir);
         self.save_template(&name, &template)?;
         tracing::info!(template = %name, took_ms = start.elapsed().as_millis() as u64, "template warmed");
@@ -310,12 +314,15 @@ async fn import_base(dir: &Path, source: &Path) -> Result<PathBuf, ManagerError>
     }
     std::fs::create_dir_all(dir).map_err(|e| io("create template directory", dir, e))?;
     let tmp = dir.join(format!(".import-{}.tmp", new_id()?));
+    // Durable before it is named: snapshots and sandboxes will rely on it.
     let imported = crate::qemu::sparse_copy("template", source, &tmp)
         .await
+        .and_then(|()| crate::durable::sync_file(&tmp))
         .map_err(ManagerError::from)
         .and_then(|()| {
             std::fs::rename(&tmp, &base).map_err(|e| io("rename base image to", &base, e))
-        });
+        })
+        .and_then(|()| crate::durable::sync_dir(dir).map_err(ManagerError::from));
     if let Err(err) = imported {
         let _ = std::fs::remove_file(&tmp);
         return Err(err);
