@@ -11,6 +11,7 @@
 
 mod lifecycle;
 mod limits;
+mod names;
 mod reaper;
 mod recovery;
 mod snapshots;
@@ -125,6 +126,8 @@ struct Inner {
     warming: std::sync::atomic::AtomicUsize,
     /// Snapshots being taken (they count against `max_snapshots`).
     snapshots_pending: Mutex<usize>,
+    /// Template and snapshot names being created (see `names.rs`).
+    names_pending: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +159,7 @@ impl Manager {
                 handles: Mutex::new(HashMap::new()),
                 warming: std::sync::atomic::AtomicUsize::new(0),
                 snapshots_pending: Mutex::new(0),
+                names_pending: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         manager.recover(persisted).await;

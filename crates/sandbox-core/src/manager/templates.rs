@@ -1,6 +1,7 @@
 //! Templates: their own base images, registration and pruning, warm
 //! snapshots.
 
+use super::names::NameUse;
 use super::{
     GuestImages, Instant, Manager, ManagerError, Path, PathBuf, Persisted, SafeName, Sandbox,
     SandboxConfig, SandboxError, SandboxRecord, State, SystemTime, TEMPLATE_FILE, Table,
@@ -18,6 +19,8 @@ impl Manager {
     ) -> Result<TemplateInfo, ManagerError> {
         let name = SafeName::new(name)?;
         images.check()?;
+        // Templates and snapshots share one namespace.
+        let _name = self.reserve_name(&name, NameUse::Template)?;
         let rootfs = import_base(&self.template_dir(&name), &images.rootfs).await?;
         let images = &GuestImages {
             kernel: images.kernel.clone(),
