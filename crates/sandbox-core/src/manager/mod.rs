@@ -9,6 +9,7 @@
 //! re-adopted (or, when their VMM died, marked stopped and cleaned) and paused
 //! ones stay resumable.
 
+mod cancel;
 mod lifecycle;
 mod limits;
 mod names;
