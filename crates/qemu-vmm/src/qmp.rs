@@ -150,15 +150,13 @@ impl QmpClient {
             written = true;
             self.read_reply(command, Some(id)).await
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                if !written {
-                    self.broken = Some(format!("{command} was cut off while being sent"));
-                }
-                Err(self.deadline_error(command, timeout))
-            }
+        if let Ok(result) = tokio::time::timeout(timeout, call).await {
+            return result;
         }
+        if !written {
+            self.broken = Some(format!("{command} was cut off while being sent"));
+        }
+        Err(self.deadline_error(command, timeout))
     }
 
     /// Reads messages until the reply to `command` (the one with `id`, or
@@ -232,15 +230,13 @@ impl QmpClient {
             written = true;
             self.read_reply("getfd", Some(id)).await.map(drop)
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                if !written {
-                    self.broken = Some("getfd was cut off while being sent".to_string());
-                }
-                Err(self.deadline_error("getfd", timeout))
-            }
+        if let Ok(result) = tokio::time::timeout(timeout, call).await {
+            return result;
         }
+        if !written {
+            self.broken = Some("getfd was cut off while being sent".to_string());
+        }
+        Err(self.deadline_error("getfd", timeout))
     }
 
     /// Waits for an asynchronous event by name (e.g. `MIGRATION` or `STOP`)
@@ -326,7 +322,7 @@ mod tests {
 
     /// A QMP server that greets, accepts `qmp_capabilities`, and answers
     /// each later request as `answer` decides (`None`: never).
-    async fn fake_qmp(
+    fn fake_qmp(
         path: &Path,
         answer: impl Fn(&Value) -> Option<Value> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
@@ -372,7 +368,7 @@ mod tests {
         // Arrange
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("qmp.sock");
-        let server = fake_qmp(&socket, |_| None).await;
+        let server = fake_qmp(&socket, |_| None);
         let mut client = QmpClient::connect(&socket).await.unwrap();
         client.set_vm("vm7");
         client.set_command_timeout(Duration::from_millis(200));
@@ -404,8 +400,7 @@ mod tests {
             } else {
                 Some(json!({ "return": { "status": "running" }, "id": request["id"] }))
             }
-        })
-        .await;
+        });
         let mut client = QmpClient::connect(&socket).await.unwrap();
         client.set_command_timeout(Duration::from_millis(200));
         let timed_out = client.status().await;

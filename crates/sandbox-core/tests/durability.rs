@@ -2,7 +2,7 @@
 //! atomically, a stuck VMM fails a pause within its deadline and cannot
 //! hold up a destroy.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

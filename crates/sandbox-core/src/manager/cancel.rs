@@ -37,10 +37,10 @@ impl Manager {
                 nix::sys::signal::Signal::SIGKILL,
             ) {
                 Ok(()) => {
-                    tracing::warn!(sandbox = %id, pid, "killed a process of a sandbox being destroyed while busy")
+                    tracing::warn!(sandbox = %id, pid, "killed a process of a sandbox being destroyed while busy");
                 }
                 Err(err) => {
-                    tracing::debug!(sandbox = %id, pid, %err, "cannot kill a process of a busy sandbox")
+                    tracing::debug!(sandbox = %id, pid, %err, "cannot kill a process of a busy sandbox");
                 }
             }
         }

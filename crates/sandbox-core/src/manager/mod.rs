@@ -2,7 +2,10 @@
 //! snapshots and templates, persisted so an agent restart loses nothing.
 //!
 //! Every operation on one sandbox holds that sandbox's lock, so operations on
-//! one sandbox run one at a time and different sandboxes proceed in parallel.
+//! one sandbox run one at a time and different sandboxes proceed in parallel;
+//! destroy does not wait behind a stuck one (it kills the sandbox's VMM
+//! first, see `cancel.rs`). Template and snapshot names are reserved
+//! atomically (`names.rs`).
 //! States move only along the edges [`State`] documents; anything else is an
 //! [`ManagerError::InvalidState`]. Records live in SQLite
 //! (`data_dir/petrel.db`); on [`Manager::open`] running sandboxes are
