@@ -69,7 +69,8 @@ fn names_dir(pid: u32, dir: &Path) -> bool {
     };
     let dir = dir.as_os_str().as_encoded_bytes();
     cmdline
-        .split(|&b| b == 0 || b == b',' || b == b'=')
+        // Options name paths as `file=PATH,...` or `unix:PATH,...`.
+        .split(|&b| b == 0 || b == b',' || b == b'=' || b == b':')
         .any(|arg| {
             arg.strip_prefix(dir)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
@@ -86,14 +87,24 @@ mod tests {
         // a QEMU-style option (`path=...,`).
         let dir = tempfile::tempdir().unwrap();
         let other = tempfile::tempdir().unwrap();
-        let arg = format!("file={}/root.qcow2,format=qcow2", dir.path().display());
-        let mut child = std::process::Command::new("sleep")
-            .args(["30", &arg])
+        let file = format!("file={}/root.qcow2,format=qcow2", dir.path().display());
+        let socket = format!("unix:{}/vmm/qmp.sock,server=on", dir.path().display());
+        // `; true`: the shell waits for sleep instead of becoming it, so
+        // its command line stays.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true", "sh", &file, &socket])
             .spawn()
             .unwrap();
 
-        // Act
-        let found = processes_naming(dir.path());
+        // Act (the child names the dir once it has exec'd the shell)
+        let mut found = processes_naming(dir.path());
+        for _ in 0..500 {
+            if found.contains(&child.id()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = processes_naming(dir.path());
+        }
         let not_found = processes_naming(other.path());
 
         // Assert
