@@ -106,30 +106,14 @@ impl QmpClient {
         self.command_timeout = timeout;
     }
 
-    /// The bound of each plain command.
-    pub fn command_timeout(&self) -> Duration {
-        self.command_timeout
-    }
-
     /// Runs one command and returns its `return` value, within the command
-    /// timeout.
+    /// timeout ([`QemuError::QmpDeadline`] past it).
     pub async fn execute(
         &mut self,
         command: &str,
         arguments: Option<Value>,
     ) -> Result<Value, QemuError> {
         let timeout = self.command_timeout;
-        self.execute_within(command, arguments, timeout).await
-    }
-
-    /// Runs one command within `timeout`
-    /// ([`QemuError::QmpDeadline`] past it).
-    pub async fn execute_within(
-        &mut self,
-        command: &str,
-        arguments: Option<Value>,
-        timeout: Duration,
-    ) -> Result<Value, QemuError> {
         if let Some(why) = &self.broken {
             return Err(self.protocol(format!("{command}: the session is unusable: {why}")));
         }
@@ -148,7 +132,7 @@ impl QmpClient {
                 .await
                 .map_err(|source| self.io(source))?;
             written = true;
-            self.read_reply(command, Some(id)).await
+            self.read_reply(command, id).await
         };
         if let Ok(result) = tokio::time::timeout(timeout, call).await {
             return result;
@@ -159,17 +143,16 @@ impl QmpClient {
         Err(self.deadline_error(command, timeout))
     }
 
-    /// Reads messages until the reply to `command` (the one with `id`, or
-    /// the first reply when `None`), logging events and skipping replies to
-    /// calls that gave up earlier.
-    async fn read_reply(&mut self, command: &str, id: Option<u64>) -> Result<Value, QemuError> {
+    /// Reads messages until the reply to `command` (the one with `id`),
+    /// logging events and skipping replies to calls that gave up earlier.
+    async fn read_reply(&mut self, command: &str, id: u64) -> Result<Value, QemuError> {
         loop {
             let message = self.read_message().await?;
             if let Some(event) = message.get("event") {
                 tracing::debug!(qmp = %self.path.display(), %event, "QMP event");
                 continue;
             }
-            if id.is_some() && message.get("id").and_then(Value::as_u64) != id {
+            if message.get("id").and_then(Value::as_u64) != Some(id) {
                 tracing::debug!(qmp = %self.path.display(), %message, "late QMP reply skipped");
                 continue;
             }
@@ -228,7 +211,7 @@ impl QmpClient {
                     .map_err(|source| self.io(source))?;
             }
             written = true;
-            self.read_reply("getfd", Some(id)).await.map(drop)
+            self.read_reply("getfd", id).await.map(drop)
         };
         if let Ok(result) = tokio::time::timeout(timeout, call).await {
             return result;
