@@ -11,6 +11,8 @@
 //! | a sandbox starting, pausing, resuming or stopping | lifecycle calls wait for it to settle, at most [`SETTLE_TIMEOUT`] |
 //! | out of capacity (every path that starts a VM) | 503, code `capacity` |
 //! | paused/snapshot quota | 429, code `quota_exceeded` |
+//! | a template or snapshot name taken or being created | 409, code `conflict` |
+//! | the VMM missed a QMP deadline (stuck or stopped QEMU) | 504, code `vmm_timeout` |
 //! | exec output (JSON route) | `exec_output_limit` bytes per stream, then `truncated` |
 //! | concurrent uploads | `max_concurrent_uploads`, then 429 `too_many_uploads` |
 
@@ -131,6 +133,10 @@ pub fn classify(err: &ManagerError) -> (StatusCode, &'static str) {
         ManagerError::Sandbox(err) => match err.as_ref() {
             SandboxError::Envd { source, .. } => classify_envd(source),
             SandboxError::InvalidState { .. } => (StatusCode::CONFLICT, "invalid_state"),
+            SandboxError::Qemu {
+                source: qemu_vmm::QemuError::QmpDeadline { .. },
+                ..
+            } => (StatusCode::GATEWAY_TIMEOUT, "vmm_timeout"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         },
         ManagerError::Store { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -169,6 +175,23 @@ mod tests {
 
         assert!(ok.iter().all(Result::is_ok));
         assert!(refused.iter().all(|r| *r == Err(StatusCode::BAD_REQUEST)));
+    }
+
+    #[test]
+    fn a_vmm_deadline_is_504_naming_it() {
+        let err = ManagerError::from(SandboxError::Qemu {
+            vm: "sbx".into(),
+            source: qemu_vmm::QemuError::QmpDeadline {
+                vm: "sbx".into(),
+                command: "stop".into(),
+                path: "/run/sbx/vmm/qmp.sock".into(),
+                waited_ms: 10_000,
+            },
+        });
+
+        let code = classify(&err);
+
+        assert_eq!(code, (StatusCode::GATEWAY_TIMEOUT, "vmm_timeout"));
     }
 
     #[test]

@@ -280,8 +280,12 @@ impl VmConfig {
         args.push("-kernel").push(self.kernel.as_os_str());
         args.push("-append").push(self.kernel_args.as_str());
         for (index, drive) in self.drives.iter().enumerate() {
+            // `cache=writeback` (QEMU's default semantics): writes go through
+            // the host page cache and every guest flush (and the flush that
+            // ends a migration, i.e. a pause or snapshot) reaches stable
+            // storage with an fdatasync. `cache=unsafe` would drop them.
             let mut spec = format!(
-                "id=drive{index},file={},format={},if=none,cache=unsafe,discard=unmap",
+                "id=drive{index},file={},format={},if=none,cache=writeback,discard=unmap",
                 drive.path.display(),
                 drive.format.as_str()
             );
@@ -396,8 +400,22 @@ mod tests {
         let args = joined(&config());
 
         assert!(args.contains(
-            "-drive id=drive0,file=/d/root.qcow2,format=qcow2,if=none,cache=unsafe,discard=unmap -device virtio-blk-device,drive=drive0"
+            "-drive id=drive0,file=/d/root.qcow2,format=qcow2,if=none,cache=writeback,discard=unmap -device virtio-blk-device,drive=drive0"
         ));
+    }
+
+    #[test]
+    fn drives_honour_guest_flushes() {
+        let config = VmConfig {
+            drives: vec![Drive::qcow2("/d/root.qcow2"), Drive::raw("/d/data.img")],
+            ..config()
+        };
+
+        let args = joined(&config);
+
+        assert_eq!(args.matches("cache=writeback").count(), 2);
+        assert!(!args.contains("cache=unsafe"));
+        assert!(!args.contains("cache.no-flush=on"));
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    /// A QMP call (or a migration it started) did not finish within its
+    /// deadline: QEMU is stuck, stopped or far too slow.
+    #[error("vm {vm}: QMP {command} did not finish within {waited_ms} ms (socket {path})")]
+    QmpDeadline {
+        vm: String,
+        command: String,
+        path: PathBuf,
+        waited_ms: u128,
+    },
     #[error("QMP protocol error on {path}: {message}")]
     QmpProtocol { path: PathBuf, message: String },
     #[error("QMP command {command} failed: {class}: {desc}")]

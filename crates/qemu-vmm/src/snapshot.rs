@@ -21,7 +21,14 @@ use crate::vm::QemuVm;
 /// No bandwidth cap: the default 128 MiB/s applies even to a paused VM
 /// saving to a local file.
 const MAX_BANDWIDTH: u64 = 1 << 40;
-const MIGRATION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long a save or restore of a VM with `memory_mib` of RAM may take: a
+/// minute plus one second per 8 MiB of RAM (the RAM may be in the state
+/// file, and TCG on a loaded host is slow), e.g. 2 minutes for 512 MiB.
+/// Finite, so a stuck QEMU fails the pause instead of hanging it.
+pub fn migration_timeout(memory_mib: u32) -> Duration {
+    Duration::from_secs(60 + u64::from(memory_mib) / 8)
+}
 /// The name the state file's descriptor gets in QEMU (`getfd`).
 const MIGRATION_FD: &str = "petrel-migration";
 
@@ -43,6 +50,7 @@ impl QemuVm {
         let start = Instant::now();
         let ignore_shared = self.config().memory_file.is_some() && self.config().memory_shared;
         let file = open_state(state_file, true)?;
+        let deadline = migration_timeout(self.config().memory_mib);
         let qmp = self.qmp();
         qmp.execute("stop", None).await?;
         prepare_migration(qmp, ignore_shared).await?;
@@ -53,7 +61,7 @@ impl QemuVm {
             Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
         )
         .await?;
-        wait_migration(qmp, "migrate to file").await?;
+        wait_migration(qmp, "migrate to file", deadline).await?;
         let state_bytes = std::fs::metadata(state_file).map_or(0, |m| m.len());
         Ok(MigrationStats {
             took: start.elapsed(),
@@ -107,6 +115,7 @@ impl QemuVm {
         }
         let ignore_shared = !ram_in_state;
         let file = open_state(state_file, false)?;
+        let deadline = migration_timeout(self.config().memory_mib);
         let qmp = self.qmp();
         prepare_migration(qmp, ignore_shared).await?;
         qmp.send_fd(MIGRATION_FD, file.as_fd()).await?;
@@ -116,7 +125,7 @@ impl QemuVm {
             Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
         )
         .await?;
-        wait_incoming(qmp).await?;
+        wait_incoming(qmp, deadline).await?;
         if run {
             qmp.execute("cont", None).await?;
         }
@@ -175,7 +184,11 @@ async fn prepare_migration(qmp: &mut QmpClient, ignore_shared: bool) -> Result<(
     Ok(())
 }
 
-async fn wait_migration(qmp: &mut QmpClient, what: &str) -> Result<(), QemuError> {
+async fn wait_migration(
+    qmp: &mut QmpClient,
+    what: &str,
+    deadline: Duration,
+) -> Result<(), QemuError> {
     let start = Instant::now();
     loop {
         let info = qmp.execute("query-migrate", None).await?;
@@ -192,12 +205,8 @@ async fn wait_migration(qmp: &mut QmpClient, what: &str) -> Result<(), QemuError
                         .to_string(),
                 });
             }
-            _ if start.elapsed() > MIGRATION_TIMEOUT => {
-                return Err(QemuError::QmpCommand {
-                    command: what.to_string(),
-                    class: "timeout".to_string(),
-                    desc: format!("not completed after {} s", MIGRATION_TIMEOUT.as_secs()),
-                });
+            _ if start.elapsed() > deadline => {
+                return Err(qmp.deadline_error(what, deadline));
             }
             _ => tokio::time::sleep(Duration::from_millis(2)).await,
         }
@@ -205,15 +214,16 @@ async fn wait_migration(qmp: &mut QmpClient, what: &str) -> Result<(), QemuError
 }
 
 /// After `migrate-incoming` the guest stays paused once the load is done.
-async fn wait_incoming(qmp: &mut QmpClient) -> Result<(), QemuError> {
+async fn wait_incoming(qmp: &mut QmpClient, deadline: Duration) -> Result<(), QemuError> {
     let start = Instant::now();
     loop {
         let status = qmp.status().await?;
         match status.as_str() {
             "paused" | "postmigrate" | "prelaunch" => return Ok(()),
-            "inmigrate" if start.elapsed() < MIGRATION_TIMEOUT => {
+            "inmigrate" if start.elapsed() < deadline => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            "inmigrate" => return Err(qmp.deadline_error("migrate-incoming", deadline)),
             other => {
                 let info = qmp
                     .execute("query-migrate", None)
@@ -230,5 +240,20 @@ async fn wait_incoming(qmp: &mut QmpClient) -> Result<(), QemuError> {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_timeout_grows_with_ram_and_is_finite() {
+        let small = migration_timeout(512);
+        let big = migration_timeout(8192);
+
+        assert_eq!(small, Duration::from_secs(124));
+        assert!(big > small);
+        assert!(big < Duration::from_secs(3600));
     }
 }

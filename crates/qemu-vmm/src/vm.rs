@@ -80,7 +80,10 @@ impl QemuVm {
         tracing::debug!(vm = %config.id, pid, "qemu started");
         let console = drain_console(&config);
         let qmp = match wait_for_qmp(&config, &mut child).await {
-            Ok(qmp) => qmp,
+            Ok(mut qmp) => {
+                qmp.set_vm(&config.id);
+                qmp
+            }
             Err(err) => {
                 console.abort();
                 let _ = child.start_kill();
@@ -130,7 +133,8 @@ impl QemuVm {
                 socket.display()
             )));
         }
-        let qmp = QmpClient::connect(&socket).await?;
+        let mut qmp = QmpClient::connect(&socket).await?;
+        qmp.set_vm(&config.id);
         // A legacy QEMU writes its console to the file itself.
         let console = if legacy {
             tokio::spawn(async {})

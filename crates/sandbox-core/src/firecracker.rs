@@ -370,6 +370,22 @@ impl Vm for FirecrackerInstance {
 
     async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError> {
         let stats = self.save(state_dir, "pause").await?;
+        // Durable before it counts as paused: state, memory, the disk and
+        // the names of the state dir and run dir.
+        let run_dir = self.spec.run_dir.clone();
+        let mut dirs = vec![state_dir.to_path_buf(), run_dir.clone()];
+        dirs.extend(run_dir.parent().map(Path::to_path_buf));
+        let files = vec![
+            state_dir.join(VMSTATE),
+            state_dir.join(MEM),
+            self.spec.root_disk.clone(),
+        ];
+        if let Err(err) = crate::durable::sync_all(files, dirs).await {
+            if let Err(resume) = self.running("pause")?.client().resume().await {
+                tracing::warn!(vm = %self.spec.id, error = %resume, "cannot resume the guest after a failed sync");
+            }
+            return Err(err);
+        }
         // Firecracker must let go of the disk and TAP before they are handed
         // to anyone else; its page server (after a resume) ends with it.
         self.kill().await?;

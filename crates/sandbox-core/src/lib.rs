@@ -11,6 +11,8 @@
 //!   [`choose_provider`], which picks one for a backend and says why.
 //! - [`confine`]: how VMM processes are confined (uid, mount namespace,
 //!   rlimits, cgroup; see the `jail` crate).
+//! - [`durable`]: fsync helpers every save path uses before it reports
+//!   success.
 //! - [`sandbox`]: one sandbox's cold boot, exec and teardown, with rollback of
 //!   everything it made when a step fails.
 //!
@@ -38,6 +40,7 @@
 pub mod confine;
 pub mod crash;
 pub mod disk;
+pub mod durable;
 mod error;
 pub mod firecracker;
 mod images;

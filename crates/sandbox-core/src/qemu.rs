@@ -269,6 +269,37 @@ impl QemuInstance {
         })
     }
 
+    /// Puts a pause's saved state on stable storage: `vmstate` and
+    /// `vmstate.json`, the RAM file (when the RAM is not in the state) and
+    /// every writable drive (QEMU already flushed its own writes into them
+    /// at the end of the migration: the drives are `cache=writeback`), then
+    /// the names in `dir`, the run directory and the directory holding it.
+    async fn sync_saved(&self, dir: &Path) -> Result<(), SandboxError> {
+        let mut files = vec![dir.join("vmstate"), dir.join("vmstate.json")];
+        if self.config.memory_shared {
+            files.extend(self.config.memory_file.clone());
+        }
+        files.extend(
+            self.config
+                .drives
+                .iter()
+                .filter(|d| !d.read_only)
+                .map(|d| d.path.clone()),
+        );
+        // The agent's record of an overlay's backing chain, where it has one.
+        files.extend(
+            self.config
+                .drives
+                .iter()
+                .map(|d| crate::disk::qcow2::chain_record(&d.path))
+                .filter(|record| record.is_file()),
+        );
+        let run_dir = self.config.run_dir.clone();
+        let mut dirs = vec![dir.to_path_buf(), run_dir.clone()];
+        dirs.extend(run_dir.parent().map(Path::to_path_buf));
+        crate::durable::sync_all(files, dirs).await
+    }
+
     /// Starts QEMU waiting for a migration and loads `dir/vmstate` into it,
     /// with guest RAM from `memory_file` when it is not in the state; the
     /// guest runs after if `run`, else its vCPUs stay stopped.
@@ -359,7 +390,13 @@ impl Vm for QemuInstance {
     async fn snapshot(&mut self, snapshot_dir: &Path) -> Result<PauseStats, SandboxError> {
         let stats = self.save(snapshot_dir, "snapshot").await?;
         crate::crash::point("snapshot.state_saved");
-        let copied = copy_ram_and_disk(&self.config, snapshot_dir).await;
+        // The snapshot's own files are synced by `Sandbox::snapshot` once
+        // it wrote its last one; the bases its disk relies on are synced
+        // here.
+        let copied = match copy_ram_and_disk(&self.config, snapshot_dir).await {
+            Ok(()) => sync_backing_chain(&snapshot_dir.join("disk.qcow2")).await,
+            Err(err) => Err(err),
+        };
         crate::crash::point("snapshot.copied");
         let resumed = self.running("snapshot")?.cont_vcpus().await;
         copied?;
@@ -369,6 +406,12 @@ impl Vm for QemuInstance {
 
     async fn pause(&mut self, state_dir: &Path) -> Result<PauseStats, SandboxError> {
         let stats = self.save(state_dir, "pause").await?;
+        // Not paused until it is durable; a guest whose state cannot be
+        // made so keeps running.
+        if let Err(err) = self.sync_saved(state_dir).await {
+            let _ = self.running("pause")?.cont_vcpus().await;
+            return Err(err);
+        }
         crate::crash::point("pause.state_saved");
         // The VMM must let go of the disk and RAM file before they are
         // handed to anyone else.
@@ -488,6 +531,14 @@ async fn copy_ram_and_disk(config: &VmConfig, dir: &Path) -> Result<(), SandboxE
             crate::disk::qcow2::record_chain(&copy, &[])
         }
     }
+}
+
+/// Syncs the images `disk`'s recorded backing chain relies on (template
+/// bases, the disks of earlier snapshots): a snapshot is only as durable as
+/// its bases.
+async fn sync_backing_chain(disk: &Path) -> Result<(), SandboxError> {
+    let chain = crate::disk::qcow2::recorded_chain(disk)?.unwrap_or_default();
+    crate::durable::sync_all(chain, Vec::new()).await
 }
 
 /// `qemu-img convert -O qcow2`: zeros become holes.

@@ -441,6 +441,8 @@ impl Sandbox {
 
     /// Saves the running guest (memory, devices, disk) into `dir` as a
     /// snapshot that new sandboxes can start from; the sandbox keeps running.
+    /// Returns once every file of the snapshot, `dir`'s name in its parent
+    /// and the images its disk is backed by are on stable storage.
     pub async fn snapshot(&mut self, dir: &Path) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "snapshot")?;
         let stats = self.vm.snapshot(dir).await?;
@@ -452,12 +454,15 @@ impl Sandbox {
                 memory_mib: self.memory_mib,
             },
         )?;
+        crate::durable::sync_dir_contents_blocking(dir.to_path_buf()).await?;
         tracing::info!(sandbox = %self.id, dir = %dir.display(), took_ms = stats.took.as_millis() as u64, "sandbox snapshotted");
         Ok(stats)
     }
 
     /// Saves the guest to disk and ends its VMM process; the sandbox keeps
-    /// its disk, memory and identity for [`Sandbox::resume`].
+    /// its disk, memory and identity for [`Sandbox::resume`]. Returns once
+    /// the saved state, the RAM and the disk are on stable storage (the
+    /// backend syncs them before it ends the VMM).
     pub async fn pause(&mut self) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "pause")?;
         let state_dir = self.run_dir.join("state");

@@ -184,7 +184,10 @@ fn error_responses() -> Value {
             "503",
             "The host is out of capacity (code capacity: it runs its most sandboxes); on every path that starts a VM.",
         ),
-        ("504", "The command or envd request timed out."),
+        (
+            "504",
+            "The command or envd request timed out (code timeout), or the sandbox's VMM missed a deadline (code vmm_timeout).",
+        ),
     ];
     let mut map = Map::new();
     for (status, description) in text {
@@ -236,8 +239,8 @@ pub fn operation(operation_id: &str) -> Value {
         "pauseSandbox" => json!({
             "tags": ["sandboxes"],
             "summary": "Pause a running sandbox to disk",
-            "description": "The VM's memory and devices are saved; no VMM process remains. 409 unless running; 429 quota_exceeded when the agent holds its most paused sandboxes. A paused sandbox is destroyed after the agent's paused_ttl_s (default 30 days).",
-            "responses": responses(&[("200", json_response("The paused sandbox.", &sandbox))], &["404", "409", "429", "500"]),
+            "description": "The VM's memory and devices are saved; no VMM process remains. Answers once the saved state, RAM and disk are on stable storage. 409 unless running; 429 quota_exceeded when the agent holds its most paused sandboxes; 504 vmm_timeout when the VMM stopped answering (the sandbox stays running; DELETE still works). A paused sandbox is destroyed after the agent's paused_ttl_s (default 30 days).",
+            "responses": responses(&[("200", json_response("The paused sandbox.", &sandbox))], &["404", "409", "429", "500", "504"]),
         }),
         "resumeSandbox" => json!({
             "tags": ["sandboxes"],
@@ -322,11 +325,11 @@ pub fn operation(operation_id: &str) -> Value {
         "createSnapshot" => json!({
             "tags": ["snapshots"],
             "summary": "Snapshot a running sandbox",
-            "description": "The sandbox keeps running. Create sandboxes from the snapshot by passing its name as `template`. 409 when the name is taken by a template or snapshot, or the sandbox is not running; 429 quota_exceeded beyond the agent's max_snapshots or max_snapshot_bytes.",
+            "description": "The sandbox keeps running. Create sandboxes from the snapshot by passing its name as `template`. Answers once the snapshot's files are on stable storage. 409 when the name is taken by a template or snapshot or is being created by another request (of two concurrent requests for one name, exactly one succeeds), or the sandbox is not running; 429 quota_exceeded beyond the agent's max_snapshots or max_snapshot_bytes; 504 vmm_timeout when the VMM stopped answering.",
             "requestBody": json_body("CreateSnapshot", true),
             "responses": responses(
                 &[("201", json_response("The snapshot.", &schema_ref("Snapshot")))],
-                &["400", "404", "409", "413", "429", "500"],
+                &["400", "404", "409", "413", "429", "500", "504"],
             ),
         }),
         "listSnapshots" => json!({

@@ -318,9 +318,21 @@ impl Manager {
 
     /// Stops a sandbox in any state and removes its files and record; then
     /// prunes the template files nothing stands on any more.
+    ///
+    /// Never waits behind a stuck operation: when another operation holds
+    /// the sandbox (a pause whose QEMU stopped answering, say), the
+    /// sandbox's VMM is killed first ([`Manager::kill_processes_of`]), so
+    /// that operation fails at once and releases it.
     pub async fn destroy(&self, id: &str) -> Result<(), ManagerError> {
         let handle = self.handle(id)?;
-        let mut guard = handle.lock().await;
+        let mut guard = match handle.try_lock() {
+            Ok(guard) => guard,
+            Err(_busy) => {
+                let killed = self.kill_processes_of(id);
+                tracing::info!(sandbox = %id, ?killed, "destroying a busy sandbox: its VMM was killed");
+                handle.lock().await
+            }
+        };
         let previous = self.get(id)?.state;
         self.set_state(id, State::Stopping);
         // The intent: a crash from here on is completed at the next start.

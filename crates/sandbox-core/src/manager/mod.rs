@@ -2,16 +2,21 @@
 //! snapshots and templates, persisted so an agent restart loses nothing.
 //!
 //! Every operation on one sandbox holds that sandbox's lock, so operations on
-//! one sandbox run one at a time and different sandboxes proceed in parallel.
+//! one sandbox run one at a time and different sandboxes proceed in parallel;
+//! destroy does not wait behind a stuck one (it kills the sandbox's VMM
+//! first, see `cancel.rs`). Template and snapshot names are reserved
+//! atomically (`names.rs`).
 //! States move only along the edges [`State`] documents; anything else is an
 //! [`ManagerError::InvalidState`]. Records live in SQLite
 //! (`data_dir/petrel.db`); on [`Manager::open`] running sandboxes are
 //! re-adopted (or, when their VMM died, marked stopped and cleaned) and paused
 //! ones stay resumable.
 
+mod cancel;
 mod lifecycle;
 mod limits;
 mod lineage;
+mod names;
 mod orphans;
 mod reaper;
 mod recovery;
@@ -128,6 +133,8 @@ struct Inner {
     warming: std::sync::atomic::AtomicUsize,
     /// Snapshots being taken (they count against `max_snapshots`).
     snapshots_pending: Mutex<usize>,
+    /// Template and snapshot names being created (see `names.rs`).
+    names_pending: Mutex<std::collections::HashSet<String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -159,6 +166,7 @@ impl Manager {
                 handles: Mutex::new(HashMap::new()),
                 warming: std::sync::atomic::AtomicUsize::new(0),
                 snapshots_pending: Mutex::new(0),
+                names_pending: Mutex::new(std::collections::HashSet::new()),
             }),
         };
         manager.recover(persisted).await;

@@ -14,45 +14,45 @@ use std::time::{Duration, Instant};
 
 use super::{Manager, Table, lock};
 
-/// VMM processes under `sandboxes_dir`, by sandbox id: every process whose
-/// command line names a path `sandboxes_dir/<id>/...`.
+/// VMM processes under `sandboxes_dir`, by sandbox id: every process
+/// (other than this one) whose command line names a path
+/// `sandboxes_dir/<id>/...`.
 pub(super) fn vmm_processes(sandboxes_dir: &Path) -> HashMap<String, Vec<u32>> {
-    let prefix = format!("{}/", sandboxes_dir.display());
     let me = std::process::id();
     let mut found: HashMap<String, Vec<u32>> = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        // A process that ended meanwhile, or a kernel thread: no command line.
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let mut ids: HashSet<&str> = HashSet::new();
-        for (at, _) in cmdline.match_indices(&prefix) {
-            let rest = &cmdline[at + prefix.len()..];
-            let id = rest.split(['/', ',', '\0']).next().unwrap_or("");
-            // Only `<id>/...`: a path naming the sandboxes dir itself is no mark.
-            if !id.is_empty() && rest[id.len()..].starts_with('/') {
-                ids.insert(id);
-            }
-        }
-        for id in ids {
-            found.entry(id.to_string()).or_default().push(pid);
+    for pid in entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+    {
+        for id in sandboxes_named(pid, sandboxes_dir) {
+            found.entry(id).or_default().push(pid);
         }
     }
     found
+}
+
+/// The sandbox ids whose run dirs (`sandboxes_dir/<id>/...`) process
+/// `pid`'s command line names (none when it ended meanwhile).
+pub(super) fn sandboxes_named(pid: u32, sandboxes_dir: &Path) -> HashSet<String> {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return HashSet::new();
+    };
+    let dir = sandboxes_dir.as_os_str().as_encoded_bytes();
+    cmdline
+        // Options name paths as `file=PATH,...` or `unix:PATH,...`.
+        .split(|&b| b == 0 || b == b',' || b == b'=' || b == b':')
+        .filter_map(|arg| arg.strip_prefix(dir)?.strip_prefix(b"/"))
+        .filter_map(|rest| {
+            // Only `<id>/...`: a path naming the sandboxes dir itself is no mark.
+            let end = rest.iter().position(|&b| b == b'/')?;
+            std::str::from_utf8(&rest[..end]).ok().map(str::to_string)
+        })
+        .filter(|id| !id.is_empty())
+        .collect()
 }
 
 /// Kills `pids` (SIGKILL) and waits, at most 5 s, until they are gone, so
@@ -196,8 +196,15 @@ mod tests {
             .spawn()
             .unwrap();
 
-        // Act
-        let found = vmm_processes(&sandboxes);
+        // Act (the child names the dir once it has exec'd the shell)
+        let mut found = vmm_processes(&sandboxes);
+        for _ in 0..500 {
+            if found.contains_key("abc123") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            found = vmm_processes(&sandboxes);
+        }
         let elsewhere = vmm_processes(&dir.path().join("other"));
         let _ = child.kill();
         let _ = child.wait();

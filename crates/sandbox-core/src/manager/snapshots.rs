@@ -1,9 +1,10 @@
 //! Named snapshots and forks: taking, listing and deleting them.
 
 use super::lineage::sandbox_stands_on;
+use super::names::NameUse;
 use super::{
     CreateSandbox, Duration, Manager, ManagerError, PathBuf, SafeName, SandboxInfo, SnapshotInfo,
-    StandsOn, State, SystemTime, Table, TemplateInfo, lock, new_id,
+    StandsOn, State, SystemTime, Table, lock, new_id,
 };
 
 impl Manager {
@@ -11,17 +12,9 @@ impl Manager {
     /// sandboxes can be created from it by name.
     pub async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotInfo, ManagerError> {
         let name = SafeName::new(name)?;
-        if lock(&self.inner.store)
-            .get::<SnapshotInfo>(Table::Snapshots, name.as_str())?
-            .is_some()
-            || lock(&self.inner.store)
-                .get::<TemplateInfo>(Table::Templates, name.as_str())?
-                .is_some()
-        {
-            return Err(ManagerError::Conflict(format!(
-                "a template or snapshot named {name} exists"
-            )));
-        }
+        // Held until the record is stored: a concurrent snapshot (or
+        // template) of this name is a conflict, not a second writer.
+        let _name = self.reserve_name(&name, NameUse::Snapshot)?;
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
         self.require(id, &[State::Running], "snapshot")?;
@@ -31,6 +24,16 @@ impl Manager {
             .as_mut()
             .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
         let dir = self.snapshot_dir(&name);
+        // The name is ours and unrecorded: a directory there is a leftover
+        // of an interrupted snapshot, not anyone's data.
+        if let Err(err) = std::fs::remove_dir_all(&dir)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(ManagerError::Store {
+                path: dir,
+                message: format!("removing a leftover snapshot directory: {err}"),
+            });
+        }
         if let Err(err) = sandbox.snapshot(&dir).await {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err.into());

@@ -2,6 +2,10 @@
 //!
 //! Each record is one row holding JSON: the schema stays trivial and the
 //! Rust types stay the single definition of the data.
+//!
+//! Durable: WAL with `synchronous = FULL`, so a write that returned (a
+//! state transition the API then acknowledges) survives a power loss, not
+//! only a crash of the agent.
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +49,7 @@ impl Store {
         let conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
+             PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS sandboxes (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS snapshots (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS templates (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
@@ -138,5 +142,31 @@ impl Store {
             out.push((key, value));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_syncs_every_commit_to_stable_storage() {
+        // Arrange
+        let dir = tempfile::tempdir().unwrap();
+
+        // Act
+        let store = Store::open(&dir.path().join("petrel.db")).unwrap();
+
+        // Assert: FULL (2): the WAL is synced at every commit.
+        let synchronous: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .unwrap();
+        let journal: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2);
+        assert_eq!(journal, "wal");
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::lineage::canonical;
+use super::names::NameUse;
 use super::{
     GuestImages, Instant, Manager, ManagerError, Path, PathBuf, SafeName, Sandbox, SandboxConfig,
     SandboxError, StandsOn, State, SystemTime, TEMPLATE_FILE, Table, TemplateInfo, Write, lock,
@@ -25,6 +26,8 @@ impl Manager {
     ) -> Result<TemplateInfo, ManagerError> {
         let name = SafeName::new(name)?;
         images.check()?;
+        // Templates and snapshots share one namespace.
+        let _name = self.reserve_name(&name, NameUse::Template)?;
         let rootfs = import_base(&self.template_dir(&name), &images.rootfs).await?;
         crate::crash::point("template.imported");
         let images = &GuestImages {
@@ -163,6 +166,7 @@ impl Manager {
             let _ = std::fs::remove_file(&tmp);
             return Err(failed(&path, err.to_string()));
         }
+        crate::durable::sync_dir(&dir)?;
         lock(&self.inner.store).put(Table::Templates, name.as_str(), info)
     }
 
@@ -223,6 +227,8 @@ impl Manager {
         };
         let mut sandbox = Sandbox::boot(self.inner.hypervisor.as_ref(), config).await?;
         crate::crash::point("template.warm_booted");
+        // Durable when it returns (`Sandbox::snapshot`); the rename below
+        // is made durable in its directory.
         let saved = sandbox.snapshot(&partial).await;
         crate::crash::point("template.warm_saved");
         let destroyed = sandbox.destroy().await;
@@ -232,6 +238,7 @@ impl Manager {
             path: dir.clone(),
             message: format!("moving the warm snapshot into place: {e}"),
         })?;
+        crate::durable::sync_parent(&dir)?;
         template.warm_snapshot = Some(dir);
         self.save_template(&name, &template)?;
         tracing::info!(template = %name, took_ms = start.elapsed().as_millis() as u64, "template warmed");
@@ -338,12 +345,15 @@ async fn import_base(dir: &Path, source: &Path) -> Result<PathBuf, ManagerError>
     }
     std::fs::create_dir_all(dir).map_err(|e| io("create template directory", dir, e))?;
     let tmp = dir.join(format!(".import-{}.tmp", new_id()?));
+    // Durable before it is named: snapshots and sandboxes will rely on it.
     let imported = crate::qemu::sparse_copy("template", source, &tmp)
         .await
+        .and_then(|()| crate::durable::sync_file(&tmp))
         .map_err(ManagerError::from)
         .and_then(|()| {
             std::fs::rename(&tmp, &base).map_err(|e| io("rename base image to", &base, e))
-        });
+        })
+        .and_then(|()| crate::durable::sync_dir(dir).map_err(ManagerError::from));
     if let Err(err) = imported {
         let _ = std::fs::remove_file(&tmp);
         return Err(err);
