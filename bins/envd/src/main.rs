@@ -47,14 +47,8 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // A guest out of memory must lose one of its processes, not its agent.
-    match envd::oom::exempt_self() {
-        Ok(()) => tracing::info!(
-            oom_score_adj = envd::oom::EXEMPT,
-            "exempt from the guest's OOM killer"
-        ),
-        Err(err) => {
-            tracing::warn!(%err, "cannot exempt envd from the guest's OOM killer; a guest out of memory may kill it")
-        }
+    if let Err(err) = envd::oom::exempt_self() {
+        tracing::warn!(%err, "cannot exempt envd from the guest's OOM killer; a guest out of memory may kill it");
     }
     let config = envd::Config {
         listen: cli.listen,
