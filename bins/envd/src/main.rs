@@ -47,8 +47,8 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // A guest out of memory must lose one of its processes, not its agent.
-    if let Err(err) = envd::oom::exempt_self() {
-        tracing::warn!(%err, "cannot exempt envd from the guest's OOM killer; a guest out of memory may kill it");
+    if let Err(err) = envd::oom::last_resort_self() {
+        tracing::warn!(%err, "cannot make envd the OOM killer's last resort; a guest out of memory may kill it first");
     }
     let config = envd::Config {
         listen: cli.listen,

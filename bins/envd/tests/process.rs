@@ -515,7 +515,8 @@ async fn start_as_nobody_in_a_root_only_directory_fails() {
 #[tokio::test]
 async fn started_processes_run_with_the_default_oom_score_not_envds() {
     // Arrange: this test process plays envd with a score of its own (in a
-    // guest envd is exempt, -1000; raising it, as here, needs no privilege).
+    // guest envd is the last resort, -999; raising it, as here, needs no
+    // privilege).
     std::fs::write("/proc/self/oom_score_adj", "500").expect("raising the test's score");
     let envd = Envd::start().await;
 

@@ -1,7 +1,7 @@
 //! A hostile guest and a hostile caller against one agent at once, with
 //! real VMs: one sandbox floods its console, runs `head -c 2G /dev/zero`
 //! as an exec (JSON and streaming), fills its disk to the virtual size,
-//! takes all its RAM (its OOM killer must spare envd), fork-bombs itself and opens connections as fast as it can; meanwhile a
+//! takes all its RAM (its OOM killer must take envd last), fork-bombs itself and opens connections as fast as it can; meanwhile a
 //! bystander sandbox keeps answering exec, the agent keeps answering its
 //! API, and the agent's memory stays bounded.
 //!
@@ -242,8 +242,8 @@ async fn a_hostile_guest_neither_starves_the_host_nor_its_neighbour() {
     );
     assert_eq!(
         envd_score.json()["stdout"],
-        "-1000\n0\n",
-        "envd is not exempt from the guest's OOM killer, or what it starts is: {}",
+        "-999\n0\n",
+        "envd is not the guest's OOM killer's last resort, or what it starts is: {}",
         envd_score.text()
     );
     assert_eq!(conns.status.as_u16(), 200, "{}", conns.text());
