@@ -25,8 +25,7 @@ use crate::SandboxError;
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How to unmake one step, given the operation's subject.
-type Undo<T> =
-    Box<dyn for<'x> FnOnce(&'x mut T) -> BoxFuture<'x, Result<(), SandboxError>> + Send>;
+type Undo<T> = Box<dyn for<'x> FnOnce(&'x mut T) -> BoxFuture<'x, Result<(), SandboxError>> + Send>;
 
 /// The undo steps of one operation under way on a `T`.
 #[must_use = "an operation's rollback is either committed or unwound"]

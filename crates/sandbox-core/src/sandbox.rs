@@ -202,12 +202,15 @@ impl Sandbox {
         let mut undo = Rollback::new(format!("boot of sandbox {}", config.id));
         {
             let (id, dir) = (config.id.clone(), run_dir.clone());
-            undo.push("remove the root disk and the sandbox directory", move |_| {
-                Box::pin(async move {
-                    let disk = disk::remove_root_disk(&id, &dir).await;
-                    disk.and(remove_dir_if_exists(&dir))
-                })
-            });
+            undo.push(
+                "remove the root disk and the sandbox directory",
+                move |_| {
+                    Box::pin(async move {
+                        let disk = disk::remove_root_disk(&id, &dir).await;
+                        disk.and(remove_dir_if_exists(&dir))
+                    })
+                },
+            );
         }
         let provider = match &config.rootfs_provider {
             Some(provider) => Arc::clone(provider),
@@ -608,13 +611,13 @@ impl Sandbox {
     /// The guest side of a resume: envd answers, `/init` (token, env, clock).
     async fn resume_guest(&mut self, envd_addr: SocketAddr) -> Result<Duration, SandboxError> {
         let envd = EnvdClient::new(envd_addr);
-        let ready = envd.wait_healthy(self.boot_timeout).await.map_err(|err| {
-            SandboxError::EnvdNotReady {
+        let ready = wait_for_envd(&envd, self.boot_timeout, self.vm.pid())
+            .await
+            .map_err(|message| SandboxError::EnvdNotReady {
                 sandbox: self.id.clone(),
-                message: err.to_string(),
+                message,
                 console: qemu_vmm::log_tail(&self.vm.console_log(), 30),
-            }
-        })?;
+            })?;
         let envd = envd.with_access_token(self.token.clone());
         let init = init_request(&self.token, &self.env_vars);
         envd.init(&init)
@@ -719,7 +722,9 @@ async fn boot_steps(
     if let Some(pool) = &config.network {
         // Sandbox::boot resolved `internet` before calling this.
         made.net = Some(pool.create(config.internet.unwrap_or(true)).await?);
-        undo.push("remove the network", |m: &mut Made| Box::pin(m.remove_network()));
+        undo.push("remove the network", |m: &mut Made| {
+            Box::pin(m.remove_network())
+        });
     }
     let prepare = start.elapsed();
     let token = random_token()?;
@@ -762,7 +767,8 @@ async fn boot_steps(
     };
     let ready_start = Instant::now();
     let envd = EnvdClient::new(envd_addr);
-    if let Err(err) = envd.wait_healthy(config.boot_timeout).await {
+    let pid = made.vm.as_ref().and_then(|vm| vm.pid());
+    if let Err(message) = wait_for_envd(&envd, config.boot_timeout, pid).await {
         let console = made
             .vm
             .as_ref()
@@ -770,7 +776,7 @@ async fn boot_steps(
             .unwrap_or_default();
         return Err(SandboxError::EnvdNotReady {
             sandbox: config.id.clone(),
-            message: err.to_string(),
+            message,
             console,
         });
     }
@@ -867,6 +873,31 @@ fn init_request(token: &str, env_vars: &BTreeMap<String, String>) -> InitRequest
 }
 
 /// Stops the VM (if any) and removes the run directory, collecting errors.
+/// Waits until envd answers, at most `timeout`, and no longer than the
+/// VMM process `pid` lives (a destroy that killed it ends the wait at
+/// once). The error says which.
+async fn wait_for_envd(
+    envd: &EnvdClient,
+    timeout: Duration,
+    pid: Option<u32>,
+) -> Result<Duration, String> {
+    let vmm_gone = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if pid.is_some_and(|pid| !crate::vmm::process_alive(pid)) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        ready = envd.wait_healthy(timeout) => ready.map_err(|err| err.to_string()),
+        () = vmm_gone => Err(format!(
+            "the VMM process {} ended before envd answered",
+            pid.unwrap_or_default()
+        )),
+    }
+}
+
 /// What a boot has made so far, for its rollback: the VMM and the
 /// network (the run dir and disk are undone by path).
 struct Made {

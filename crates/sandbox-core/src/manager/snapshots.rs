@@ -2,11 +2,11 @@
 
 use super::lineage::sandbox_stands_on;
 use super::names::NameUse;
-use crate::rollback::{Rollback, remove_dir_if_exists};
 use super::{
     CreateSandbox, Duration, Manager, ManagerError, PathBuf, SafeName, SandboxInfo, SnapshotInfo,
     StandsOn, State, SystemTime, Table, lock, new_id,
 };
+use crate::rollback::{Rollback, remove_dir_if_exists};
 
 impl Manager {
     /// Saves a running sandbox as snapshot `name` (it keeps running); new

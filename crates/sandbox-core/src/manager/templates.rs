@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 
 use super::lineage::canonical;
 use super::names::NameUse;
-use crate::rollback::{Rollback, remove_dir_if_exists};
 use super::{
     GuestImages, Instant, Manager, ManagerError, Path, PathBuf, SafeName, Sandbox, SandboxConfig,
     SandboxError, StandsOn, State, SystemTime, TEMPLATE_FILE, Table, TemplateInfo, Write, lock,
     new_id,
 };
+use crate::rollback::{Rollback, remove_dir_if_exists};
 
 impl Manager {
     /// Adds or replaces a template: `templates/<name>/` gets its own base
