@@ -115,9 +115,10 @@ struct KillLeftovers<'a>(&'a Path);
 impl Drop for KillLeftovers<'_> {
     fn drop(&mut self) {
         for (pid, _) in processes_naming(self.0) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .status();
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

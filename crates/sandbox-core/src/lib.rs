@@ -47,6 +47,7 @@ mod images;
 pub mod manager;
 pub mod network;
 pub mod qemu;
+mod rollback;
 pub mod sandbox;
 pub mod snapshot;
 pub mod vmm;

@@ -16,6 +16,7 @@ use crate::error::SandboxError;
 use crate::images::GuestImages;
 use crate::network::{NetworkPool, resolve_internet};
 use crate::qemu::default_boot_timeout;
+use crate::rollback::{Rollback, remove_dir_if_exists};
 use crate::vmm::{Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
 /// The guest's address on QEMU's user-mode network, and what it routes to.
@@ -193,24 +194,39 @@ impl Sandbox {
             path: run_dir.clone(),
             source,
         })?;
+        let mut made = Made {
+            vm: None,
+            net: None,
+            pool: config.network.clone(),
+        };
+        let mut undo = Rollback::new(format!("boot of sandbox {}", config.id));
+        {
+            let (id, dir) = (config.id.clone(), run_dir.clone());
+            undo.push(
+                "remove the root disk and the sandbox directory",
+                move |_| {
+                    Box::pin(async move {
+                        let disk = disk::remove_root_disk(&id, &dir).await;
+                        disk.and(remove_dir_if_exists(&dir))
+                    })
+                },
+            );
+        }
         let provider = match &config.rootfs_provider {
             Some(provider) => Arc::clone(provider),
             None => match disk::choose_provider(hypervisor.kind(), None) {
                 Ok((provider, _why)) => provider,
-                Err(err) => {
-                    let _ = std::fs::remove_dir_all(&run_dir);
-                    return Err(err);
-                }
+                Err(err) => return Err(undo.unwind(&mut made, err).await),
             },
         };
-        let mut vm = None;
-        let mut net = None;
         let steps = boot_steps(
-            hypervisor, &config, &*provider, &run_dir, &mut vm, &mut net, start,
+            hypervisor, &config, &*provider, &run_dir, &mut made, &mut undo, start,
         );
         match steps.await {
             Ok((envd, token, timings)) => {
-                let vm = vm.ok_or_else(|| SandboxError::Unsupported {
+                undo.commit();
+                let net = made.net.take();
+                let vm = made.vm.take().ok_or_else(|| SandboxError::Unsupported {
                     backend: hypervisor.kind().as_str(),
                     what: "return a VM".to_string(),
                 })?;
@@ -246,15 +262,7 @@ impl Sandbox {
                     extra_drives: config.extra_drives,
                 })
             }
-            Err(err) => {
-                let undo =
-                    teardown(&config.id, vm, config.network.as_deref().zip(net), &run_dir).await;
-                if let Err(undo_err) = undo {
-                    tracing::error!(sandbox = %config.id, %undo_err, "rollback after a failed boot was incomplete");
-                }
-                tracing::warn!(sandbox = %config.id, %err, "sandbox boot failed; rolled back");
-                Err(err)
-            }
+            Err(err) => Err(undo.unwind(&mut made, err).await),
         }
     }
 
@@ -516,57 +524,74 @@ impl Sandbox {
     ) -> Result<Duration, SandboxError> {
         self.require(SandboxState::Paused, "resume")?;
         let start = Instant::now();
+        let mut undo = Rollback::new(format!("resume of sandbox {}", self.id));
         let (base, _) = root_base(&self.images, self.snapshot.as_deref());
         self.provider
             .restore(&self.id, &base, &self.run_dir)
             .await?;
+        undo.push("release the root disk", |s: &mut Sandbox| {
+            Box::pin(s.release_disk())
+        });
         let attach = match &self.pool {
             Some(pool) => match pool.create(self.internet).await {
-                Ok(net) => Attach::Namespace(self.net.insert(net)),
-                Err(err) => {
-                    self.release_disk().await;
-                    return Err(err);
+                Ok(net) => {
+                    undo.push("remove the network", |s: &mut Sandbox| {
+                        Box::pin(s.release_network())
+                    });
+                    Attach::Namespace(self.net.insert(net))
                 }
+                Err(err) => return Err(undo.unwind(self, err).await),
             },
             None => match free_local_port() {
                 Ok(port) => Attach::User(port),
-                Err(err) => {
-                    self.release_disk().await;
-                    return Err(err);
-                }
+                Err(err) => return Err(undo.unwind(self, err).await),
             },
         };
         let (network, envd_addr) = (attach.vm_network(), attach.envd_addr());
+        // Until the guest runs, the saved state holds: stopping the new VMM
+        // is all it takes.
+        undo.push("stop the VMM", |s: &mut Sandbox| {
+            Box::pin(async move {
+                s.state = SandboxState::Paused;
+                s.vm.stop().await
+            })
+        });
         let vm_took = match self.vm.resume(&self.run_dir.join("state"), network).await {
             Ok(took) => took,
-            Err(err) => {
-                // The guest never ran: the saved state still holds.
-                let _ = self.vm.stop().await;
-                self.release_network().await;
-                self.release_disk().await;
-                return Err(err);
-            }
+            Err(err) => return Err(undo.unwind(self, err).await),
         };
         self.state = SandboxState::Running;
         self.envd = EnvdClient::new(envd_addr).with_access_token(self.token.clone());
         if let Err(err) = on_running(&self.record()) {
-            // The guest has not run yet (its vCPUs wait): the saved state
-            // still holds.
-            self.state = SandboxState::Paused;
-            let _ = self.vm.stop().await;
-            self.release_network().await;
-            self.release_disk().await;
-            return Err(err);
+            // The guest has not run yet (its vCPUs wait).
+            return Err(undo.unwind(self, err).await);
         }
         crate::crash::point("resume.vm_restored");
+        // From here on the saved state is stale: a failure saves the guest
+        // again before the VMM, network and disk are let go.
+        undo.push("save the guest again", |s: &mut Sandbox| {
+            Box::pin(s.save_again())
+        });
         let ready = match self.vm.continue_if_stopped().await {
             Ok(_) => self.resume_guest(envd_addr).await,
             Err(err) => Err(err),
         };
         let ready = match ready {
             Ok(ready) => ready,
-            Err(err) => return Err(self.save_again_after(err).await),
+            Err(err) => {
+                let err = undo.unwind(self, err).await;
+                return Err(SandboxError::ResumeFailed {
+                    sandbox: self.id.clone(),
+                    outcome: if self.state == SandboxState::Paused {
+                        "the guest was saved again and stays paused"
+                    } else {
+                        "saving the guest again failed too; its files are kept (state error) until it is destroyed"
+                    },
+                    source: Box::new(err),
+                });
+            }
         };
+        undo.commit();
         // The saved state is stale now that the guest ran: free its space.
         let state_dir = self.run_dir.join("state");
         if let Err(err) = std::fs::remove_dir_all(&state_dir) {
@@ -586,13 +611,13 @@ impl Sandbox {
     /// The guest side of a resume: envd answers, `/init` (token, env, clock).
     async fn resume_guest(&mut self, envd_addr: SocketAddr) -> Result<Duration, SandboxError> {
         let envd = EnvdClient::new(envd_addr);
-        let ready = envd.wait_healthy(self.boot_timeout).await.map_err(|err| {
-            SandboxError::EnvdNotReady {
+        let ready = wait_for_envd(&envd, self.boot_timeout, self.vm.pid())
+            .await
+            .map_err(|message| SandboxError::EnvdNotReady {
                 sandbox: self.id.clone(),
-                message: err.to_string(),
+                message,
                 console: qemu_vmm::log_tail(&self.vm.console_log(), 30),
-            }
-        })?;
+            })?;
         let envd = envd.with_access_token(self.token.clone());
         let init = init_request(&self.token, &self.env_vars);
         envd.init(&init)
@@ -605,57 +630,36 @@ impl Sandbox {
         Ok(ready)
     }
 
-    /// A resume failed after the guest ran (its saved state is stale): save
-    /// it again and let go of the VMM, disk and network, so the sandbox is
-    /// paused and consistent; when saving fails too, it is
-    /// [`SandboxState::Broken`] with its files kept. Returns `err`, saying
-    /// which.
-    async fn save_again_after(&mut self, err: SandboxError) -> SandboxError {
+    /// Saves a guest whose resume failed after it ran (its saved state is
+    /// stale) and ends its VMM: paused and consistent again, or
+    /// [`SandboxState::Broken`] (files kept) when the save fails.
+    async fn save_again(&mut self) -> Result<(), SandboxError> {
         let state_dir = self.run_dir.join("state");
         let _ = std::fs::remove_dir_all(&state_dir);
-        let saved = self.vm.pause(&state_dir).await;
-        if saved.is_err() {
-            let _ = self.vm.stop().await;
-        }
-        self.release_network().await;
-        self.release_disk().await;
-        match saved {
+        match self.vm.pause(&state_dir).await {
             Ok(_) => {
                 self.state = SandboxState::Paused;
-                tracing::warn!(sandbox = %self.id, %err, "resume failed after the guest ran; saved it again: still paused");
-                SandboxError::ResumeFailed {
-                    sandbox: self.id.clone(),
-                    outcome: "the guest was saved again and stays paused",
-                    source: Box::new(err),
-                }
+                Ok(())
             }
-            Err(save_err) => {
+            Err(err) => {
                 self.state = SandboxState::Broken;
-                tracing::error!(sandbox = %self.id, %err, %save_err, "resume failed after the guest ran and saving it again failed: broken");
-                SandboxError::ResumeFailed {
-                    sandbox: self.id.clone(),
-                    outcome: "saving the guest again failed too; its files are kept (state error) until it is destroyed",
-                    source: Box::new(err),
-                }
+                Err(err)
             }
         }
     }
 
     /// Removes the network a resume made (a paused sandbox holds none).
-    async fn release_network(&mut self) {
-        if let (Some(pool), Some(net)) = (&self.pool, self.net.take())
-            && let Err(err) = pool.remove(net).await
-        {
-            tracing::error!(sandbox = %self.id, %err, "removing the network of a failed resume failed");
+    async fn release_network(&mut self) -> Result<(), SandboxError> {
+        match (&self.pool, self.net.take()) {
+            (Some(pool), Some(net)) => pool.remove(net).await,
+            _ => Ok(()),
         }
     }
 
     /// Undoes the disk restore of a resume that failed (the sandbox stays
     /// paused and holds no device).
-    async fn release_disk(&self) {
-        if let Err(err) = self.provider.release(&self.id, &self.run_dir).await {
-            tracing::error!(sandbox = %self.id, %err, "releasing the root disk after a failed resume failed");
-        }
+    async fn release_disk(&mut self) -> Result<(), SandboxError> {
+        self.provider.release(&self.id, &self.run_dir).await
     }
 
     fn require(&self, state: SandboxState, operation: &str) -> Result<(), SandboxError> {
@@ -703,8 +707,8 @@ async fn boot_steps(
     config: &SandboxConfig,
     provider: &dyn disk::RootfsProvider,
     run_dir: &Path,
-    made: &mut Option<Box<dyn Vm>>,
-    made_net: &mut Option<Network>,
+    made: &mut Made,
+    undo: &mut Rollback<Made>,
     start: Instant,
 ) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
     {
@@ -717,21 +721,25 @@ async fn boot_steps(
     crate::crash::point("create.disk_made");
     if let Some(pool) = &config.network {
         // Sandbox::boot resolved `internet` before calling this.
-        *made_net = Some(pool.create(config.internet.unwrap_or(true)).await?);
+        made.net = Some(pool.create(config.internet.unwrap_or(true)).await?);
+        undo.push("remove the network", |m: &mut Made| {
+            Box::pin(m.remove_network())
+        });
     }
     let prepare = start.elapsed();
     let token = random_token()?;
     // A host port for envd; QEMU may lose a race for it, so retry a few times.
+    undo.push("destroy the VMM", |m: &mut Made| Box::pin(m.destroy_vm()));
     let mut attempt = 0;
     let (envd_addr, vm_started) = loop {
         attempt += 1;
-        let attach = match made_net.as_ref() {
+        let attach = match made.net.as_ref() {
             Some(net) => Attach::Namespace(net),
             None => Attach::User(free_local_port()?),
         };
         let spec = vm_spec(config, run_dir, &attach);
         let vm_start = Instant::now();
-        let vm = made.insert(hypervisor.create(spec).await?);
+        let vm = made.vm.insert(hypervisor.create(spec).await?);
         let started = match &config.snapshot {
             Some(snapshot) => vm
                 .start_from_snapshot(snapshot, attach.vm_network())
@@ -750,7 +758,7 @@ async fn boot_steps(
                     && err.to_string().contains("host forwarding") =>
             {
                 tracing::debug!(sandbox = %config.id, "host port taken, retrying");
-                if let Some(vm) = made.take() {
+                if let Some(vm) = made.vm.take() {
                     vm.destroy().await?;
                 }
             }
@@ -759,14 +767,16 @@ async fn boot_steps(
     };
     let ready_start = Instant::now();
     let envd = EnvdClient::new(envd_addr);
-    if let Err(err) = envd.wait_healthy(config.boot_timeout).await {
+    let pid = made.vm.as_ref().and_then(|vm| vm.pid());
+    if let Err(message) = wait_for_envd(&envd, config.boot_timeout, pid).await {
         let console = made
+            .vm
             .as_ref()
             .map(|vm| qemu_vmm::log_tail(&vm.console_log(), 30))
             .unwrap_or_default();
         return Err(SandboxError::EnvdNotReady {
             sandbox: config.id.clone(),
-            message: err.to_string(),
+            message,
             console,
         });
     }
@@ -863,6 +873,55 @@ fn init_request(token: &str, env_vars: &BTreeMap<String, String>) -> InitRequest
 }
 
 /// Stops the VM (if any) and removes the run directory, collecting errors.
+/// Waits until envd answers, at most `timeout`, and no longer than the
+/// VMM process `pid` lives (a destroy that killed it ends the wait at
+/// once). The error says which.
+async fn wait_for_envd(
+    envd: &EnvdClient,
+    timeout: Duration,
+    pid: Option<u32>,
+) -> Result<Duration, String> {
+    let vmm_gone = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if pid.is_some_and(|pid| !crate::vmm::process_alive(pid)) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        ready = envd.wait_healthy(timeout) => ready.map_err(|err| err.to_string()),
+        () = vmm_gone => Err(format!(
+            "the VMM process {} ended before envd answered",
+            pid.unwrap_or_default()
+        )),
+    }
+}
+
+/// What a boot has made so far, for its rollback: the VMM and the
+/// network (the run dir and disk are undone by path).
+struct Made {
+    vm: Option<Box<dyn Vm>>,
+    net: Option<Network>,
+    pool: Option<Arc<NetworkPool>>,
+}
+
+impl Made {
+    async fn destroy_vm(&mut self) -> Result<(), SandboxError> {
+        match self.vm.take() {
+            Some(vm) => vm.destroy().await,
+            None => Ok(()),
+        }
+    }
+
+    async fn remove_network(&mut self) -> Result<(), SandboxError> {
+        match (&self.pool, self.net.take()) {
+            (Some(pool), Some(net)) => pool.remove(net).await,
+            _ => Ok(()),
+        }
+    }
+}
+
 async fn teardown(
     id: &str,
     vm: Option<Box<dyn Vm>>,

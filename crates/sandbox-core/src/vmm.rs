@@ -167,3 +167,14 @@ pub struct PauseStats {
     /// backend does not keep it in a separate file).
     pub state_bytes: u64,
 }
+
+/// Whether process `pid` runs (a zombie does not: it holds nothing any
+/// more and waits only to be reaped).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name in parentheses.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}

@@ -333,7 +333,11 @@ impl Manager {
                 handle.lock().await
             }
         };
-        let previous = self.get(id)?.state;
+        // A create that failed meanwhile (its VMM killed above) is gone
+        // already: nothing left to destroy.
+        let Ok(previous) = self.get(id).map(|info| info.state) else {
+            return Ok(());
+        };
         self.set_state(id, State::Stopping);
         // The intent: a crash from here on is completed at the next start.
         if let Err(err) = self.record_intent(id, guard.as_ref().map(Sandbox::record)) {

@@ -68,19 +68,11 @@ pub(super) async fn kill_all(pids: &[u32]) {
         );
     }
     let start = Instant::now();
-    while pids.iter().any(|pid| alive(*pid)) && start.elapsed() < Duration::from_secs(5) {
+    while pids.iter().any(|pid| crate::vmm::process_alive(*pid))
+        && start.elapsed() < Duration::from_secs(5)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Whether `pid` runs (a zombie does not: it holds nothing any more).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state follows the command name in parentheses.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
 }
 
 impl Manager {

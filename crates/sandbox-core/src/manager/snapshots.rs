@@ -6,6 +6,7 @@ use super::{
     CreateSandbox, Duration, Manager, ManagerError, PathBuf, SafeName, SandboxInfo, SnapshotInfo,
     StandsOn, State, SystemTime, Table, lock, new_id,
 };
+use crate::rollback::{Rollback, remove_dir_if_exists};
 
 impl Manager {
     /// Saves a running sandbox as snapshot `name` (it keeps running); new
@@ -34,34 +35,45 @@ impl Manager {
                 message: format!("removing a leftover snapshot directory: {err}"),
             });
         }
-        if let Err(err) = sandbox.snapshot(&dir).await {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(err.into());
+        let mut undo = Rollback::new(format!("snapshot {name} of sandbox {id}"));
+        {
+            let dir = dir.clone();
+            undo.push("remove the partial snapshot", move |&mut ()| {
+                Box::pin(async move { remove_dir_if_exists(&dir) })
+            });
         }
-        crate::crash::point("snapshot.continued");
-        // Its disk is a copy of the sandbox's overlay, backed by what the
-        // sandbox stands on; or self-contained (empty chain) when the
-        // sandbox's disk was raw.
-        let stands_on = match crate::disk::qcow2::recorded_chain(&dir.join("disk.qcow2")) {
-            Ok(Some(chain)) if chain.is_empty() => StandsOn::Nothing,
-            _ => sandbox_stands_on(&sandbox.record()),
-        };
-        let size_bytes = dmsnap::dir_size(&dir).unwrap_or(0);
-        if let Err(err) = self.check_snapshot_bytes(size_bytes) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(err);
+        let taken: Result<SnapshotInfo, ManagerError> = async {
+            sandbox.snapshot(&dir).await?;
+            crate::crash::point("snapshot.continued");
+            // Its disk is a copy of the sandbox's overlay, backed by what the
+            // sandbox stands on; or self-contained (empty chain) when the
+            // sandbox's disk was raw.
+            let stands_on = match crate::disk::qcow2::recorded_chain(&dir.join("disk.qcow2")) {
+                Ok(Some(chain)) if chain.is_empty() => StandsOn::Nothing,
+                _ => sandbox_stands_on(&sandbox.record()),
+            };
+            let size_bytes = dmsnap::dir_size(&dir).unwrap_or(0);
+            self.check_snapshot_bytes(size_bytes)?;
+            let template = self.get(id)?.template;
+            let info = SnapshotInfo {
+                name: name.to_string(),
+                sandbox_id: id.to_string(),
+                template: self.root_template(&template)?,
+                created_at: SystemTime::now(),
+                size_bytes,
+                stands_on: Some(stands_on),
+            };
+            lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
+            Ok(info)
         }
-        let template = self.get(id)?.template;
-        let info = SnapshotInfo {
-            name: name.to_string(),
-            sandbox_id: id.to_string(),
-            template: self.root_template(&template)?,
-            created_at: SystemTime::now(),
-            size_bytes,
-            stands_on: Some(stands_on),
-        };
-        lock(&self.inner.store).put(Table::Snapshots, name.as_str(), &info)?;
-        Ok(info)
+        .await;
+        match taken {
+            Ok(info) => {
+                undo.commit();
+                Ok(info)
+            }
+            Err(err) => Err(undo.unwind(&mut (), err).await),
+        }
     }
 
     /// `count` new sandboxes continuing a running one: a snapshot

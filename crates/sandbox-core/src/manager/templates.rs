@@ -10,6 +10,7 @@ use super::{
     SandboxError, StandsOn, State, SystemTime, TEMPLATE_FILE, Table, TemplateInfo, Write, lock,
     new_id,
 };
+use crate::rollback::{Rollback, remove_dir_if_exists};
 
 impl Manager {
     /// Adds or replaces a template: `templates/<name>/` gets its own base
@@ -225,22 +226,47 @@ impl Manager {
                 &self.inner.config.data_dir,
             )
         };
-        let mut sandbox = Sandbox::boot(self.inner.hypervisor.as_ref(), config).await?;
-        crate::crash::point("template.warm_booted");
-        // Durable when it returns (`Sandbox::snapshot`); the rename below
-        // is made durable in its directory.
-        let saved = sandbox.snapshot(&partial).await;
-        crate::crash::point("template.warm_saved");
-        let destroyed = sandbox.destroy().await;
-        saved?;
-        destroyed?;
-        std::fs::rename(&partial, &dir).map_err(|e| ManagerError::Store {
-            path: dir.clone(),
-            message: format!("moving the warm snapshot into place: {e}"),
-        })?;
-        crate::durable::sync_parent(&dir)?;
-        template.warm_snapshot = Some(dir);
-        self.save_template(&name, &template)?;
+        let mut undo = Rollback::new(format!("warm-up of template {name}"));
+        {
+            let partial = partial.clone();
+            undo.push("remove the partial warm snapshot", move |&mut ()| {
+                Box::pin(async move { remove_dir_if_exists(&partial) })
+            });
+        }
+        let warmed: Result<TemplateInfo, ManagerError> = async {
+            let mut sandbox = Sandbox::boot(self.inner.hypervisor.as_ref(), config).await?;
+            crate::crash::point("template.warm_booted");
+            // Durable when it returns (`Sandbox::snapshot`); the rename below
+            // is made durable in its directory.
+            let saved = sandbox.snapshot(&partial).await;
+            crate::crash::point("template.warm_saved");
+            // The warm-up guest goes whatever happened.
+            let destroyed = sandbox.destroy().await;
+            saved?;
+            destroyed?;
+            std::fs::rename(&partial, &dir).map_err(|e| ManagerError::Store {
+                path: dir.clone(),
+                message: format!("moving the warm snapshot into place: {e}"),
+            })?;
+            {
+                let dir = dir.clone();
+                undo.push("remove the unrecorded warm snapshot", move |&mut ()| {
+                    Box::pin(async move { remove_dir_if_exists(&dir) })
+                });
+            }
+            crate::durable::sync_parent(&dir)?;
+            template.warm_snapshot = Some(dir.clone());
+            self.save_template(&name, &template)?;
+            Ok(template)
+        }
+        .await;
+        let template = match warmed {
+            Ok(template) => {
+                undo.commit();
+                template
+            }
+            Err(err) => return Err(undo.unwind(&mut (), err).await),
+        };
         tracing::info!(template = %name, took_ms = start.elapsed().as_millis() as u64, "template warmed");
         Ok(template)
     }
