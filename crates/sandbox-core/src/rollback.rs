@@ -16,7 +16,6 @@
 //! ```
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 
 use crate::SandboxError;
@@ -74,18 +73,7 @@ impl<T: Send> Rollback<T> {
     }
 }
 
-/// Removes `dir` and what is in it; gone already is fine.
-pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<(), SandboxError> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(SandboxError::Io {
-            what: "remove",
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
-}
+pub(crate) use crate::disk::remove_dir_if_exists;
 
 #[cfg(test)]
 mod tests {

@@ -7,42 +7,24 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::images;
 use envd_client::ExecRequest;
-use sandbox_core::{
-    CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, ManagerError, SandboxError,
-    State,
-};
+use sandbox_core::{CreateSandbox, GuestImages, Manager, ManagerError, SandboxError, State};
 
 /// A guard against a hang, not a timing assertion.
 const GUARD: Duration = Duration::from_mins(5);
 
 async fn open(dir: &Path, images: &GuestImages) -> Manager {
-    let manager = Manager::open(ManagerConfig::new(dir), Arc::new(common::backend()))
-        .await
-        .unwrap();
-    manager
-        .register_template("base", images, "test")
-        .await
-        .unwrap();
-    manager
+    common::open_with_base(dir, images).await
 }
 
 fn base() -> CreateSandbox {
-    CreateSandbox {
-        template: "base".into(),
-        ..CreateSandbox::default()
-    }
+    common::from("base")
 }
 
-async fn destroy_all(manager: &Manager) {
-    for info in manager.list(&ListFilter::default()) {
-        manager.destroy(&info.id).await.unwrap();
-    }
-}
+use common::destroy_all;
 
 /// The QEMU of sandbox `id` (its command line names the sandbox's QMP
 /// socket).

@@ -8,47 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use common::images;
 use envd_client::ExecRequest;
-use sandbox_core::{CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, ManagerError};
+use sandbox_core::{GuestImages, ManagerError};
 
-async fn open(dir: &Path) -> Manager {
-    Manager::open(ManagerConfig::new(dir), Arc::new(common::backend()))
-        .await
-        .unwrap()
-}
-
-fn from(name: &str) -> CreateSandbox {
-    CreateSandbox {
-        template: name.into(),
-        ..CreateSandbox::default()
-    }
-}
-
-async fn destroy_all(manager: &Manager) {
-    for info in manager.list(&ListFilter::default()) {
-        manager.destroy(&info.id).await.unwrap();
-    }
-}
-
-/// A rebuilt image: the same content in another file (a new base for the
-/// template on registration).
-fn rebuilt(images: &GuestImages, dir: &Path) -> GuestImages {
-    let rebuilt = GuestImages {
-        kernel: images.kernel.clone(),
-        rootfs: dir.join("rebuilt.ext4"),
-    };
-    let copied = std::process::Command::new("cp")
-        .args(["--sparse=always"])
-        .arg(&images.rootfs)
-        .arg(&rebuilt.rootfs)
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    rebuilt
-}
+use common::{destroy_all, from, open_manager as open, rebuilt};
 
 /// The files in the template's directory whose names start with `prefix`.
 fn template_files(data: &Path, prefix: &str) -> Vec<PathBuf> {

@@ -21,28 +21,14 @@ fn backend() -> Arc<QemuBackend> {
 }
 
 async fn open(dir: &std::path::Path, images: &GuestImages) -> Manager {
-    let manager = Manager::open(ManagerConfig::new(dir), backend())
-        .await
-        .unwrap();
-    manager
-        .register_template("base", images, "test")
-        .await
-        .unwrap();
-    manager
+    common::open_with_base(dir, images).await
 }
 
 fn base() -> CreateSandbox {
-    CreateSandbox {
-        template: "base".into(),
-        ..CreateSandbox::default()
-    }
+    common::from("base")
 }
 
-async fn destroy_all(manager: &Manager) {
-    for info in manager.list(&ListFilter::default()) {
-        manager.destroy(&info.id).await.unwrap();
-    }
-}
+use common::destroy_all;
 
 #[tokio::test]
 async fn lifecycle_moves_through_states_and_rejects_invalid_transitions() {
@@ -632,18 +618,7 @@ async fn an_old_base_stays_while_a_sandbox_or_snapshot_uses_it() {
         .await
         .unwrap();
     manager.snapshot(&sandbox.id, "keep-me").await.unwrap();
-    // A rebuilt image: another file with the same content.
-    let rebuilt = GuestImages {
-        kernel: images.kernel.clone(),
-        rootfs: dir.path().join("rebuilt.ext4"),
-    };
-    let copied = std::process::Command::new("cp")
-        .args(["--sparse=always"])
-        .arg(&images.rootfs)
-        .arg(&rebuilt.rootfs)
-        .status()
-        .unwrap();
-    assert!(copied.success());
+    let rebuilt = common::rebuilt(&images, dir.path());
 
     manager
         .register_template("base", &rebuilt, "test")

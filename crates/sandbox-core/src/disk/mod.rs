@@ -239,9 +239,18 @@ pub(crate) fn qcow2_base_unsupported(provider: &str, base: &Path) -> SandboxErro
     }
 }
 
-/// Removes `path` if it exists.
+/// Removes the file `path` if it exists.
 pub(crate) fn remove_file_if_exists(path: &Path) -> Result<(), SandboxError> {
-    match std::fs::remove_file(path) {
+    gone_is_fine(path, std::fs::remove_file(path))
+}
+
+/// Removes the directory `path` and what is in it, if it exists.
+pub(crate) fn remove_dir_if_exists(path: &Path) -> Result<(), SandboxError> {
+    gone_is_fine(path, std::fs::remove_dir_all(path))
+}
+
+fn gone_is_fine(path: &Path, removed: std::io::Result<()>) -> Result<(), SandboxError> {
+    match removed {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(SandboxError::Io {

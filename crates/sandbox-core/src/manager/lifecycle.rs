@@ -373,16 +373,11 @@ impl Manager {
         end_at: SystemTime,
         only_extend: bool,
     ) -> Result<SandboxInfo, ManagerError> {
-        let info = {
-            let mut infos = lock(&self.inner.infos);
-            let info = infos
-                .get_mut(id)
-                .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        let info = self.update_info(id, |info| {
             if !only_extend || end_at > info.end_at {
                 info.end_at = end_at;
             }
-            info.clone()
-        };
+        })?;
         self.save_info(&info)?;
         Ok(info)
     }

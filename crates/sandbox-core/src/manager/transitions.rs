@@ -89,6 +89,20 @@ impl Manager {
         }
     }
 
+    /// Changes `id`'s info in memory by `update`; returns the new info.
+    pub(super) fn update_info(
+        &self,
+        id: &str,
+        update: impl FnOnce(&mut SandboxInfo),
+    ) -> Result<SandboxInfo, ManagerError> {
+        let mut infos = lock(&self.inner.infos);
+        let info = infos
+            .get_mut(id)
+            .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        update(info);
+        Ok(info.clone())
+    }
+
     pub(super) fn finish(
         &self,
         id: &str,
@@ -96,16 +110,11 @@ impl Manager {
         state: State,
         update: impl FnOnce(&mut SandboxInfo),
     ) -> Result<SandboxInfo, ManagerError> {
-        let info = {
-            let mut infos = lock(&self.inner.infos);
-            let info = infos
-                .get_mut(id)
-                .ok_or_else(|| ManagerError::SandboxNotFound(id.to_string()))?;
+        let info = self.update_info(id, |info| {
             info.state = state;
             info.error = None;
             update(info);
-            info.clone()
-        };
+        })?;
         self.save(&Persisted {
             info: info.clone(),
             record: Some(sandbox.record()),

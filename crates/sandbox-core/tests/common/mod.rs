@@ -3,10 +3,11 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use qemu_vmm::Accel;
-use sandbox_core::{GuestImages, QemuBackend};
+use sandbox_core::{CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, QemuBackend};
 
 /// The images from `PETREL_KERNEL`/`PETREL_ROOTFS`, or `None` (after
 /// saying why) when VM tests are not required; with `PETREL_REQUIRE_VM=1`
@@ -55,4 +56,53 @@ impl Drop for TestDir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// A manager on `dir` (QEMU backend) with no template.
+pub async fn open_manager(dir: &Path) -> Manager {
+    Manager::open(ManagerConfig::new(dir), Arc::new(backend()))
+        .await
+        .unwrap()
+}
+
+/// A manager on `dir` with the `base` template of `images`.
+pub async fn open_with_base(dir: &Path, images: &GuestImages) -> Manager {
+    let manager = open_manager(dir).await;
+    manager
+        .register_template("base", images, "test")
+        .await
+        .unwrap();
+    manager
+}
+
+/// A create from template or snapshot `name`, defaults otherwise.
+pub fn from(name: &str) -> CreateSandbox {
+    CreateSandbox {
+        template: name.into(),
+        ..CreateSandbox::default()
+    }
+}
+
+/// Destroys every sandbox of `manager`.
+pub async fn destroy_all(manager: &Manager) {
+    for info in manager.list(&ListFilter::default()) {
+        manager.destroy(&info.id).await.unwrap();
+    }
+}
+
+/// A rebuilt image: the same content in another file under `dir` (a new
+/// base for the template on registration).
+pub fn rebuilt(images: &GuestImages, dir: &Path) -> GuestImages {
+    let rebuilt = GuestImages {
+        kernel: images.kernel.clone(),
+        rootfs: dir.join("rebuilt.ext4"),
+    };
+    let copied = std::process::Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(&images.rootfs)
+        .arg(&rebuilt.rootfs)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    rebuilt
 }
