@@ -71,7 +71,7 @@ pub use process::{
 };
 pub use pty::{PtyEvent, PtyStream};
 
-pub use transport::MAX_UNARY_REPLY;
+pub use transport::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, MAX_UNARY_REPLY};
 use transport::Transport;
 
 /// The port envd listens on inside the guest.

@@ -78,6 +78,10 @@ fn http_client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.set_nodelay(true);
+    // A dead guest is noticed as envd-client notices it.
+    connector.set_keepalive(Some(envd_client::KEEPALIVE_IDLE));
+    connector.set_keepalive_interval(Some(envd_client::KEEPALIVE_INTERVAL));
+    connector.set_keepalive_retries(Some(envd_client::KEEPALIVE_RETRIES));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(connector)

@@ -1,0 +1,95 @@
+//! A sandbox whose VMM dies under an open, quiet stream (a VMM crash, a
+//! guest kernel panic: QEMU exits with the guest): the stream ends instead
+//! of waiting for hours on a guest that will never answer, and the sandbox
+//! can still be deleted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod client;
+mod common;
+
+use std::time::Duration;
+
+use client::Client;
+use http_body_util::BodyExt as _;
+use hyper::Method;
+use serde_json::json;
+
+/// A guard against a hang (TCP keepalive gives up on a dead guest in
+/// ~25 s), not a timing assertion.
+const GUARD: Duration = Duration::from_secs(180);
+
+/// The pids whose command line names `dir`.
+fn processes_naming(dir: &std::path::Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_delete_works() {
+    // Arrange: a stream that prints once, then stays quiet.
+    let Some(agent) = common::start_agent().await else {
+        return;
+    };
+    let api = Client::new(agent.url());
+    let created = api
+        .post("/v1/sandboxes", &json!({"template": "base"}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let response = api
+        .open(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec/stream"),
+            json!({"cmd": "echo started; sleep 600", "timeout_s": 900}).to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("started") {
+        let frame = body.frame().await.unwrap().unwrap();
+        seen.extend_from_slice(&frame.into_data().unwrap_or_default());
+    }
+
+    // Act: the VMM dies (SIGKILL, as a crash would end it).
+    let run_dir = agent.data_dir.path().join("sandboxes").join(&id);
+    let vmms = processes_naming(&run_dir);
+    assert!(!vmms.is_empty(), "no VMM names {}", run_dir.display());
+    for pid in &vmms {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let ended = tokio::time::timeout(GUARD, async {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => seen.extend_from_slice(&frame.into_data().unwrap_or_default()),
+                Err(_) => break,
+            }
+        }
+    })
+    .await;
+    let deleted = api.delete(&format!("/v1/sandboxes/{id}")).await;
+    agent.stop().await;
+
+    // Assert
+    assert!(
+        ended.is_ok(),
+        "the stream to a dead VM was still open after {GUARD:?}: {}",
+        String::from_utf8_lossy(&seen)
+    );
+    assert_eq!(deleted.status, 204, "{}", deleted.text());
+}
