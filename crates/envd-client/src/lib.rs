@@ -71,8 +71,8 @@ pub use process::{
 };
 pub use pty::{PtyEvent, PtyStream};
 
-pub use transport::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, MAX_UNARY_REPLY};
 use transport::Transport;
+pub use transport::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_RETRIES, MAX_UNARY_REPLY};
 
 /// The port envd listens on inside the guest.
 pub const ENVD_PORT: u16 = 49983;
