@@ -32,6 +32,14 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Where the host's original `ip_forward` and the holding slots are kept.
 pub const FORWARD_STATE: &str = "/run/petrel-netns.ip_forward";
 
+/// What [`ForwardingFiles::acquire_locked`] did, for
+/// [`ForwardingFiles::undo_acquire_locked`].
+#[derive(Debug, Clone, Copy)]
+pub struct Acquired {
+    /// No slot held forwarding before: this one recorded the value found.
+    first: bool,
+}
+
 fn sysctl_err(path: &Path, netns: &str, source: io::Error) -> NetError {
     NetError::Sysctl {
         path: path.to_path_buf(),
@@ -147,8 +155,12 @@ impl ForwardingFiles {
 
     /// Records `slot` as holding host forwarding and switches it on. The
     /// first holder records the value found. Call with the host lock held.
-    pub fn acquire_locked(&self, slot: u16) -> Result<(), NetError> {
-        let mut state = match self.load()? {
+    pub fn acquire_locked(&self, slot: u16) -> Result<Acquired, NetError> {
+        let existing = self.load()?;
+        let acquired = Acquired {
+            first: existing.is_none(),
+        };
+        let mut state = match existing {
             Some(state) => state,
             None => State {
                 original: self.read_sysctl()?,
@@ -161,6 +173,28 @@ impl ForwardingFiles {
             self.write_sysctl("1")?;
             tracing::info!(was = %state.original, slot, "host IPv4 forwarding switched on");
         }
+        Ok(acquired)
+    }
+
+    /// Takes back exactly what [`ForwardingFiles::acquire_locked`] did for
+    /// `slot` whose namespace was never made: its hold and, when it was the
+    /// first holder and no other came since, the recorded value and the
+    /// state file, whatever `petrel-*` namespaces exist (none of them relied
+    /// on a value recorded just now). Call with the host lock held.
+    pub fn undo_acquire_locked(&self, slot: u16, acquired: Acquired) -> Result<(), NetError> {
+        let Some(mut state) = self.load()? else {
+            return Ok(());
+        };
+        state.slots.remove(&slot);
+        if !(acquired.first && state.slots.is_empty()) {
+            return self.save(&state);
+        }
+        self.write_sysctl(&state.original)?;
+        match fs::remove_file(&self.state) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(self.state_err(e)),
+            _ => {}
+        }
+        tracing::info!(to = %state.original, slot, "host IPv4 forwarding restored (namespace not made)");
         Ok(())
     }
 

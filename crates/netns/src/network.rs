@@ -292,11 +292,11 @@ async fn create_namespace_holding_forwarding(plan: &SlotPlan) -> Result<PathBuf,
     let slot = plan.slot.index();
     let files = ForwardingFiles::host();
     let _lock = nft::lock_host().await?;
-    files.acquire_locked(slot)?;
+    let acquired = files.acquire_locked(slot)?;
     match namespace::create_named(&plan.namespace).await {
         Ok(path) => Ok(path),
         Err(e) => {
-            if let Err(release) = files.release_locked(|s| s == slot) {
+            if let Err(release) = files.undo_acquire_locked(slot, acquired) {
                 tracing::error!(slot, error = %release, "dropping the forwarding hold of a namespace not made");
             }
             Err(e)
