@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use client::Client;
-use common::binary::{Agent, Spawn, free_port, wait_ready};
+use common::binary::{Agent, Spawn, free_port, processes_naming, wait_ready};
 use hyper::Method;
 use serde_json::{Value, json};
 
@@ -48,24 +48,6 @@ async fn state(api: &Client, id: &str) -> String {
         .as_str()
         .unwrap_or("gone")
         .to_string()
-}
-
-/// Processes whose command line names `dir`.
-fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.display().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle) && pid != std::process::id() {
-                found.push((pid, cmdline));
-            }
-        }
-    }
-    found
 }
 
 /// Files under `dir` (recursively) that an interrupted operation may
@@ -114,9 +96,9 @@ struct KillLeftovers<'a>(&'a Path);
 
 impl Drop for KillLeftovers<'_> {
     fn drop(&mut self) {
-        for (pid, _) in processes_naming(self.0) {
+        for pid in processes_naming(self.0) {
             let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+                nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
@@ -288,7 +270,7 @@ async fn crash_at(point: &str, index: u16) {
     }
     let vmms: Vec<_> = processes_naming(data.path())
         .into_iter()
-        .filter(|(pid, _)| *pid != second.pid())
+        .filter(|pid| u32::try_from(*pid).ok() != Some(second.pid()))
         .collect();
     let files = leftovers(data.path());
     let nets = namespaces(slot_first);

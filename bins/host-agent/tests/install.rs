@@ -16,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use client::Client;
+use common::binary::processes_naming;
 use host_agent::AgentConfig;
 use serde_json::json;
 
@@ -487,24 +488,6 @@ impl Drop for Agent {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Live (not zombie) processes whose command line names `dir`.
-fn processes_naming(dir: &Path) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(&needle)
-                && stat
-                    .rsplit_once(") ")
-                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-        })
-        .collect()
 }
 
 /// Kills (by pid) VMs of the test's data dir still running when the test

@@ -11,6 +11,7 @@ mod common;
 use std::time::Duration;
 
 use client::Client;
+use common::binary::processes_naming;
 use http_body_util::BodyExt as _;
 use hyper::Method;
 use serde_json::json;
@@ -18,22 +19,6 @@ use serde_json::json;
 /// A guard against a hang (TCP keepalive gives up on a dead guest in
 /// ~25 s), not a timing assertion.
 const GUARD: Duration = Duration::from_secs(180);
-
-/// The pids whose command line names `dir`.
-fn processes_naming(dir: &std::path::Path) -> Vec<i32> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(&needle)
-                .then_some(pid)
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_delete_works() {

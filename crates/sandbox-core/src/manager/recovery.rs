@@ -296,17 +296,7 @@ mod tests {
     #[test]
     fn recovery_never_gives_up_a_saved_state() {
         // Every combination of facts, for every state.
-        let states = [
-            State::Starting,
-            State::Running,
-            State::Pausing,
-            State::Paused,
-            State::Resuming,
-            State::Stopping,
-            State::Stopped,
-            State::Error,
-        ];
-        for state in states {
+        for state in State::ALL {
             for bits in 0..8u8 {
                 let f = facts(bits & 1 != 0, bits & 2 != 0, bits & 4 != 0);
                 let action = decide(state, f);

@@ -43,20 +43,21 @@ impl State {
         }
     }
 
+    /// Every state.
+    pub const ALL: [State; 8] = [
+        State::Starting,
+        State::Running,
+        State::Pausing,
+        State::Paused,
+        State::Resuming,
+        State::Stopping,
+        State::Stopped,
+        State::Error,
+    ];
+
     /// Parses [`State::as_str`]'s names.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            State::Starting,
-            State::Running,
-            State::Pausing,
-            State::Paused,
-            State::Resuming,
-            State::Stopping,
-            State::Stopped,
-            State::Error,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 
