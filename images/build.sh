@@ -3,6 +3,7 @@
 # line of stdout. Progress goes to stderr.
 #
 #   images/build.sh kernel                 -> .../kernel-<hash>/vmlinux
+#   images/build.sh kernel-kvm             -> .../kernel-kvm-<hash>/vmlinux
 #   images/build.sh rootfs-base            -> .../rootfs-base-<hash>/tree
 #   images/build.sh rootfs ENVD_BINARY     -> .../rootfs-<hash>.ext4
 #
@@ -52,41 +53,53 @@ run_logged() {
     log "$what: done in $((SECONDS - start)) s"
 }
 
-kernel() {
+# Builds one kernel variant: tinyconfig plus the given fragments (the first
+# is always petrel.config), keyed by the recipe, the source version and the
+# fragments' contents.
+kernel_variant() {
+    local name=$1; shift
+    local fragments=("$@")
     local src=/usr/src/linux-source-6.12.tar.xz
     [ -f "$src" ] || die "$src missing: install linux-source-6.12 (cargo xtask setup)"
     local version
     version=$(dpkg-query -W -f='${Version}' linux-source-6.12)
     local key
-    key=$(printf '%s %s\n' "$KERNEL_RECIPE" "$version" | hash_of - "$here/kernel/petrel.config")
-    local out=$cache/kernel-$key
+    key=$(printf '%s %s\n' "$KERNEL_RECIPE" "$version" | hash_of - "${fragments[@]}")
+    local out=$cache/$name-$key
     if [ -f "$out/vmlinux" ]; then
-        log "kernel: cached ($out)"
+        log "$name: cached ($out)"
         echo "$out/vmlinux"; return
     fi
-    log "kernel: building linux $version with images/kernel/petrel.config (about 6 minutes on 2 cores)"
-    work=$(mktemp -d "$cache/.kernel-build.XXXXXX")
+    log "$name: building linux $version with ${fragments[*]##*/} (about 6 minutes on 2 cores)"
+    work=$(mktemp -d "$cache/.$name-build.XXXXXX")
     tar -xJf "$src" -C "$work"
     local tree=$work/linux-source-6.12
     (
         cd "$tree"
         make -s ARCH=x86_64 tinyconfig >/dev/null
-        scripts/kconfig/merge_config.sh -m .config "$here/kernel/petrel.config" >/dev/null
+        scripts/kconfig/merge_config.sh -m .config "${fragments[@]}" >/dev/null
         make -s ARCH=x86_64 olddefconfig >/dev/null
     )
-    # Every option the fragment asks for must have survived olddefconfig.
+    # Every option the fragments ask for must have survived olddefconfig.
     local missing=0
     while IFS= read -r line; do
-        case "$line" in CONFIG_*=y) grep -qx "$line" "$tree/.config" || { log "kernel: config lost $line"; missing=1; } ;; esac
-    done <"$here/kernel/petrel.config"
-    [ "$missing" = 0 ] || die "the config fragment asks for options the kernel does not take"
-    run_logged "kernel: make vmlinux" "$work/make.log" make -C "$tree" ARCH=x86_64 -j"$(nproc)" vmlinux
+        case "$line" in CONFIG_*=y) grep -qx "$line" "$tree/.config" || { log "$name: config lost $line"; missing=1; } ;; esac
+    done < <(cat "${fragments[@]}")
+    [ "$missing" = 0 ] || die "the config fragments ask for options the kernel does not take"
+    run_logged "$name: make vmlinux" "$work/make.log" make -C "$tree" ARCH=x86_64 -j"$(nproc)" vmlinux
     mkdir -p "$work/out"
     cp "$tree/vmlinux" "$tree/.config" "$work/out/"
     rm -rf "$out"
     mv "$work/out" "$out"
     echo "$out/vmlinux"
 }
+
+# The guest kernel of every sandbox.
+kernel() { kernel_variant kernel "$here/kernel/petrel.config"; }
+
+# The outer VM's kernel for nested KVM (`cargo xtask vmtest --kvm`): the
+# guest kernel plus KVM_AMD and the host-side features Petrel uses.
+kernel_kvm() { kernel_variant kernel-kvm "$here/kernel/petrel.config" "$here/kernel/kvm-host.config"; }
 
 rootfs_base_key() {
     echo "$ROOTFS_BASE_RECIPE" | hash_of - "$here/rootfs/packages" "$here/rootfs/setup-chroot.sh"
@@ -147,7 +160,8 @@ rootfs() {
 
 case "${1:-}" in
     kernel) kernel ;;
+    kernel-kvm) kernel_kvm ;;
     rootfs-base) rootfs_base ;;
     rootfs) shift; rootfs "$@" ;;
-    *) die "usage: build.sh kernel | rootfs-base | rootfs ENVD_BINARY" ;;
+    *) die "usage: build.sh kernel | kernel-kvm | rootfs-base | rootfs ENVD_BINARY" ;;
 esac
