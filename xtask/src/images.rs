@@ -7,21 +7,43 @@ use anyhow::{Context, Result, bail};
 
 use xtask::env;
 
-/// The guest images: kernel and root filesystem.
+/// The guest images: kernel and root filesystem, and (for nested KVM) the
+/// outer VM's KVM-host kernel.
 #[derive(Debug, Clone)]
 pub struct Images {
     pub kernel: PathBuf,
     pub rootfs: PathBuf,
+    /// Built by [`Images::with_kvm_kernel`] only (a kernel build of its own).
+    pub kvm_kernel: Option<PathBuf>,
 }
 
 impl Images {
-    /// `PETREL_KERNEL` and `PETREL_ROOTFS`, as the tests and `xtask-vm`
-    /// take them.
+    /// `PETREL_KERNEL` and `PETREL_ROOTFS` (and `PETREL_KVM_KERNEL`), as
+    /// the tests and `xtask-vm` take them.
     pub fn envs(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut envs = vec![
             ("PETREL_KERNEL", self.kernel.display().to_string()),
             ("PETREL_ROOTFS", self.rootfs.display().to_string()),
-        ]
+        ];
+        if let Some(kvm_kernel) = &self.kvm_kernel {
+            envs.push(("PETREL_KVM_KERNEL", kvm_kernel.display().to_string()));
+        }
+        envs
+    }
+
+    /// Also builds (or finds cached) the KVM-host kernel that `vmtest
+    /// --kvm` boots (`images/kernel/kvm-host.config`).
+    pub fn with_kvm_kernel(mut self) -> Result<Self> {
+        env::step("KVM-host kernel (the outer VM of nested KVM tests)");
+        let kernel = PathBuf::from(build_sh(&["kernel-kvm"])?);
+        if !kernel.is_file() {
+            bail!(
+                "images/build.sh printed {}, which does not exist",
+                kernel.display()
+            );
+        }
+        self.kvm_kernel = Some(kernel);
+        Ok(self)
     }
 }
 
@@ -41,6 +63,7 @@ pub fn build() -> Result<Images> {
     let images = Images {
         kernel: kernel.into(),
         rootfs: rootfs.into(),
+        kvm_kernel: None,
     };
     for path in [&images.kernel, &images.rootfs] {
         if !path.is_file() {

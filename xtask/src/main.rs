@@ -77,7 +77,7 @@ enum Command {
     },
     /// Benchmarks; the last line of stdout is one JSON object.
     Bench {
-        #[arg(value_parser = ["boot", "network", "providers", "lifecycle", "soak"], default_value = "boot")]
+        #[arg(value_parser = ["boot", "network", "providers", "lifecycle", "kvm", "soak"], default_value = "boot")]
         which: String,
         #[arg(long, default_value_t = 10)]
         runs: usize,
@@ -85,13 +85,18 @@ enum Command {
     /// Run a crate's test binaries inside a VM (e.g. `vmtest dmsnap`: DM tests).
     Vmtest {
         package: String,
-        /// Only this integration test target.
+        /// Only this integration test target (repeatable).
         #[arg(long)]
-        test: Option<String>,
+        test: Vec<String>,
         /// Give the tests QEMU and the guest images to boot VMs of their own
         /// inside the VM (slow: keep to a few tests).
         #[arg(long)]
         nested: bool,
+        /// Nested under KVM: the VM boots the KVM-host kernel and gets a
+        /// working /dev/kvm (QEMU's TCG emulates AMD SVM); the tests' VMs
+        /// run under KVM there.
+        #[arg(long)]
+        kvm: bool,
         /// Extra arguments for each test binary (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
@@ -127,31 +132,53 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Doctor => with_images(Task::Doctor, &["doctor"]),
+        Command::Demo { vmm } if vmm == "firecracker" => {
+            // Where KVM is not usable the demo runs in a KVM-host VM.
+            setup::run(Task::Demo)?;
+            let images = images::build()?.with_kvm_kernel()?;
+            images::xtask_vm(&["demo", "--vmm", &vmm], Some(&images))
+        }
         Command::Demo { vmm } => with_images(Task::Demo, &["demo", "--vmm", &vmm]),
         Command::Serve(args) => serve::run(&args),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Bench { which, runs } => {
             let runs = runs.to_string();
-            with_images(Task::Bench, &["bench", &which, "--runs", &runs])
+            let args = ["bench", which.as_str(), "--runs", &runs];
+            if which == "kvm" {
+                setup::run(Task::Bench)?;
+                let images = images::build()?.with_kvm_kernel()?;
+                images::xtask_vm(&args, Some(&images))
+            } else {
+                with_images(Task::Bench, &args)
+            }
         }
         Command::Vmtest {
             package,
             test,
             nested,
+            kvm,
             test_args,
         } => {
             let mut args = vec!["vmtest", package.as_str()];
-            if let Some(test) = &test {
+            for test in &test {
                 args.extend(["--test", test.as_str()]);
             }
             if nested {
                 args.push("--nested");
             }
+            if kvm {
+                args.push("--kvm");
+            }
             if !test_args.is_empty() {
                 args.push("--");
                 args.extend(test_args.iter().map(String::as_str));
             }
-            with_images(Task::Vmtest, &args)
+            setup::run(Task::Vmtest)?;
+            let mut images = images::build()?;
+            if kvm {
+                images = images.with_kvm_kernel()?;
+            }
+            images::xtask_vm(&args, Some(&images))
         }
     }
 }

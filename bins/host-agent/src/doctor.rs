@@ -145,7 +145,7 @@ async fn firecracker() -> String {
             let version = first_line_of(&path.display().to_string(), &["--version"]).await;
             format!("{} ({version})", path.display())
         }
-        None => "not found (FIRECRACKER or PATH)".to_string(),
+        None => "not found (PETREL_FIRECRACKER or PATH)".to_string(),
     }
 }
 

@@ -70,6 +70,7 @@ impl Hypervisor for FirecrackerBackend {
                 what: "use a user-mode network (it needs a TAP device)".to_string(),
             });
         }
+        check_socket_paths(&spec)?;
         Ok(Box::new(FirecrackerInstance {
             binary: self.binary.clone(),
             spec,
@@ -88,6 +89,14 @@ impl Hypervisor for FirecrackerBackend {
     /// The save renames its memory file into place last.
     fn saved_state_complete(&self, state_dir: &Path) -> bool {
         state_dir.join(VMSTATE).is_file() && state_dir.join(MEM).is_file()
+    }
+
+    /// A raw copy of the root disk (Firecracker has no qcow2).
+    fn snapshot_disk(&self, snapshot_dir: &Path) -> (PathBuf, crate::disk::DiskFormat) {
+        (
+            snapshot_dir.join(SNAPSHOT_DISK),
+            crate::disk::DiskFormat::Raw,
+        )
     }
 }
 
@@ -419,6 +428,29 @@ impl Vm for FirecrackerInstance {
     }
 }
 
+/// Longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Fails, naming the path, when the run directory is too deep for the API
+/// and page server sockets in it (Firecracker would exit at start with
+/// "path must be shorter than SUN_LEN").
+fn check_socket_paths(spec: &VmSpec) -> Result<(), SandboxError> {
+    for name in [API_SOCKET, UFFD_SOCKET] {
+        let path = spec.run_dir.join(name);
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(SandboxError::Firecracker {
+                vm: spec.id.clone(),
+                message: format!(
+                    "socket path {} is {len} bytes, longer than Unix sockets allow ({MAX_SOCKET_PATH}): use a shorter data dir",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Points `run_dir/rootfs` at the spec's root disk (replacing an old link).
 fn link_rootfs(spec: &VmSpec) -> Result<(), SandboxError> {
     let link = spec.run_dir.join(ROOTFS_LINK);
@@ -490,6 +522,37 @@ fn file_size(path: &Path) -> Result<u64, SandboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_rejects_a_run_dir_too_deep_for_its_sockets_naming_the_path() {
+        let spec = |run_dir: &str| VmSpec {
+            id: "vm1".to_string(),
+            vcpus: 1,
+            memory_mib: 128,
+            kernel: PathBuf::from("/vmlinux"),
+            kernel_args: String::new(),
+            root_disk: PathBuf::from("/disk.raw"),
+            root_disk_qcow2: false,
+            extra_drives: Vec::new(),
+            network: VmNetwork::Tap {
+                ifname: "tap0".to_string(),
+                mac: "02:00:00:00:00:01".to_string(),
+                netns: None,
+            },
+            run_dir: PathBuf::from(run_dir),
+            base_image: None,
+        };
+        let deep = format!("/var/lib/{}/sandboxes/vm1", "d".repeat(80));
+
+        let short = check_socket_paths(&spec("/var/lib/petrel/sandboxes/0123456789abcdef"));
+        let err = check_socket_paths(&spec(&deep)).unwrap_err().to_string();
+
+        assert!(short.is_ok());
+        assert!(
+            err.contains(&deep) && err.contains("shorter data dir"),
+            "{err}"
+        );
+    }
 
     #[tokio::test]
     async fn check_tap_finds_loopback_and_refuses_a_missing_device() {

@@ -55,6 +55,10 @@ pub struct SandboxConfig {
     /// Further raw disk images the guest sees, writable, as `/dev/vdb`,
     /// `/dev/vdc`, ... (QEMU only; the caller owns the files).
     pub extra_drives: Vec<PathBuf>,
+    /// Appended to the guest kernel's command line at a cold boot (e.g.
+    /// `tsc_early_khz=` for the outer VM of a nested-KVM test); empty by
+    /// default.
+    pub extra_kernel_args: String,
 }
 
 impl SandboxConfig {
@@ -73,6 +77,7 @@ impl SandboxConfig {
             internet: None,
             rootfs_provider: None,
             extra_drives: Vec::new(),
+            extra_kernel_args: String::new(),
         }
     }
 }
@@ -162,6 +167,8 @@ pub struct Sandbox {
     internet: bool,
     /// What made the root disk: releases it at pause, restores it at resume.
     provider: Arc<dyn disk::RootfsProvider>,
+    /// The read-only image the root disk is made over (see [`root_base`]).
+    root_base: (PathBuf, disk::DiskFormat),
     extra_drives: Vec<PathBuf>,
 }
 
@@ -240,6 +247,7 @@ impl Sandbox {
                     total_ms = timings.total.as_millis() as u64,
                     "sandbox created"
                 );
+                let root_base = root_base(hypervisor, &config.images, config.snapshot.as_deref());
                 Ok(Self {
                     id: config.id,
                     run_dir,
@@ -259,6 +267,7 @@ impl Sandbox {
                     net,
                     internet,
                     provider,
+                    root_base,
                     extra_drives: config.extra_drives,
                 })
             }
@@ -324,7 +333,7 @@ impl Sandbox {
         let (vm, envd) = match (record.state, record.vmm_pid, record.envd_addr) {
             (SandboxState::Running, Some(pid), Some(addr)) => {
                 // The VM runs on its disk: a dm device is taken over as is.
-                let (base, _) = root_base(&config.images, config.snapshot.as_deref());
+                let (base, _) = root_base(hypervisor, &config.images, config.snapshot.as_deref());
                 provider.restore(&config.id, &base, &run_dir).await?;
                 let adopted: Result<_, SandboxError> = async {
                     let attach = match (record.net_slot, &pool) {
@@ -392,6 +401,7 @@ impl Sandbox {
             }
         };
         tracing::info!(sandbox = %config.id, state = ?record.state, "sandbox reattached");
+        let base = root_base(hypervisor, &config.images, config.snapshot.as_deref());
         Ok(Self {
             id: config.id,
             run_dir,
@@ -411,6 +421,7 @@ impl Sandbox {
             net,
             internet: config.internet.unwrap_or(false),
             provider,
+            root_base: base,
             extra_drives: config.extra_drives,
         })
     }
@@ -525,9 +536,8 @@ impl Sandbox {
         self.require(SandboxState::Paused, "resume")?;
         let start = Instant::now();
         let mut undo = Rollback::new(format!("resume of sandbox {}", self.id));
-        let (base, _) = root_base(&self.images, self.snapshot.as_deref());
         self.provider
-            .restore(&self.id, &base, &self.run_dir)
+            .restore(&self.id, &self.root_base.0, &self.run_dir)
             .await?;
         undo.push("release the root disk", |s: &mut Sandbox| {
             Box::pin(s.release_disk())
@@ -712,7 +722,7 @@ async fn boot_steps(
     start: Instant,
 ) -> Result<(EnvdClient, String, BootTimings), SandboxError> {
     {
-        let (base, base_format) = root_base(&config.images, config.snapshot.as_deref());
+        let (base, base_format) = root_base(hypervisor, &config.images, config.snapshot.as_deref());
         // Under the fixed name vm_spec() finds (disk::locate).
         provider
             .create(&config.id, &base, base_format, run_dir)
@@ -856,9 +866,13 @@ async fn refresh_identity(envd: &EnvdClient, id: &str) -> Result<(), SandboxErro
 
 /// The read-only base of a sandbox's root disk: its snapshot's disk, else
 /// its template's raw image.
-fn root_base(images: &GuestImages, snapshot: Option<&Path>) -> (PathBuf, disk::DiskFormat) {
+fn root_base(
+    hypervisor: &dyn Hypervisor,
+    images: &GuestImages,
+    snapshot: Option<&Path>,
+) -> (PathBuf, disk::DiskFormat) {
     match snapshot {
-        Some(snapshot) => (snapshot.join("disk.qcow2"), disk::DiskFormat::Qcow2),
+        Some(snapshot) => hypervisor.snapshot_disk(snapshot),
         None => (images.rootfs.clone(), disk::DiskFormat::Raw),
     }
 }
@@ -1010,9 +1024,15 @@ fn vm_spec(config: &SandboxConfig, run_dir: &Path, attach: &Attach<'_>) -> VmSpe
         memory_mib: config.memory_mib,
         kernel: config.images.kernel.clone(),
         kernel_args: format!(
-            "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet tsc=reliable {} petrel.hostname={}",
+            "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet tsc=reliable {} petrel.hostname={}{}{}",
             attach.kernel_args(),
-            config.id
+            config.id,
+            if config.extra_kernel_args.is_empty() {
+                ""
+            } else {
+                " "
+            },
+            config.extra_kernel_args
         ),
         root_disk: disk::locate(run_dir).path,
         root_disk_qcow2: disk::locate(run_dir).is_qcow2(),

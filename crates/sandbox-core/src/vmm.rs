@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::disk::DiskFormat;
 use crate::error::SandboxError;
 
 /// Which VMM runs a guest.
@@ -97,6 +98,13 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// short. QEMU writes `vmstate.json` last.
     fn saved_state_complete(&self, state_dir: &Path) -> bool {
         state_dir.join("vmstate.json").is_file()
+    }
+
+    /// The root disk [`Vm::snapshot`] of this backend leaves in
+    /// `snapshot_dir`, which the disk of a VM started from that snapshot is
+    /// made over. QEMU: the qcow2 `disk.qcow2`.
+    fn snapshot_disk(&self, snapshot_dir: &Path) -> (PathBuf, DiskFormat) {
+        (snapshot_dir.join("disk.qcow2"), DiskFormat::Qcow2)
     }
 }
 

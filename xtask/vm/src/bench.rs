@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::ValueEnum;
 use qemu_vmm::{Accel, Drive, NetConfig, QemuVm, VmConfig};
 use sandbox_core::disk::{self, RootfsProvider};
-use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
+use sandbox_core::{GuestImages, Hypervisor, QemuBackend, Sandbox, SandboxConfig};
 use serde_json::json;
 
 use crate::{demo, images};
@@ -23,6 +23,14 @@ pub enum Which {
     Providers,
     /// Cold and warm create, pause, resume, exec, disk use; beside raw QEMU.
     Lifecycle,
+    /// The lifecycle bench inside a KVM-host VM (nested): QEMU under KVM,
+    /// QEMU under (nested) TCG and Firecracker (when there is one), in one
+    /// run.
+    Kvm,
+    /// The lifecycle bench on Firecracker (network namespaces; needs KVM and
+    /// a `firecracker` binary). Run by `bench kvm` inside its VM.
+    #[value(hide = true)]
+    FirecrackerLifecycle,
     /// `--runs` create/exec/destroy and runs/5 pause/resume cycles through
     /// the manager; fails when host listings differ after.
     Soak,
@@ -51,6 +59,11 @@ pub fn run(which: Which, runs: usize) -> Result<()> {
             let images = images::from_env()?;
             demo::runtime()?.block_on(lifecycle(&images, runs.max(1)))
         }
+        Which::FirecrackerLifecycle => {
+            let images = images::from_env()?;
+            demo::runtime()?.block_on(firecracker_lifecycle(&images, runs.max(1)))
+        }
+        Which::Kvm => crate::bench_kvm::run(runs.max(1)),
         Which::Soak => {
             let images = images::from_env()?;
             demo::runtime()?.block_on(crate::soak::soak(&images, runs.max(1)))
@@ -191,7 +204,12 @@ fn providers_in_vm(runs: usize) -> Result<serde_json::Value> {
             .to_vec(),
         env: Vec::new(),
     };
-    let outputs = crate::vmtest::run_in_guest("bench-providers", &[job], true, false)?;
+    let outputs = crate::vmtest::run_in_guest(
+        "bench-providers",
+        &[job],
+        crate::vmtest::Nesting::Tcg,
+        false,
+    )?;
     let output = outputs.first().context("the guest ran no bench")?;
     if output.exit_code != 0 {
         anyhow::bail!(
@@ -294,7 +312,13 @@ pub(crate) fn stats(samples: &[Duration]) -> serde_json::Value {
 async fn lifecycle(images: &GuestImages, runs: usize) -> Result<()> {
     let outcome = demo::probe(images).await;
     let work = demo::tempdir("petrel-bench-lifecycle")?;
-    let result = lifecycle_runs(images, outcome.accel, runs, &work).await;
+    let backend = QemuBackend::new(outcome.accel);
+    let bench = LifecycleBench {
+        backend: &backend,
+        raw_qemu: Some(outcome.accel),
+        network: None,
+    };
+    let result = lifecycle_runs(images, &bench, runs, &work).await;
     let cleanup = std::fs::remove_dir_all(&work);
     let report = result?;
     cleanup.with_context(|| format!("removing {}", work.display()))?;
@@ -302,37 +326,75 @@ async fn lifecycle(images: &GuestImages, runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// Firecracker's lifecycle timings (the same as [`lifecycle`]'s, without
+/// a raw baseline), each sandbox in a network namespace of its own.
+async fn firecracker_lifecycle(images: &GuestImages, runs: usize) -> Result<()> {
+    let backend = sandbox_core::FirecrackerBackend::find()
+        .context("no firecracker binary (PETREL_FIRECRACKER or PATH)")?;
+    let work = demo::tempdir("petrel-bench-fc")?;
+    let pool = Arc::new(sandbox_core::NetworkPool::new(FIRECRACKER_SLOTS)?);
+    let bench = LifecycleBench {
+        backend: &backend,
+        raw_qemu: None,
+        network: Some(pool),
+    };
+    let result = lifecycle_runs(images, &bench, runs, &work).await;
+    let cleanup = std::fs::remove_dir_all(&work);
+    let report = result?;
+    cleanup.with_context(|| format!("removing {}", work.display()))?;
+    println!("{report}");
+    Ok(())
+}
+
+/// Network slots of the Firecracker lifecycle bench (no test uses them).
+const FIRECRACKER_SLOTS: std::ops::Range<u16> = 32_400..32_410;
+
+/// What a lifecycle bench runs on.
+struct LifecycleBench<'a> {
+    backend: &'a dyn Hypervisor,
+    /// Measure raw QEMU (boot, save, restore) beside, with this accelerator.
+    raw_qemu: Option<Accel>,
+    /// Network namespaces (Firecracker needs them); `None`: user-mode.
+    network: Option<Arc<sandbox_core::NetworkPool>>,
+}
+
+impl LifecycleBench<'_> {
+    fn config(&self, name: String, images: &GuestImages, work: &std::path::Path) -> SandboxConfig {
+        SandboxConfig {
+            network: self.network.clone(),
+            internet: self.network.as_ref().map(|_| false),
+            ..SandboxConfig::new(name, images.clone(), work)
+        }
+    }
+}
+
 async fn lifecycle_runs(
     images: &GuestImages,
-    accel: Accel,
+    bench: &LifecycleBench<'_>,
     runs: usize,
     work: &std::path::Path,
 ) -> Result<serde_json::Value> {
-    let backend = QemuBackend::new(accel);
-    let mut source = Sandbox::boot(
-        &backend,
-        SandboxConfig::new("bench-src", images.clone(), work),
-    )
-    .await?;
+    let backend = bench.backend;
+    let mut source =
+        Sandbox::boot(backend, bench.config("bench-src".to_string(), images, work)).await?;
     let snapshot = work.join("warm");
     source.snapshot(&snapshot).await?;
     source.destroy().await?;
     let snapshot_bytes = dmsnap::dir_size(&snapshot).unwrap_or(0);
     let mut t = Timings::default();
     for run in 0..runs {
-        t.raw_boot
-            .push(raw_boot(images, accel, &work.join(format!("raw-{run}"))).await?);
-        let (save, restore) =
-            raw_save_restore(images, accel, &work.join(format!("rawsr-{run}"))).await?;
-        t.raw_save.push(save);
-        t.raw_restore.push(restore);
+        if let Some(accel) = bench.raw_qemu {
+            t.raw_boot
+                .push(raw_boot(images, accel, &work.join(format!("raw-{run}"))).await?);
+            let (save, restore) =
+                raw_save_restore(images, accel, &work.join(format!("rawsr-{run}"))).await?;
+            t.raw_save.push(save);
+            t.raw_restore.push(restore);
+        }
 
         let start = Instant::now();
-        let mut cold = Sandbox::boot(
-            &backend,
-            SandboxConfig::new(format!("cold-{run}"), images.clone(), work),
-        )
-        .await?;
+        let mut cold =
+            Sandbox::boot(backend, bench.config(format!("cold-{run}"), images, work)).await?;
         t.cold.push(start.elapsed());
         let start = Instant::now();
         cold.pause().await?;
@@ -345,9 +407,9 @@ async fn lifecycle_runs(
         let start = Instant::now();
         let config = SandboxConfig {
             snapshot: Some(snapshot.clone()),
-            ..SandboxConfig::new(format!("warm-{run}"), images.clone(), work)
+            ..bench.config(format!("warm-{run}"), images, work)
         };
-        let mut sandbox = Sandbox::boot(&backend, config).await?;
+        let mut sandbox = Sandbox::boot(backend, config).await?;
         t.warm.push(start.elapsed());
         let start = Instant::now();
         sandbox.exec_shell("true").await?;
@@ -362,9 +424,10 @@ async fn lifecycle_runs(
         sandbox.destroy().await?;
         eprintln!("[bench] run {}/{runs} done", run + 1);
     }
-    Ok(json!({
+    let mut report = json!({
         "bench": "lifecycle",
-        "accel": accel.to_string(),
+        "vmm": backend.kind().as_str(),
+        "network": if bench.network.is_some() { "namespace" } else { "user-mode" },
         "runs": runs,
         "memory_mib": 512,
         "create_cold_ms": stats(&t.cold),
@@ -379,10 +442,16 @@ async fn lifecycle_runs(
         "exec_round_trip_ms": stats(&t.exec),
         "paused_sandbox_disk_bytes": t.paused_bytes,
         "snapshot_disk_bytes": snapshot_bytes,
-        "raw_qemu_boot_to_init_ms": stats(&t.raw_boot),
-        "raw_qemu_save_state_ms": stats(&t.raw_save),
-        "raw_qemu_restore_state_ms": stats(&t.raw_restore),
-    }))
+    });
+    if let Some(accel) = bench.raw_qemu {
+        report["accel"] = json!(accel.to_string());
+        report["raw_qemu_boot_to_init_ms"] = stats(&t.raw_boot);
+        report["raw_qemu_save_state_ms"] = stats(&t.raw_save);
+        report["raw_qemu_restore_state_ms"] = stats(&t.raw_restore);
+    } else {
+        report["accel"] = json!("kvm");
+    }
+    Ok(report)
 }
 
 #[derive(Default)]

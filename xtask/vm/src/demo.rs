@@ -1,12 +1,14 @@
 //! `cargo xtask demo` and `cargo xtask doctor`.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use qemu_vmm::{Accel, AccelProbe, ProbeOutcome, probe_accelerator};
 use sandbox_core::{
-    BackendKind, GuestImages, QemuBackend, Sandbox, SandboxConfig, choose_provider,
+    BackendKind, FirecrackerBackend, GuestImages, Hypervisor, NetworkPool, QemuBackend, Sandbox,
+    SandboxConfig, choose_provider,
 };
 
 use crate::{VmmChoice, env, images};
@@ -16,16 +18,14 @@ use crate::{VmmChoice, env, images};
 pub fn run(vmm: VmmChoice) -> Result<()> {
     let images = images::from_env()?;
     if matches!(vmm, VmmChoice::Firecracker) {
-        bail!(
-            "--vmm firecracker: the demo does not drive the Firecracker backend yet (and on kvm_pvm hosts \
-             its guests never reach userspace); use the default --vmm qemu"
-        );
+        return firecracker(&images);
     }
     runtime()?.block_on(async {
         let outcome = probe(&images).await;
         announce_boot(&outcome);
         let work = tempdir("petrel-demo")?;
-        let result = demo(&images, outcome.accel, &work).await;
+        let backend = QemuBackend::new(outcome.accel);
+        let result = demo(&backend, SandboxConfig::new("demo", images.clone(), &work)).await;
         let cleanup =
             std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()));
         result?;
@@ -34,9 +34,61 @@ pub fn run(vmm: VmmChoice) -> Result<()> {
     })
 }
 
-async fn demo(images: &GuestImages, accel: Accel, work: &Path) -> Result<()> {
-    let backend = QemuBackend::new(accel);
-    let sandbox = Sandbox::boot(&backend, SandboxConfig::new("demo", images.clone(), work))
+/// The demo on Firecracker: here when KVM is usable, else inside a
+/// KVM-host VM (nested KVM; `PETREL_KVM_KERNEL`) that gets this host's
+/// Firecracker. The sandbox has a network namespace of its own.
+fn firecracker(images: &GuestImages) -> Result<()> {
+    let backend = FirecrackerBackend::find().context(
+        "--vmm firecracker: no firecracker binary (PETREL_FIRECRACKER or PATH); Firecracker is in no \
+         registry: build it from its source beside the project and point PETREL_FIRECRACKER at it",
+    )?;
+    let runtime = runtime()?;
+    let outcome = runtime.block_on(probe(images));
+    if outcome.accel == Accel::Kvm {
+        env::step(&format!(
+            "booting a Firecracker VM ({}) under KVM",
+            backend.binary.display()
+        ));
+        return runtime.block_on(async {
+            let work = tempdir("petrel-demo-fc")?;
+            let pool = Arc::new(NetworkPool::new(DEMO_SLOTS)?);
+            let config = SandboxConfig {
+                network: Some(pool),
+                internet: Some(false),
+                ..SandboxConfig::new("demo-fc", images.clone(), &work)
+            };
+            let result = demo(&backend, config).await;
+            let cleanup = std::fs::remove_dir_all(&work)
+                .with_context(|| format!("removing {}", work.display()));
+            result?;
+            cleanup
+        });
+    }
+    if std::env::var_os(crate::vmtest::IN_GUEST_ENV).is_some() {
+        bail!(
+            "--vmm firecracker: KVM is not usable in this VM either ({})",
+            outcome.reason
+        );
+    }
+    env::step(&format!(
+        "KVM is not usable here ({}): the Firecracker demo runs inside a KVM-host VM",
+        outcome.reason
+    ));
+    let job = crate::vmtest::GuestJob {
+        binary: std::env::current_exe().context("locating the xtask-vm binary")?,
+        args: ["demo", "--vmm", "firecracker"].map(String::from).to_vec(),
+        env: Vec::new(),
+    };
+    let outputs =
+        crate::vmtest::run_in_guest("demo-kvm", &[job], crate::vmtest::Nesting::Kvm, true)?;
+    crate::vmtest::require_success("the Firecracker demo", &outputs)
+}
+
+/// Network slots of the Firecracker demo (no test uses them).
+const DEMO_SLOTS: std::ops::Range<u16> = 32_410..32_412;
+
+async fn demo(backend: &dyn Hypervisor, config: SandboxConfig) -> Result<()> {
+    let sandbox = Sandbox::boot(backend, config)
         .await
         .context("booting the demo sandbox")?;
     let timings = sandbox.timings();

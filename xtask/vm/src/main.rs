@@ -12,20 +12,23 @@
 //! - `bench boot|network|providers|lifecycle`: timings as JSON (the last
 //!   line of stdout).
 //! - `vmtest <package>`: a crate's test binaries run inside a VM.
-//! - `dm-tests`: where the host kernel has no device-mapper, the dm tests
-//!   inside a VM (the last step of `cargo xtask test`).
+//! - `nested-tests`: what this host cannot run itself, inside VMs (a step of
+//!   `cargo xtask test`): the dm tests where the host kernel has no
+//!   device-mapper, and the sandbox lifecycle under KVM where the host's KVM
+//!   is not usable (in a KVM-host VM, nested).
 //!
 //! ```sh
 //! cargo xtask demo        # runs setup and the images, then `xtask-vm demo`
 //! ```
 
 mod bench;
+mod bench_kvm;
 mod demo;
 mod images;
 mod soak;
 mod vmtest;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask::env;
 
@@ -64,20 +67,26 @@ enum Command {
     /// Run a crate's test binaries inside a VM (e.g. `vmtest dmsnap`: DM tests).
     Vmtest {
         package: String,
-        /// Only this integration test target.
+        /// Only this integration test target (repeatable).
         #[arg(long)]
-        test: Option<String>,
+        test: Vec<String>,
         /// Give the tests QEMU and the guest images to boot VMs of their own
         /// inside the VM (slow: keep to a few tests).
         #[arg(long)]
         nested: bool,
+        /// Nested, under KVM: the VM boots the KVM-host kernel
+        /// (`PETREL_KVM_KERNEL`) and gets a working /dev/kvm.
+        #[arg(long)]
+        kvm: bool,
         /// Extra arguments for each test binary (e.g. a test name filter).
         #[arg(last = true)]
         test_args: Vec<String>,
     },
-    /// The device-mapper tests inside a VM, where this host kernel has no
-    /// device-mapper (nothing to do where it has: `cargo test` ran them).
-    DmTests,
+    /// What this host cannot test itself, inside VMs: the device-mapper
+    /// tests where its kernel has no device-mapper, and the sandbox
+    /// lifecycle under KVM where its KVM is not usable (nothing to do where
+    /// both work: `cargo test` ran them here).
+    NestedTests,
 }
 
 fn main() -> Result<()> {
@@ -96,29 +105,82 @@ fn main() -> Result<()> {
             package,
             test,
             nested,
+            kvm,
             test_args,
         } => vmtest::run(&vmtest::VmTest {
             package,
-            test,
-            nested,
+            tests: test,
+            nesting: vmtest::Nesting::from_flags(nested, kvm),
             test_args,
         }),
-        Command::DmTests => dm_tests(),
+        Command::NestedTests => nested_tests(),
     }
 }
 
-fn dm_tests() -> Result<()> {
-    if dmsnap::device_mapper_available() {
+/// The sandbox-core test files run under nested KVM by `cargo xtask test`:
+/// the lifecycle (boot, exec, files, pause/resume, snapshots and clones),
+/// the manager (warm templates, fork, restart, limits) and the root disk
+/// providers (dm-snapshot needs the VM's device-mapper).
+const KVM_TESTS: [&str; 3] = ["vm", "manager", "providers"];
+
+fn nested_tests() -> Result<()> {
+    let dm_here = dmsnap::device_mapper_available();
+    if dm_here {
         env::step("device-mapper is available here: its tests ran with `cargo test`");
+    } else {
+        env::step("device-mapper tests inside a VM (this host kernel has no device-mapper)");
+        vmtest::run(&vmtest::VmTest::package("dmsnap"))?;
+    }
+    let images = images::from_env()?;
+    let outcome = demo::runtime()?.block_on(demo::probe(&images));
+    if outcome.accel == qemu_vmm::Accel::Kvm && dm_here {
+        env::step("KVM is usable here: the sandbox tests ran under it with `cargo test`");
         return Ok(());
     }
-    env::step("device-mapper tests inside a VM (this host kernel has no device-mapper)");
-    vmtest::run(&vmtest::VmTest::package("dmsnap"))?;
-    env::step("VMs booting from dm-snapshot disks, inside a VM (nested; minutes)");
-    vmtest::run(&vmtest::VmTest {
+    env::step(&format!(
+        "sandbox lifecycle under KVM (here: {}, {}) and VMs booting from dm-snapshot disks, inside a KVM-host VM",
+        outcome.accel, outcome.reason
+    ));
+    let mut jobs = vmtest::test_jobs(&vmtest::VmTest {
         package: "sandbox-core".to_string(),
-        test: Some("providers".to_string()),
-        nested: true,
-        test_args: vec!["dm".to_string()],
-    })
+        tests: KVM_TESTS.iter().map(|t| (*t).to_string()).collect(),
+        nesting: vmtest::Nesting::Kvm,
+        test_args: Vec::new(),
+    })?;
+    env::step("building host-agent (its doctor must find KVM usable in the VM)");
+    env::cargo(
+        &[
+            "build",
+            "--quiet",
+            "--package",
+            "host-agent",
+            "--bin",
+            "host-agent",
+        ],
+        &[],
+    )?;
+    jobs.insert(
+        0,
+        vmtest::GuestJob {
+            binary: env::target_dir().join("debug/host-agent"),
+            args: vec!["doctor".to_string()],
+            env: Vec::new(),
+        },
+    );
+    let outputs = vmtest::run_in_guest("vmtest-kvm", &jobs, vmtest::Nesting::Kvm, true)?;
+    vmtest::require_success("the nested KVM tests", &outputs)?;
+    let doctor = String::from_utf8_lossy(&outputs[0].stdout);
+    let usable = doctor
+        .lines()
+        .find(|line| line.starts_with("KVM usable:"))
+        .context("host-agent doctor printed no `KVM usable:` line")?;
+    if !usable
+        .trim_start_matches("KVM usable:")
+        .trim()
+        .starts_with("yes")
+    {
+        bail!("host-agent doctor in the KVM-host VM does not find KVM usable: {usable}");
+    }
+    env::step(&format!("host-agent doctor in the VM: {usable}"));
+    Ok(())
 }

@@ -16,6 +16,17 @@
 //! the tests boot VMs of their own inside the VM (`PETREL_KERNEL`,
 //! `PETREL_ROOTFS`, `PETREL_REQUIRE_VM=1` set; QEMU on `PATH`). Under TCG
 //! twice over, a guest takes minutes to boot: keep such runs to a few tests.
+//!
+//! With `--kvm` (nested, faster) the VM boots the KVM-host kernel
+//! (`images/kernel/kvm-host.config`, `PETREL_KVM_KERNEL`): QEMU's TCG
+//! emulates AMD SVM, so the VM gets a working `/dev/kvm` and the tests'
+//! VMs run under KVM there, chosen by the accelerator probe on its own
+//! (`PETREL_EXPECT_ACCEL=kvm` makes a probe that chose TCG fail the tests).
+//! The VM is told the host's TSC frequency (`tsc_early_khz`): an outer
+//! guest that could not calibrate its TSC hangs nested KVM guests, so the
+//! run is refused, with the reason, when the guest still logs that it could
+//! not. Firecracker (`PETREL_FIRECRACKER`, or on PATH) is carried along
+//! when there is one. See `../shared/notes/nested-kvm.md`.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
@@ -42,17 +53,49 @@ const NESTED_SCRATCH_BYTES: u64 = 6 << 30;
 /// Set for every job: the program runs in a vmtest guest (`bench
 /// providers` does not start another VM from there).
 pub const IN_GUEST_ENV: &str = "PETREL_IN_VMTEST";
-/// The host's QEMU programs a nested test disk carries.
-const QEMU_PROGRAMS: [&str; 2] = ["qemu-system-x86_64", "qemu-img"];
+/// The host programs a nested test disk carries (with their libraries):
+/// QEMU's, and `nft` for the network namespace rules (the guest rootfs has
+/// no nftables).
+const HOST_PROGRAMS: [&str; 3] = ["qemu-system-x86_64", "qemu-img", "nft"];
+/// What the outer guest logs when its TSC could not be calibrated.
+const TSC_FAILURE: &str = "could not calculate TSC khz";
+
+/// Whether and how a vmtest's tests boot VMs of their own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Nesting {
+    /// The tests boot no VMs.
+    #[default]
+    None,
+    /// VMs under TCG inside the TCG VM (slow; any host).
+    Tcg,
+    /// VMs under KVM inside a TCG VM with the KVM-host kernel.
+    Kvm,
+}
+
+impl Nesting {
+    pub fn from_flags(nested: bool, kvm: bool) -> Self {
+        match (nested, kvm) {
+            (_, true) => Nesting::Kvm,
+            (true, false) => Nesting::Tcg,
+            (false, false) => Nesting::None,
+        }
+    }
+
+    fn nested(self) -> bool {
+        self != Nesting::None
+    }
+}
 
 /// What to run in the VM.
 #[derive(Debug, Clone, Default)]
 pub struct VmTest {
     pub package: String,
-    /// Only this integration test target (`cargo test --test <name>`).
-    pub test: Option<String>,
-    /// Give the tests QEMU and the guest images, to boot VMs themselves.
-    pub nested: bool,
+    /// Only these integration test targets (`cargo test --test <name>`);
+    /// empty: every test binary of the package.
+    pub tests: Vec<String>,
+    /// Give the tests QEMU and the guest images, to boot VMs themselves
+    /// (and under which accelerator).
+    pub nesting: Nesting,
     /// Passed to each test binary (e.g. a test name filter).
     pub test_args: Vec<String>,
 }
@@ -86,13 +129,26 @@ pub struct GuestOutput {
 
 /// Runs the test binaries `what` names in a VM.
 pub fn run(what: &VmTest) -> Result<()> {
+    let jobs = test_jobs(what)?;
+    let outputs = run_in_guest(
+        &format!("vmtest-{}", what.package),
+        &jobs,
+        what.nesting,
+        true,
+    )?;
+    require_success(&what.package, &outputs)
+}
+
+/// One job per test binary of `what` (built here), each run with
+/// `--test-threads=1`, the test arguments and `PETREL_REQUIRE_DM=1`.
+pub fn test_jobs(what: &VmTest) -> Result<Vec<GuestJob>> {
     let package = &what.package;
     env::step(&format!("building the test binaries of {package}"));
     let binaries = test_binaries(what)?;
     if binaries.is_empty() {
         bail!("cargo test -p {package} --no-run built no test binary");
     }
-    let jobs: Vec<GuestJob> = binaries
+    Ok(binaries
         .into_iter()
         .map(|binary| GuestJob {
             binary,
@@ -101,43 +157,46 @@ pub fn run(what: &VmTest) -> Result<()> {
                 .collect(),
             env: vec![("PETREL_REQUIRE_DM".to_string(), "1".to_string())],
         })
-        .collect();
-    let outputs = run_in_guest(&format!("vmtest-{package}"), &jobs, what.nested, true)?;
+        .collect())
+}
+
+/// Fails naming every job of `what` that did not exit 0.
+pub fn require_success(what: &str, outputs: &[GuestOutput]) -> Result<()> {
     let failed: Vec<String> = outputs
         .iter()
         .filter(|out| out.exit_code != 0)
         .map(|out| format!("{} (exit code {})", out.name, out.exit_code))
         .collect();
     if !failed.is_empty() {
-        bail!("tests of {package} failed in the VM: {}", failed.join(", "));
+        bail!("{what} failed in the VM: {}", failed.join(", "));
     }
     env::step(&format!(
-        "all {} test binaries of {package} passed in the VM",
+        "all {} programs of {what} passed in the VM",
         outputs.len()
     ));
     Ok(())
 }
 
 /// Boots a sandbox named `name` with a test disk holding the jobs'
-/// binaries (and, `nested`, QEMU and the guest images), runs each job as
+/// binaries (and, nested, QEMU and the guest images), runs each job as
 /// root (its stderr shown as it comes, its stdout too when `echo_stdout`;
 /// stdout returned), destroys the sandbox.
 pub fn run_in_guest(
     name: &str,
     jobs: &[GuestJob],
-    nested: bool,
+    nesting: Nesting,
     echo_stdout: bool,
 ) -> Result<Vec<GuestOutput>> {
     let images = images::from_env()?;
     let work = demo::tempdir("petrel-vmtest")?;
     let binaries: Vec<PathBuf> = jobs.iter().map(|job| job.binary.clone()).collect();
-    let result = test_disk(nested, &images, &binaries, &work).and_then(|disk| {
+    let result = test_disk(nesting, &images, &binaries, &work).and_then(|disk| {
         demo::runtime()?.block_on(async {
             let outcome = demo::probe(&images).await;
             demo::announce_boot(&outcome);
             let vm = GuestVm {
                 name,
-                nested,
+                nesting,
                 echo_stdout,
             };
             run_in_vm(&images, outcome.accel, &work, &vm, &disk, jobs).await
@@ -156,7 +215,7 @@ fn test_binaries(what: &VmTest) -> Result<Vec<PathBuf>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(&cargo);
     command.args(["test", "--package", &what.package]);
-    if let Some(test) = &what.test {
+    for test in &what.tests {
         command.args(["--test", test]);
     }
     let mut child = command
@@ -190,7 +249,7 @@ fn test_binaries(what: &VmTest) -> Result<Vec<PathBuf>> {
 /// binaries (and, nested, QEMU wrappers), `qemu/` with QEMU's programs,
 /// libraries and firmware, `vmlinux`, `rootfs.ext4` and `tmp/`.
 fn test_disk(
-    nested: bool,
+    nesting: Nesting,
     images: &GuestImages,
     binaries: &[PathBuf],
     work: &Path,
@@ -202,9 +261,12 @@ fn test_disk(
         strip_into(binary, &bin)?;
     }
     let mut free = 256 << 20;
-    if nested {
+    if nesting.nested() {
         env::step("adding this host's QEMU and the guest images for nested VMs");
-        add_qemu(&tree)?;
+        add_host_programs(&tree)?;
+        if nesting == Nesting::Kvm {
+            add_firecracker(&tree)?;
+        }
         copy_sparse(&images.kernel, &tree.join("vmlinux"))?;
         copy_sparse(&images.rootfs, &tree.join("rootfs.ext4"))?;
         let tmp = tree.join("tmp");
@@ -239,14 +301,14 @@ fn strip_into(binary: &Path, dir: &Path) -> Result<()> {
     )
 }
 
-/// This host's QEMU programs with every shared library they load (run
-/// through the copied dynamic loader, so the guest's own libraries do not
-/// matter) and its firmware directory, behind wrappers in `bin/`.
-fn add_qemu(tree: &Path) -> Result<()> {
+/// This host's QEMU programs and `nft` with every shared library they load
+/// (run through the copied dynamic loader, so the guest's own libraries do
+/// not matter) and QEMU's firmware directory, behind wrappers in `bin/`.
+fn add_host_programs(tree: &Path) -> Result<()> {
     let qemu = tree.join("qemu");
     let lib = qemu.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    for program in QEMU_PROGRAMS {
+    for program in HOST_PROGRAMS {
         let path = which(program)?;
         copy_sparse(&path, &qemu.join(program))?;
         for library in shared_libraries(&path)? {
@@ -261,10 +323,10 @@ fn add_qemu(tree: &Path) -> Result<()> {
              # {program} of the host that built this disk, with its own libraries.\n\
              d=\"$(dirname \"$(readlink -f \"$0\")\")/../qemu\"\n\
              exec \"$d/lib/ld-linux-x86-64.so.2\" --library-path \"$d/lib\" \"$d/{program}\"{} \"$@\"\n",
-            if program == "qemu-img" {
-                ""
-            } else {
+            if program == "qemu-system-x86_64" {
                 " -L \"$d/share\""
+            } else {
+                ""
             }
         );
         std::fs::write(&wrapper, script)
@@ -363,7 +425,7 @@ fn run_tool(command: &mut Command) -> Result<()> {
 /// The sandbox a run uses and how its jobs' output is shown.
 struct GuestVm<'a> {
     name: &'a str,
-    nested: bool,
+    nesting: Nesting,
     echo_stdout: bool,
 }
 
@@ -380,10 +442,19 @@ async fn run_in_vm(
     let boot_start = Instant::now();
     let mut config = SandboxConfig::new(vm.name, images.clone(), work);
     config.extra_drives = vec![disk.to_path_buf()];
-    if vm.nested {
+    if vm.nesting.nested() {
         // Room for two inner guests and their page cache.
         config.vcpus = 2;
         config.memory_mib = 3072;
+    }
+    if vm.nesting == Nesting::Kvm {
+        config.images.kernel = images::kvm_kernel_from_env()?;
+        let khz = host_tsc_khz()?;
+        config.extra_kernel_args = format!("tsc_early_khz={khz}");
+        env::step(&format!(
+            "booting the KVM-host kernel ({}) with tsc_early_khz={khz}",
+            config.images.kernel.display()
+        ));
     }
     let sandbox = Sandbox::boot(&backend, config)
         .await
@@ -392,11 +463,101 @@ async fn run_in_vm(
         "guest ready in {}",
         demo::ms(boot_start.elapsed())
     ));
-    let outputs = run_jobs(&sandbox, vm, jobs).await;
+    let checked = match vm.nesting {
+        Nesting::Kvm => check_nested_kvm(&sandbox).await,
+        _ => Ok(()),
+    };
+    let outputs = match checked {
+        Ok(()) => run_jobs(&sandbox, vm, jobs).await,
+        Err(err) => Err(err),
+    };
     let destroyed = sandbox.destroy().await;
     let outputs = outputs?;
     destroyed.context("destroying the vmtest sandbox")?;
     Ok(outputs)
+}
+
+/// The host's TSC frequency in kHz, for the outer guest's `tsc_early_khz`:
+/// from the kernel log (the refined calibration if there is one), else
+/// `/proc/cpuinfo` (on a VM host, its TSC frequency).
+fn host_tsc_khz() -> Result<u64> {
+    let dmesg = Command::new("dmesg")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    let from_log = |marker: &str| {
+        dmesg
+            .lines()
+            .filter_map(|line| line.split_once(marker))
+            .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok())
+            .next_back()
+    };
+    let mhz = from_log("Refined TSC clocksource calibration: ")
+        .or_else(|| from_log("tsc: Detected "))
+        .or_else(|| {
+            std::fs::read_to_string("/proc/cpuinfo").ok()?.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == "cpu MHz").then(|| value.trim().parse::<f64>().ok())?
+            })
+        })
+        .context("cannot tell the host's TSC frequency (no `tsc:` line in dmesg, no `cpu MHz` in /proc/cpuinfo)")?;
+    // Whole kHz; the value is a few GHz at most.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok((mhz * 1000.0).round() as u64)
+}
+
+/// Refuses to go on unless the outer guest calibrated its TSC (nested KVM
+/// guests hang otherwise) and has a `/dev/kvm`.
+async fn check_nested_kvm(sandbox: &Sandbox) -> Result<()> {
+    let out = sandbox
+        .exec(
+            ExecRequest::new("/bin/sh")
+                .args([
+                    "-c",
+                    "dmesg; echo; test -c /dev/kvm && echo PETREL_KVM_PRESENT; grep -m1 -ow svm /proc/cpuinfo",
+                ])
+                .user("root"),
+        )
+        .await
+        .context("inspecting the KVM-host guest")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(line) = text.lines().find(|line| line.contains(TSC_FAILURE)) {
+        bail!(
+            "the KVM-host guest could not calibrate its TSC ({}); nested KVM guests would hang there, so the run stops",
+            line.trim()
+        );
+    }
+    if !text.contains("PETREL_KVM_PRESENT") {
+        let kvm_lines: Vec<&str> = text.lines().filter(|l| l.contains("kvm")).collect();
+        bail!(
+            "the KVM-host guest has no /dev/kvm (svm in its CPU flags: {}; its kvm log lines: {kvm_lines:?})",
+            text.lines().any(|l| l.trim() == "svm")
+        );
+    }
+    env::step("the guest has /dev/kvm and a calibrated TSC");
+    Ok(())
+}
+
+/// Firecracker to carry into a KVM-host guest: `PETREL_FIRECRACKER`, else
+/// `firecracker` on PATH (Firecracker is in no registry; CI has none).
+pub fn host_firecracker() -> Option<PathBuf> {
+    std::env::var_os("PETREL_FIRECRACKER")
+        .map(PathBuf::from)
+        .filter(|path| path.is_file())
+        .or_else(|| which("firecracker").ok())
+}
+
+/// Copies the host's Firecracker (if any) to `bin/firecracker`.
+fn add_firecracker(tree: &Path) -> Result<()> {
+    if let Some(path) = host_firecracker() {
+        env::step(&format!("adding Firecracker ({})", path.display()));
+        copy_sparse(&path, &tree.join("bin/firecracker"))
+    } else {
+        env::step(
+            "no Firecracker here (PETREL_FIRECRACKER unset, none on PATH): its tests will skip",
+        );
+        Ok(())
+    }
 }
 
 async fn root_shell(sandbox: &Sandbox, script: &str) -> Result<()> {
@@ -444,7 +605,7 @@ async fn run_jobs(
             .cwd(GUEST_DIR)
             .user("root")
             .timeout(RUN_TIMEOUT);
-        if vm.nested {
+        if vm.nesting.nested() {
             request = request
                 .env(
                     "PATH",
@@ -461,6 +622,13 @@ async fn run_jobs(
                 // (sandbox-core/tests/confine.rs), the disks here.
                 .env("PETREL_VMM_CONFINE", "off")
                 .env("TMPDIR", format!("{GUEST_DIR}/tmp"));
+        }
+        if vm.nesting == Nesting::Kvm {
+            // The tests' own accelerator probe must pick KVM.
+            request = request.env("PETREL_EXPECT_ACCEL", "kvm");
+            if host_firecracker().is_some() {
+                request = request.env("PETREL_FIRECRACKER", format!("{GUEST_DIR}/bin/firecracker"));
+            }
         }
         for (key, value) in &job.env {
             request = request.env(key.as_str(), value.as_str());

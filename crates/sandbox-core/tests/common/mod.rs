@@ -4,9 +4,10 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use qemu_vmm::Accel;
+use qemu_vmm::{Accel, AccelProbe, probe_accelerator};
 use sandbox_core::{CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, QemuBackend};
 
 /// The images from `PETREL_KERNEL`/`PETREL_ROOTFS`, or `None` (after
@@ -25,12 +26,57 @@ pub fn images() -> Option<GuestImages> {
     }
 }
 
-/// TCG unless `PETREL_ACCEL=kvm`.
+/// The accelerator the platform would choose here: `PETREL_ACCEL=kvm|tcg`
+/// forces one, otherwise a real KVM probe decides (once per test process;
+/// cached in `$PETREL_CACHE_DIR` or the temp dir). With
+/// `PETREL_EXPECT_ACCEL=kvm|tcg` (set by `cargo xtask vmtest --kvm`) a
+/// probe that chose otherwise fails the test, with the probe's reason.
 pub fn accel() -> Accel {
-    match std::env::var("PETREL_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        _ => Accel::Tcg,
-    }
+    static CHOSEN: OnceLock<Accel> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let (accel, reason) = match std::env::var("PETREL_ACCEL").as_deref() {
+            Ok("kvm") => (Accel::Kvm, "forced by PETREL_ACCEL=kvm".to_string()),
+            Ok("tcg") => (Accel::Tcg, "forced by PETREL_ACCEL=tcg".to_string()),
+            _ => probe(),
+        };
+        if let Ok(expected) = std::env::var("PETREL_EXPECT_ACCEL") {
+            assert_eq!(
+                accel.to_string(),
+                expected,
+                "the accelerator probe chose {accel} ({reason}), PETREL_EXPECT_ACCEL={expected}"
+            );
+        }
+        eprintln!("accelerator: {accel} ({reason})");
+        accel
+    })
+}
+
+/// A real KVM probe VM, on a thread of its own (tests call [`accel`] from
+/// inside their runtime). TCG when there are no images to probe with.
+fn probe() -> (Accel, String) {
+    let Ok(images) = GuestImages::from_env() else {
+        return (Accel::Tcg, "no guest images to probe KVM with".to_string());
+    };
+    let cache_dir =
+        std::env::var_os("PETREL_CACHE_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
+    let probe = AccelProbe {
+        qemu: qemu_vmm::default_qemu_binary(),
+        kernel: images.kernel,
+        rootfs: images.rootfs,
+        timeout: Duration::from_secs(20),
+        cache_file: Some(cache_dir.join("accel-probe.json")),
+        work_dir: std::env::temp_dir(),
+    };
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(probe_accelerator(&probe));
+        (outcome.accel, outcome.reason)
+    })
+    .join()
+    .unwrap()
 }
 
 pub fn backend() -> QemuBackend {

@@ -1,0 +1,60 @@
+//! `cargo xtask bench kvm`: the lifecycle bench (boot to envd-ready, create
+//! from a warm snapshot, pause, resume, exec) inside one KVM-host VM, on
+//! QEMU under KVM, QEMU under nested TCG and Firecracker (when a binary is
+//! found: `PETREL_FIRECRACKER` or PATH), one after the other in the same
+//! run. QEMU's figures come with raw QEMU's (boot to init, save, restore)
+//! measured beside them. JSON on the last line of stdout.
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::vmtest::{self, GuestJob, Nesting};
+
+pub fn run(runs: usize) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the xtask-vm binary")?;
+    let bench = |which: &str, accel: Option<&str>| GuestJob {
+        binary: exe.clone(),
+        args: ["bench", which, "--runs", &runs.to_string()]
+            .map(String::from)
+            .to_vec(),
+        env: accel
+            .map(|accel| vec![("PETREL_ACCEL".to_string(), accel.to_string())])
+            .unwrap_or_default(),
+    };
+    let mut jobs = vec![
+        ("qemu_kvm", bench("lifecycle", Some("kvm"))),
+        ("qemu_nested_tcg", bench("lifecycle", Some("tcg"))),
+    ];
+    let firecracker = vmtest::host_firecracker();
+    if firecracker.is_some() {
+        jobs.push(("firecracker", bench("firecracker-lifecycle", None)));
+    }
+    let (names, jobs): (Vec<&str>, Vec<GuestJob>) = jobs.into_iter().unzip();
+    let outputs = vmtest::run_in_guest("bench-kvm", &jobs, Nesting::Kvm, false)?;
+    let mut report = json!({
+        "bench": "kvm",
+        "runs": runs,
+        "where": "inside a KVM-host VM (this host's QEMU, TCG -cpu max: emulated AMD SVM), nested",
+    });
+    for (name, output) in names.iter().zip(&outputs) {
+        if output.exit_code != 0 {
+            bail!(
+                "the {name} bench failed in the VM (exit code {})",
+                output.exit_code
+            );
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout
+            .lines()
+            .last()
+            .with_context(|| format!("the {name} bench printed nothing"))?;
+        report[*name] = serde_json::from_str(last)
+            .with_context(|| format!("the {name} bench's report {last:?}"))?;
+    }
+    if firecracker.is_none() {
+        report["firecracker"] =
+            json!("skipped: no firecracker binary (PETREL_FIRECRACKER or PATH)");
+    }
+    println!("{report}");
+    Ok(())
+}
