@@ -25,7 +25,7 @@ pub fn run(runs: usize) -> Result<()> {
         ("qemu_kvm", bench("lifecycle", Some("kvm"))),
         ("qemu_nested_tcg", bench("lifecycle", Some("tcg"))),
     ];
-    let firecracker = vmtest::host_firecracker();
+    let firecracker = crate::nested_kvm::host_firecracker();
     if firecracker.is_some() {
         jobs.push(("firecracker", bench("firecracker-lifecycle", None)));
     }

@@ -25,6 +25,7 @@ mod bench;
 mod bench_kvm;
 mod demo;
 mod images;
+mod nested_kvm;
 mod soak;
 mod vmtest;
 
@@ -119,9 +120,11 @@ fn main() -> Result<()> {
 
 /// The sandbox-core test files run under nested KVM by `cargo xtask test`:
 /// the lifecycle (boot, exec, files, pause/resume, snapshots and clones),
-/// the manager (warm templates, fork, restart, limits) and the root disk
-/// providers (dm-snapshot needs the VM's device-mapper).
-const KVM_TESTS: [&str; 3] = ["vm", "manager", "providers"];
+/// the manager (warm templates, fork, restart, limits), the root disk
+/// providers (dm-snapshot needs the VM's device-mapper), the behavioural
+/// suite over both backends and Firecracker's own (those two skip
+/// Firecracker, saying so, when the host has no binary to carry along).
+const KVM_TESTS: [&str; 5] = ["vm", "manager", "providers", "backends", "firecracker"];
 
 fn nested_tests() -> Result<()> {
     let dm_here = dmsnap::device_mapper_available();

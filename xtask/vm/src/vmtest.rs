@@ -26,7 +26,7 @@
 //! guest that could not calibrate its TSC hangs nested KVM guests, so the
 //! run is refused, with the reason, when the guest still logs that it could
 //! not. Firecracker (`PETREL_FIRECRACKER`, or on PATH) is carried along
-//! when there is one. See `../shared/notes/nested-kvm.md`.
+//! when there is one (see `nested_kvm`).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
@@ -40,7 +40,7 @@ use futures::StreamExt as _;
 use qemu_vmm::Accel;
 use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
 
-use crate::{demo, env, images};
+use crate::{demo, env, images, nested_kvm};
 
 /// Where the test disk is mounted in the guest.
 const GUEST_DIR: &str = "/mnt/petrel-vmtest";
@@ -57,9 +57,6 @@ pub const IN_GUEST_ENV: &str = "PETREL_IN_VMTEST";
 /// QEMU's, and `nft` for the network namespace rules (the guest rootfs has
 /// no nftables).
 const HOST_PROGRAMS: [&str; 3] = ["qemu-system-x86_64", "qemu-img", "nft"];
-/// What the outer guest logs when its TSC could not be calibrated.
-const TSC_FAILURE: &str = "could not calculate TSC khz";
-
 /// Whether and how a vmtest's tests boot VMs of their own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Nesting {
@@ -265,7 +262,7 @@ fn test_disk(
         env::step("adding this host's QEMU and the guest images for nested VMs");
         add_host_programs(&tree)?;
         if nesting == Nesting::Kvm {
-            add_firecracker(&tree)?;
+            nested_kvm::add_firecracker(&tree)?;
         }
         copy_sparse(&images.kernel, &tree.join("vmlinux"))?;
         copy_sparse(&images.rootfs, &tree.join("rootfs.ext4"))?;
@@ -342,7 +339,7 @@ fn add_host_programs(tree: &Path) -> Result<()> {
 }
 
 /// The full path of `program` on PATH.
-fn which(program: &str) -> Result<PathBuf> {
+pub fn which(program: &str) -> Result<PathBuf> {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
@@ -381,7 +378,7 @@ fn shared_libraries(program: &Path) -> Result<Vec<PathBuf>> {
     Ok(libraries)
 }
 
-fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
+pub fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
     run_tool(
         Command::new("cp")
             .args(["-L", "--sparse=always"])
@@ -449,7 +446,7 @@ async fn run_in_vm(
     }
     if vm.nesting == Nesting::Kvm {
         config.images.kernel = images::kvm_kernel_from_env()?;
-        let khz = host_tsc_khz()?;
+        let khz = nested_kvm::host_tsc_khz()?;
         config.extra_kernel_args = format!("tsc_early_khz={khz}");
         env::step(&format!(
             "booting the KVM-host kernel ({}) with tsc_early_khz={khz}",
@@ -464,7 +461,7 @@ async fn run_in_vm(
         demo::ms(boot_start.elapsed())
     ));
     let checked = match vm.nesting {
-        Nesting::Kvm => check_nested_kvm(&sandbox).await,
+        Nesting::Kvm => nested_kvm::check_guest(&sandbox).await,
         _ => Ok(()),
     };
     let outputs = match checked {
@@ -475,89 +472,6 @@ async fn run_in_vm(
     let outputs = outputs?;
     destroyed.context("destroying the vmtest sandbox")?;
     Ok(outputs)
-}
-
-/// The host's TSC frequency in kHz, for the outer guest's `tsc_early_khz`:
-/// from the kernel log (the refined calibration if there is one), else
-/// `/proc/cpuinfo` (on a VM host, its TSC frequency).
-fn host_tsc_khz() -> Result<u64> {
-    let dmesg = Command::new("dmesg")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-        .unwrap_or_default();
-    let from_log = |marker: &str| {
-        dmesg
-            .lines()
-            .filter_map(|line| line.split_once(marker))
-            .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse::<f64>().ok())
-            .next_back()
-    };
-    let mhz = from_log("Refined TSC clocksource calibration: ")
-        .or_else(|| from_log("tsc: Detected "))
-        .or_else(|| {
-            std::fs::read_to_string("/proc/cpuinfo").ok()?.lines().find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                (key.trim() == "cpu MHz").then(|| value.trim().parse::<f64>().ok())?
-            })
-        })
-        .context("cannot tell the host's TSC frequency (no `tsc:` line in dmesg, no `cpu MHz` in /proc/cpuinfo)")?;
-    // Whole kHz; the value is a few GHz at most.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok((mhz * 1000.0).round() as u64)
-}
-
-/// Refuses to go on unless the outer guest calibrated its TSC (nested KVM
-/// guests hang otherwise) and has a `/dev/kvm`.
-async fn check_nested_kvm(sandbox: &Sandbox) -> Result<()> {
-    let out = sandbox
-        .exec(
-            ExecRequest::new("/bin/sh")
-                .args([
-                    "-c",
-                    "dmesg; echo; test -c /dev/kvm && echo PETREL_KVM_PRESENT; grep -m1 -ow svm /proc/cpuinfo",
-                ])
-                .user("root"),
-        )
-        .await
-        .context("inspecting the KVM-host guest")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if let Some(line) = text.lines().find(|line| line.contains(TSC_FAILURE)) {
-        bail!(
-            "the KVM-host guest could not calibrate its TSC ({}); nested KVM guests would hang there, so the run stops",
-            line.trim()
-        );
-    }
-    if !text.contains("PETREL_KVM_PRESENT") {
-        let kvm_lines: Vec<&str> = text.lines().filter(|l| l.contains("kvm")).collect();
-        bail!(
-            "the KVM-host guest has no /dev/kvm (svm in its CPU flags: {}; its kvm log lines: {kvm_lines:?})",
-            text.lines().any(|l| l.trim() == "svm")
-        );
-    }
-    env::step("the guest has /dev/kvm and a calibrated TSC");
-    Ok(())
-}
-
-/// Firecracker to carry into a KVM-host guest: `PETREL_FIRECRACKER`, else
-/// `firecracker` on PATH (Firecracker is in no registry; CI has none).
-pub fn host_firecracker() -> Option<PathBuf> {
-    std::env::var_os("PETREL_FIRECRACKER")
-        .map(PathBuf::from)
-        .filter(|path| path.is_file())
-        .or_else(|| which("firecracker").ok())
-}
-
-/// Copies the host's Firecracker (if any) to `bin/firecracker`.
-fn add_firecracker(tree: &Path) -> Result<()> {
-    if let Some(path) = host_firecracker() {
-        env::step(&format!("adding Firecracker ({})", path.display()));
-        copy_sparse(&path, &tree.join("bin/firecracker"))
-    } else {
-        env::step(
-            "no Firecracker here (PETREL_FIRECRACKER unset, none on PATH): its tests will skip",
-        );
-        Ok(())
-    }
 }
 
 async fn root_shell(sandbox: &Sandbox, script: &str) -> Result<()> {
@@ -626,7 +540,7 @@ async fn run_jobs(
         if vm.nesting == Nesting::Kvm {
             // The tests' own accelerator probe must pick KVM.
             request = request.env("PETREL_EXPECT_ACCEL", "kvm");
-            if host_firecracker().is_some() {
+            if nested_kvm::host_firecracker().is_some() {
                 request = request.env("PETREL_FIRECRACKER", format!("{GUEST_DIR}/bin/firecracker"));
             }
         }
