@@ -251,7 +251,7 @@ async fn hypervisor(
 ) -> Result<Arc<dyn Hypervisor>> {
     if config.vmm == VmmChoice::Firecracker {
         anyhow::bail!(
-            "--vmm firecracker: sandboxes on Firecracker need per-sandbox TAP networking, which is not wired up yet; use --vmm qemu"
+            "--vmm firecracker: not served yet: a Firecracker guest started from a snapshot or resumed depends on a page server inside the agent, so it would not survive an agent restart, and Firecracker is not confined yet (sandbox-core runs it; `cargo xtask demo --vmm firecracker` shows it); use --vmm qemu"
         );
     }
     let accel = match (config.accel, images) {
@@ -272,4 +272,26 @@ async fn hypervisor(
         }
     };
     Ok(Arc::new(QemuBackend::new(accel)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serve_refuses_firecracker_saying_why() {
+        let config = AgentConfig {
+            vmm: VmmChoice::Firecracker,
+            ..AgentConfig::default()
+        };
+
+        let err = hypervisor(&config, None).await.unwrap_err().to_string();
+
+        assert!(
+            err.starts_with("--vmm firecracker:")
+                && err.contains("agent restart")
+                && err.contains("--vmm qemu"),
+            "{err}"
+        );
+    }
 }
