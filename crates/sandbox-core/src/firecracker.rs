@@ -523,9 +523,8 @@ fn file_size(path: &Path) -> Result<u64, SandboxError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn create_rejects_a_run_dir_too_deep_for_its_sockets_naming_the_path() {
-        let spec = |run_dir: &str| VmSpec {
+    fn tap_spec(run_dir: &str) -> VmSpec {
+        VmSpec {
             id: "vm1".to_string(),
             vcpus: 1,
             memory_mib: 128,
@@ -541,11 +540,58 @@ mod tests {
             },
             run_dir: PathBuf::from(run_dir),
             base_image: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn create_refuses_what_firecracker_cannot_do_saying_so() {
+        let backend = FirecrackerBackend {
+            binary: PathBuf::from("/nonexistent/firecracker"),
         };
+        let refusal = |spec: VmSpec| {
+            let backend = backend.clone();
+            async move {
+                match backend.create(spec).await {
+                    Err(SandboxError::Unsupported { backend, what }) => {
+                        format!("{backend}: {what}")
+                    }
+                    other => panic!("expected a refusal, got {other:?}"),
+                }
+            }
+        };
+        let run_dir = "/var/lib/petrel/sandboxes/vm1";
+
+        let user_mode = refusal(VmSpec {
+            network: VmNetwork::UserForward {
+                host: "127.0.0.1:1".parse().unwrap(),
+            },
+            ..tap_spec(run_dir)
+        })
+        .await;
+        let qcow2 = refusal(VmSpec {
+            root_disk_qcow2: true,
+            ..tap_spec(run_dir)
+        })
+        .await;
+        let drives = refusal(VmSpec {
+            extra_drives: vec![PathBuf::from("/data.img")],
+            ..tap_spec(run_dir)
+        })
+        .await;
+
+        assert!(user_mode.contains("user-mode network"), "{user_mode}");
+        assert!(qcow2.contains("qcow2"), "{qcow2}");
+        assert!(drives.contains("extra drives"), "{drives}");
+    }
+
+    #[test]
+    fn create_rejects_a_run_dir_too_deep_for_its_sockets_naming_the_path() {
         let deep = format!("/var/lib/{}/sandboxes/vm1", "d".repeat(80));
 
-        let short = check_socket_paths(&spec("/var/lib/petrel/sandboxes/0123456789abcdef"));
-        let err = check_socket_paths(&spec(&deep)).unwrap_err().to_string();
+        let short = check_socket_paths(&tap_spec("/var/lib/petrel/sandboxes/0123456789abcdef"));
+        let err = check_socket_paths(&tap_spec(&deep))
+            .unwrap_err()
+            .to_string();
 
         assert!(short.is_ok());
         assert!(
