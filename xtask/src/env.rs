@@ -41,3 +41,16 @@ pub fn cargo(args: &[&str], envs: &[(&str, &str)]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Builds binary `bin` of package `package` (debug, or release) and returns
+/// its path in the target directory.
+pub fn build_binary(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
+    let mut args = vec!["build", "--quiet", "--package", package, "--bin", bin];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args, &[])?;
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join(bin))
+}

@@ -86,21 +86,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
 
 fn build_agent(release: bool) -> Result<PathBuf> {
     env::step("building host-agent");
-    let mut args = vec![
-        "build",
-        "--quiet",
-        "--package",
-        "host-agent",
-        "--bin",
-        "host-agent",
-    ];
-    if release {
-        args.push("--release");
-    }
-    env::cargo(&args, &[])?;
-    Ok(env::target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("host-agent"))
+    env::build_binary("host-agent", "host-agent", release)
 }
 
 /// The agent's API key: the one kept in the data dir, or a new one.

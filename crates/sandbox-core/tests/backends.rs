@@ -44,17 +44,58 @@ fn firecracker() -> Result<FirecrackerBackend, String> {
     Ok(backend)
 }
 
-/// A pool of network slots of its own per test and backend (32_100 to
-/// 32_399: no other test file uses them).
-fn pool(first_slot: u16) -> Arc<NetworkPool> {
-    Arc::new(NetworkPool::new(first_slot..first_slot + 10).unwrap())
+/// One backend's run of a test: its own directory and pool of network
+/// slots (10 from `slot`; 32_100 to 32_399 are used by no other test file).
+struct Case {
+    name: &'static str,
+    backend: Arc<dyn Hypervisor>,
+    images: GuestImages,
+    dir: TestDir,
+    pool: Arc<NetworkPool>,
+    slot: u16,
 }
 
-fn config(name: &str, images: &GuestImages, dir: &Path, pool: &Arc<NetworkPool>) -> SandboxConfig {
-    SandboxConfig {
-        network: Some(pool.clone()),
-        internet: Some(false),
-        ..SandboxConfig::new(name, images.clone(), dir)
+/// A [`Case`] per usable backend of test `test`, its slots from
+/// `first_slot`; none when VM tests are not required and images are missing.
+fn cases(test: &str, first_slot: u16) -> Vec<Case> {
+    let Some(images) = images() else {
+        return Vec::new();
+    };
+    (first_slot..)
+        .step_by(10)
+        .zip(backends())
+        .map(|(slot, (name, backend))| Case {
+            name,
+            backend,
+            images: images.clone(),
+            dir: TestDir::new(&format!("be-{test}-{name}")),
+            pool: Arc::new(NetworkPool::new(slot..slot + 10).unwrap()),
+            slot,
+        })
+        .collect()
+}
+
+impl Case {
+    /// Boots sandbox `id` (internet off) in a namespace of the pool, from
+    /// `snapshot` if given.
+    async fn boot(&self, id: &str, snapshot: Option<&Path>) -> Sandbox {
+        let config = SandboxConfig {
+            network: Some(self.pool.clone()),
+            internet: Some(false),
+            snapshot: snapshot.map(Path::to_path_buf),
+            ..SandboxConfig::new(id, self.images.clone(), &self.dir.0)
+        };
+        Sandbox::boot(&*self.backend, config)
+            .await
+            .unwrap_or_else(|err| panic!("{}: boot of {id}: {err}", self.name))
+    }
+
+    /// The pool's `petrel-<slot>` namespaces that exist.
+    fn namespaces(&self) -> Vec<String> {
+        (self.slot..self.slot + 10)
+            .map(|slot| format!("petrel-{slot}"))
+            .filter(|name| Path::new("/run/netns").join(name).exists())
+            .collect()
     }
 }
 
@@ -69,14 +110,6 @@ async fn sh(sandbox: &Sandbox, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The `petrel-<slot>` namespaces of the pool starting at `first_slot`.
-fn namespaces(first_slot: u16) -> Vec<String> {
-    (first_slot..first_slot + 10)
-        .map(|slot| format!("petrel-{slot}"))
-        .filter(|name| Path::new("/run/netns").join(name).exists())
-        .collect()
-}
-
 /// Whether any process's command line names `dir` (a VMM left running).
 fn process_naming(dir: &Path) -> Option<String> {
     let needle = dir.display().to_string();
@@ -87,15 +120,13 @@ fn process_naming(dir: &Path) -> Option<String> {
     })
 }
 
+const NONE: Vec<String> = Vec::new();
+
 #[tokio::test(flavor = "multi_thread")]
 async fn create_exec_files_and_destroy_leave_nothing_on_every_backend() {
-    let Some(images) = images() else { return };
-    for (slot, (name, backend)) in (32_100u16..).step_by(10).zip(backends()) {
-        let dir = TestDir::new(&format!("be-basic-{name}"));
-        let pool = pool(slot);
-        let sandbox = Sandbox::boot(&*backend, config(name, &images, &dir.0, &pool))
-            .await
-            .unwrap_or_else(|err| panic!("{name}: boot: {err}"));
+    for case in cases("basic", 32_100) {
+        let name = case.name;
+        let sandbox = case.boot(name, None).await;
         let run_dir = sandbox.run_dir().to_path_buf();
 
         let echo = sh(&sandbox, "echo hello; uname -s").await;
@@ -121,57 +152,41 @@ async fn create_exec_files_and_destroy_leave_nothing_on_every_backend() {
         assert_eq!(seen, "host data\nuser\n", "{name}");
         assert!(!run_dir.exists(), "{name}: the sandbox directory is left");
         assert_eq!(process_naming(&run_dir), None, "{name}: a VMM is left");
-        assert_eq!(
-            namespaces(slot),
-            Vec::<String>::new(),
-            "{name}: a namespace is left"
-        );
+        assert_eq!(case.namespaces(), NONE, "{name}: a namespace is left");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_and_resume_keep_files_and_running_processes_on_every_backend() {
-    let Some(images) = images() else { return };
-    for (slot, (name, backend)) in (32_200u16..).step_by(10).zip(backends()) {
-        let dir = TestDir::new(&format!("be-pause-{name}"));
-        let pool = pool(slot);
-        let mut sandbox = Sandbox::boot(&*backend, config(name, &images, &dir.0, &pool))
-            .await
-            .unwrap_or_else(|err| panic!("{name}: boot: {err}"));
+    for case in cases("pause", 32_200) {
+        let name = case.name;
+        let mut sandbox = case.boot(name, None).await;
         sh(
             &sandbox,
             "echo kept > ~/file.txt; \
              nohup bash -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done' >/dev/null 2>&1 &",
         )
         .await;
-        let before: u64 = sh(&sandbox, "sleep 0.5; cat /tmp/counter")
-            .await
-            .trim()
-            .parse()
-            .unwrap();
+        let counter = "sleep 0.5; cat /tmp/counter";
+        let before: u64 = sh(&sandbox, counter).await.trim().parse().unwrap();
 
         sandbox
             .pause()
             .await
             .unwrap_or_else(|err| panic!("{name}: pause: {err}"));
         let paused_vmm = sandbox.vmm_pid();
-        let paused_namespaces = namespaces(slot);
+        let paused_namespaces = case.namespaces();
         sandbox
             .resume()
             .await
             .unwrap_or_else(|err| panic!("{name}: resume: {err}"));
-        let after: u64 = sh(&sandbox, "sleep 0.5; cat /tmp/counter")
-            .await
-            .trim()
-            .parse()
-            .unwrap();
+        let after: u64 = sh(&sandbox, counter).await.trim().parse().unwrap();
         let file = sh(&sandbox, "cat ~/file.txt").await;
         sandbox.destroy().await.unwrap();
 
         assert_eq!(paused_vmm, None, "{name}: a paused sandbox kept its VMM");
         assert_eq!(
-            paused_namespaces,
-            Vec::<String>::new(),
+            paused_namespaces, NONE,
             "{name}: a paused sandbox kept its namespace"
         );
         assert!(
@@ -184,18 +199,11 @@ async fn pause_and_resume_keep_files_and_running_processes_on_every_backend() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_starts_clones_with_its_files_and_their_own_writes_on_every_backend() {
-    let Some(images) = images() else { return };
-    for (slot, (name, backend)) in (32_300u16..).step_by(10).zip(backends()) {
-        let dir = TestDir::new(&format!("be-snap-{name}"));
-        let pool = pool(slot);
-        let mut source = Sandbox::boot(
-            &*backend,
-            config(&format!("{name}-src"), &images, &dir.0, &pool),
-        )
-        .await
-        .unwrap_or_else(|err| panic!("{name}: boot: {err}"));
+    for case in cases("snap", 32_300) {
+        let name = case.name;
+        let mut source = case.boot(&format!("{name}-src"), None).await;
         sh(&source, "echo from-snapshot > ~/snap.txt").await;
-        let snapshot = dir.0.join("snapshot");
+        let snapshot = case.dir.0.join("snapshot");
 
         source
             .snapshot(&snapshot)
@@ -204,26 +212,16 @@ async fn snapshot_starts_clones_with_its_files_and_their_own_writes_on_every_bac
         let source_after = sh(&source, "cat ~/snap.txt").await;
         let mut clones = Vec::new();
         for n in 0..2 {
-            let config = SandboxConfig {
-                snapshot: Some(snapshot.clone()),
-                ..config(&format!("{name}-clone{n}"), &images, &dir.0, &pool)
-            };
             clones.push(
-                Sandbox::boot(&*backend, config)
-                    .await
-                    .unwrap_or_else(|err| panic!("{name}: start from the snapshot: {err}")),
+                case.boot(&format!("{name}-clone{n}"), Some(&snapshot))
+                    .await,
             );
         }
         sh(&clones[0], "echo mine > ~/only-clone0.txt").await;
         let mut seen = Vec::new();
         for clone in &clones {
-            seen.push(
-                sh(
-                    clone,
-                    "cat ~/snap.txt; ls ~/only-clone0.txt 2>/dev/null | wc -l",
-                )
-                .await,
-            );
+            let listing = "cat ~/snap.txt; ls ~/only-clone0.txt 2>/dev/null | wc -l";
+            seen.push(sh(clone, listing).await);
         }
         for clone in clones {
             clone.destroy().await.unwrap();
@@ -235,10 +233,6 @@ async fn snapshot_starts_clones_with_its_files_and_their_own_writes_on_every_bac
             "{name}: the source after its snapshot"
         );
         assert_eq!(seen, ["from-snapshot\n1\n", "from-snapshot\n0\n"], "{name}");
-        assert_eq!(
-            namespaces(slot),
-            Vec::<String>::new(),
-            "{name}: a namespace is left"
-        );
+        assert_eq!(case.namespaces(), NONE, "{name}: a namespace is left");
     }
 }

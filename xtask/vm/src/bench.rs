@@ -311,19 +311,13 @@ pub(crate) fn stats(samples: &[Duration]) -> serde_json::Value {
 /// measured in the same run.
 async fn lifecycle(images: &GuestImages, runs: usize) -> Result<()> {
     let outcome = demo::probe(images).await;
-    let work = demo::tempdir("petrel-bench-lifecycle")?;
     let backend = QemuBackend::new(outcome.accel);
     let bench = LifecycleBench {
         backend: &backend,
         raw_qemu: Some(outcome.accel),
         network: None,
     };
-    let result = lifecycle_runs(images, &bench, runs, &work).await;
-    let cleanup = std::fs::remove_dir_all(&work);
-    let report = result?;
-    cleanup.with_context(|| format!("removing {}", work.display()))?;
-    println!("{report}");
-    Ok(())
+    print_lifecycle(images, &bench, runs, "petrel-bench-lifecycle").await
 }
 
 /// Firecracker's lifecycle timings (the same as [`lifecycle`]'s, without
@@ -331,14 +325,25 @@ async fn lifecycle(images: &GuestImages, runs: usize) -> Result<()> {
 async fn firecracker_lifecycle(images: &GuestImages, runs: usize) -> Result<()> {
     let backend = sandbox_core::FirecrackerBackend::find()
         .context("no firecracker binary (PETREL_FIRECRACKER or PATH)")?;
-    let work = demo::tempdir("petrel-bench-fc")?;
     let pool = Arc::new(sandbox_core::NetworkPool::new(FIRECRACKER_SLOTS)?);
     let bench = LifecycleBench {
         backend: &backend,
         raw_qemu: None,
         network: Some(pool),
     };
-    let result = lifecycle_runs(images, &bench, runs, &work).await;
+    print_lifecycle(images, &bench, runs, "petrel-bench-fc").await
+}
+
+/// Runs `bench` in a scratch directory (removed after) and prints its
+/// JSON report.
+async fn print_lifecycle(
+    images: &GuestImages,
+    bench: &LifecycleBench<'_>,
+    runs: usize,
+    scratch: &str,
+) -> Result<()> {
+    let work = demo::tempdir(scratch)?;
+    let result = lifecycle_runs(images, bench, runs, &work).await;
     let cleanup = std::fs::remove_dir_all(&work);
     let report = result?;
     cleanup.with_context(|| format!("removing {}", work.display()))?;

@@ -88,6 +88,14 @@ enum Command {
     /// lifecycle under KVM where its KVM is not usable (nothing to do where
     /// both work: `cargo test` ran them here).
     NestedTests,
+    /// Debugging aid: run a shell script as root in a nested (`--kvm`: a
+    /// KVM-host) VM with the test disk's QEMU, nft and guest images.
+    #[command(hide = true)]
+    GuestSh {
+        #[arg(long)]
+        kvm: bool,
+        script: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -115,6 +123,16 @@ fn main() -> Result<()> {
             test_args,
         }),
         Command::NestedTests => nested_tests(),
+        Command::GuestSh { kvm, script } => {
+            let job = vmtest::GuestJob {
+                binary: "/bin/bash".into(),
+                args: vec!["-c".to_string(), script],
+                env: Vec::new(),
+            };
+            let nesting = vmtest::Nesting::from_flags(true, kvm);
+            let outputs = vmtest::run_in_guest("guest-sh", &[job], nesting, true)?;
+            vmtest::require_success("the script", &outputs)
+        }
     }
 }
 
@@ -151,21 +169,11 @@ fn nested_tests() -> Result<()> {
         test_args: Vec::new(),
     })?;
     env::step("building host-agent (its doctor must find KVM usable in the VM)");
-    env::cargo(
-        &[
-            "build",
-            "--quiet",
-            "--package",
-            "host-agent",
-            "--bin",
-            "host-agent",
-        ],
-        &[],
-    )?;
+    let agent = env::build_binary("host-agent", "host-agent", false)?;
     jobs.insert(
         0,
         vmtest::GuestJob {
-            binary: env::target_dir().join("debug/host-agent"),
+            binary: agent,
             args: vec!["doctor".to_string()],
             env: Vec::new(),
         },
