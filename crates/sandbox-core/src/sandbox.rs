@@ -812,7 +812,7 @@ async fn boot_steps(
         })?;
     let envd = envd.with_access_token(token.clone());
     if config.snapshot.is_some() {
-        refresh_identity(&envd, &config.id).await?;
+        refresh_identity(&envd, &config.id, config.boot_timeout).await?;
     }
     let timings = BootTimings {
         prepare,
@@ -826,8 +826,14 @@ async fn boot_steps(
 
 /// A guest restored from a snapshot is a copy of the one snapshotted: give
 /// it its own hostname and stir host randomness into its entropy pool (and
-/// force a reseed) so clones do not share random streams.
-async fn refresh_identity(envd: &EnvdClient, id: &str) -> Result<(), SandboxError> {
+/// force a reseed) so clones do not share random streams. Part of the boot:
+/// bounded by the boot timeout (a guest under nested TCG takes longer than
+/// any fixed bound to run its first python after a restore).
+async fn refresh_identity(
+    envd: &EnvdClient,
+    id: &str,
+    timeout: Duration,
+) -> Result<(), SandboxError> {
     let mut seed = String::new();
     for _ in 0..4 {
         seed.push_str(&random_token()?);
@@ -842,7 +848,7 @@ async fn refresh_identity(envd: &EnvdClient, id: &str) -> Result<(), SandboxErro
     let request = ExecRequest::new("/bin/bash")
         .args(["-c", script.as_str()])
         .user("root")
-        .timeout(Duration::from_secs(30));
+        .timeout(timeout);
     let out = envd
         .exec(request)
         .await
