@@ -20,16 +20,6 @@ use sandbox_core::Sandbox;
 use crate::env;
 use crate::vmtest::{copy_sparse, which};
 
-/// Kernel arguments of the KVM-host VM besides `tsc_early_khz`. Its KVM
-/// answers the inner guests' writes to AMD PMU MSRs it does not emulate
-/// (`Unhandled WRMSR(0xc0010007)`, at every inner boot's "Performance
-/// Events" step) with a #GP, which the emulated SVM sometimes turns into a
-/// dead guest: in 3 of 4 lifecycle bench runs one inner QEMU-KVM guest
-/// died early in boot (QEMU exit status 0; the consoles that were not quiet
-/// were cut off at or just before "Performance Events: PMU"). Ignoring such
-/// MSRs avoids that path.
-pub const KVM_HOST_ARGS: &str = "kvm.ignore_msrs=1";
-
 /// What the outer guest logs when its TSC could not be calibrated.
 const TSC_FAILURE: &str = "could not calculate TSC khz";
 

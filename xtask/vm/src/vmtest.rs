@@ -447,7 +447,7 @@ async fn run_in_vm(
     if vm.nesting == Nesting::Kvm {
         config.images.kernel = images::kvm_kernel_from_env()?;
         let khz = nested_kvm::host_tsc_khz()?;
-        config.extra_kernel_args = format!("tsc_early_khz={khz} {}", nested_kvm::KVM_HOST_ARGS);
+        config.extra_kernel_args = format!("tsc_early_khz={khz}");
         env::step(&format!(
             "booting the KVM-host kernel ({}) with tsc_early_khz={khz}",
             config.images.kernel.display()
