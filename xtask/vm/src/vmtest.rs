@@ -468,6 +468,14 @@ async fn run_in_vm(
         Ok(()) => run_jobs(&sandbox, vm, jobs).await,
         Err(err) => Err(err),
     };
+    if outputs.is_err() {
+        // The VM's own end (a panic, its OOM killer) explains a lost job.
+        let console = sandbox.run_dir().join("console.log");
+        eprintln!(
+            "[vmtest] the VM's console ends with:\n{}",
+            qemu_vmm::log_tail(&console, 40)
+        );
+    }
     let destroyed = sandbox.destroy().await;
     let outputs = outputs?;
     destroyed.context("destroying the vmtest sandbox")?;
