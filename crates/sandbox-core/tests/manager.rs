@@ -673,3 +673,30 @@ async fn user_mode_create_refuses_internet_and_defaults_to_isolated() {
     assert_eq!(listed, 0);
     assert!(!unset.internet);
 }
+
+#[tokio::test]
+async fn a_destroy_that_waited_for_another_says_not_found_not_killed() {
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let id = manager.create(base()).await.unwrap().id;
+
+    // The second caller (a user's kill while expiry destroys the sandbox)
+    // comes while the first destroy is under way.
+    let (first, second) = tokio::join!(manager.destroy(&id), async {
+        while manager
+            .get(&id)
+            .is_ok_and(|info| info.state != State::Stopping)
+        {
+            tokio::task::yield_now().await;
+        }
+        manager.destroy(&id).await
+    });
+
+    assert!(first.is_ok(), "{first:?}");
+    assert!(
+        matches!(second, Err(ManagerError::SandboxNotFound(ref missing)) if *missing == id),
+        "{second:?}"
+    );
+    assert!(manager.get(&id).is_err());
+}

@@ -325,6 +325,8 @@ impl Manager {
     /// that operation fails at once and releases it.
     pub async fn destroy(&self, id: &str) -> Result<(), ManagerError> {
         let handle = self.handle(id)?;
+        // Another destroy (the reaper's, at expiry) already under way.
+        let already_stopping = self.get(id).is_ok_and(|info| info.state == State::Stopping);
         let mut guard = match handle.try_lock() {
             Ok(guard) => guard,
             Err(_busy) => {
@@ -333,10 +335,16 @@ impl Manager {
                 handle.lock().await
             }
         };
-        // A create that failed meanwhile (its VMM killed above) is gone
-        // already: nothing left to destroy.
+        // Gone while this call waited: a create that failed meanwhile (its
+        // VMM killed above) leaves nothing to destroy; a sandbox another
+        // destroy was ending (expiry) is not this call's to report as
+        // killed: not found, as for any call after it.
         let Ok(previous) = self.get(id).map(|info| info.state) else {
-            return Ok(());
+            return if already_stopping {
+                Err(ManagerError::SandboxNotFound(id.to_string()))
+            } else {
+                Ok(())
+            };
         };
         self.set_state(id, State::Stopping);
         // The intent: a crash from here on is completed at the next start.
