@@ -131,26 +131,17 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Doctor => with_images(Task::Doctor, &["doctor"]),
-        Command::Demo { vmm } if vmm == "firecracker" => {
-            // Where KVM is not usable the demo runs in a KVM-host VM.
-            setup::run(Task::Demo)?;
-            let images = images::build()?.with_kvm_kernel()?;
-            images::xtask_vm(&["demo", "--vmm", &vmm], Some(&images))
+        Command::Doctor => with_images(Task::Doctor, &["doctor"], false),
+        // Where KVM is not usable, the Firecracker demo runs in a KVM-host VM.
+        Command::Demo { vmm } => {
+            with_images(Task::Demo, &["demo", "--vmm", &vmm], vmm == "firecracker")
         }
-        Command::Demo { vmm } => with_images(Task::Demo, &["demo", "--vmm", &vmm]),
         Command::Serve(args) => serve::run(&args),
         Command::Test { cargo_args } => test::run(&cargo_args),
         Command::Bench { which, runs } => {
             let runs = runs.to_string();
             let args = ["bench", which.as_str(), "--runs", &runs];
-            if which == "kvm" {
-                setup::run(Task::Bench)?;
-                let images = images::build()?.with_kvm_kernel()?;
-                images::xtask_vm(&args, Some(&images))
-            } else {
-                with_images(Task::Bench, &args)
-            }
+            with_images(Task::Bench, &args, which == "kvm")
         }
         Command::Vmtest {
             package,
@@ -173,19 +164,18 @@ fn run(command: Command) -> Result<()> {
                 args.push("--");
                 args.extend(test_args.iter().map(String::as_str));
             }
-            setup::run(Task::Vmtest)?;
-            let mut images = images::build()?;
-            if kvm {
-                images = images.with_kvm_kernel()?;
-            }
-            images::xtask_vm(&args, Some(&images))
+            with_images(Task::Vmtest, &args, kvm)
         }
     }
 }
 
-/// Setup for `task`, the images, then `xtask-vm ARGS`.
-fn with_images(task: Task, args: &[&str]) -> Result<()> {
+/// Setup for `task`, the images (and the KVM-host kernel when
+/// `kvm_kernel`), then `xtask-vm ARGS`.
+fn with_images(task: Task, args: &[&str], kvm_kernel: bool) -> Result<()> {
     setup::run(task)?;
-    let images = images::build()?;
+    let mut images = images::build()?;
+    if kvm_kernel {
+        images = images.with_kvm_kernel()?;
+    }
     images::xtask_vm(args, Some(&images))
 }

@@ -210,11 +210,12 @@ async fn accelerator(options: &DoctorOptions) -> AccelFindings {
     let cache_dir = options.data_dir.is_dir().then(|| options.data_dir.clone());
     let probe = AccelProbe {
         qemu,
-        kernel: kernel.clone(),
-        rootfs: rootfs.clone(),
-        timeout: Duration::from_secs(20),
-        cache_file: cache_dir.as_ref().map(|d| d.join("accel-probe.json")),
-        work_dir: cache_dir.unwrap_or_else(std::env::temp_dir),
+        ..AccelProbe::new(
+            kernel,
+            rootfs,
+            cache_dir.as_deref(),
+            cache_dir.clone().unwrap_or_else(std::env::temp_dir),
+        )
     };
     let outcome = qemu_vmm::probe_accelerator(&probe).await;
     let cached = if outcome.cached { ", cached" } else { "" };

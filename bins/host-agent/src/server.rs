@@ -258,14 +258,12 @@ async fn hypervisor(
         (AccelChoice::Kvm, _) => Accel::Kvm,
         (AccelChoice::Tcg, _) | (AccelChoice::Auto, None) => Accel::Tcg,
         (AccelChoice::Auto, Some(images)) => {
-            let probe = AccelProbe {
-                qemu: qemu_vmm::default_qemu_binary(),
-                kernel: images.kernel.clone(),
-                rootfs: images.rootfs.clone(),
-                timeout: Duration::from_secs(20),
-                cache_file: Some(config.data_dir.join("accel-probe.json")),
-                work_dir: config.data_dir.clone(),
-            };
+            let probe = AccelProbe::new(
+                &images.kernel,
+                &images.rootfs,
+                Some(&config.data_dir),
+                &config.data_dir,
+            );
             let outcome = qemu_vmm::probe_accelerator(&probe).await;
             tracing::info!(accel = %outcome.accel, reason = %outcome.reason, cached = outcome.cached, "accelerator");
             outcome.accel

@@ -47,6 +47,30 @@ pub struct AccelProbe {
     pub work_dir: PathBuf,
 }
 
+impl AccelProbe {
+    /// How long a probe guest gets to reach init under KVM by default.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// A probe with the default QEMU binary and timeout, booting `kernel`
+    /// over `rootfs`, its outcome cached as `accel-probe.json` in
+    /// `cache_dir` (if any), its VM's scratch space in `work_dir`.
+    pub fn new(
+        kernel: impl Into<PathBuf>,
+        rootfs: impl Into<PathBuf>,
+        cache_dir: Option<&Path>,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            qemu: crate::default_qemu_binary(),
+            kernel: kernel.into(),
+            rootfs: rootfs.into(),
+            timeout: Self::DEFAULT_TIMEOUT,
+            cache_file: cache_dir.map(|dir| dir.join("accel-probe.json")),
+            work_dir: work_dir.into(),
+        }
+    }
+}
+
 /// The probe's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeOutcome {

@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{TestDir, images};
+use common::{TestDir, images, processes_naming};
 use qemu_vmm::Accel;
 use sandbox_core::{
     FirecrackerBackend, GuestImages, Hypervisor, NetworkPool, QemuBackend, Sandbox, SandboxConfig,
@@ -110,16 +110,6 @@ async fn sh(sandbox: &Sandbox, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whether any process's command line names `dir` (a VMM left running).
-fn process_naming(dir: &Path) -> Option<String> {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc").unwrap().find_map(|entry| {
-        let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        cmdline.contains(&needle).then_some(cmdline)
-    })
-}
-
 const NONE: Vec<String> = Vec::new();
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,7 +141,11 @@ async fn create_exec_files_and_destroy_leave_nothing_on_every_backend() {
         assert_eq!(read_back, b"host data\n", "{name}");
         assert_eq!(seen, "host data\nuser\n", "{name}");
         assert!(!run_dir.exists(), "{name}: the sandbox directory is left");
-        assert_eq!(process_naming(&run_dir), None, "{name}: a VMM is left");
+        assert_eq!(
+            processes_naming(&run_dir),
+            Vec::<u32>::new(),
+            "{name}: a VMM is left"
+        );
         assert_eq!(case.namespaces(), NONE, "{name}: a namespace is left");
     }
 }

@@ -30,15 +30,8 @@ use common::destroy_all;
 /// socket).
 fn vmm_pid(data_dir: &Path, id: &str) -> u32 {
     let socket = data_dir.join("sandboxes").join(id).join("vmm/qmp.sock");
-    let socket = socket.to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&socket))
-        })
+    *common::processes_naming(&socket)
+        .first()
         .expect("the sandbox's QEMU runs")
 }
 

@@ -210,19 +210,10 @@ fn providers_in_vm(runs: usize) -> Result<serde_json::Value> {
         crate::vmtest::Nesting::Tcg,
         false,
     )?;
-    let output = outputs.first().context("the guest ran no bench")?;
-    if output.exit_code != 0 {
-        anyhow::bail!(
-            "the bench failed in the VM (exit code {})",
-            output.exit_code
-        );
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout
-        .lines()
-        .last()
-        .context("the bench in the VM printed nothing")?;
-    serde_json::from_str(last).with_context(|| format!("the VM's bench report {last:?}"))
+    outputs
+        .first()
+        .context("the guest ran no bench")?
+        .json_report()
 }
 
 async fn provider_runs(

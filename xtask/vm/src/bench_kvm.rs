@@ -40,20 +40,10 @@ pub fn run(runs: usize) -> Result<()> {
     // the report (its error is in the log above) and fails the run after.
     let mut failed = Vec::new();
     for (name, output) in names.iter().zip(&outputs) {
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let parsed = stdout
-            .lines()
-            .last()
-            .and_then(|last| serde_json::from_str::<serde_json::Value>(last).ok());
-        report[*name] = match (output.exit_code, parsed) {
-            (0, Some(figures)) => figures,
-            (code, _) => {
-                failed.push(*name);
-                json!(format!(
-                    "failed (exit code {code}): its error is in the log above"
-                ))
-            }
-        };
+        report[*name] = output.json_report().unwrap_or_else(|err| {
+            failed.push(*name);
+            json!(format!("failed: {err:#} (its log is above)"))
+        });
     }
     if firecracker.is_none() {
         report["firecracker"] =

@@ -120,14 +120,12 @@ async fn demo(backend: &dyn Hypervisor, config: SandboxConfig) -> Result<()> {
 /// The accelerator: `PETREL_ACCEL=kvm|tcg` forces one, otherwise the cached
 /// outcome of a real KVM probe.
 pub async fn probe(images: &GuestImages) -> ProbeOutcome {
-    let probe = AccelProbe {
-        qemu: qemu_vmm::default_qemu_binary(),
-        kernel: images.kernel.clone(),
-        rootfs: images.rootfs.clone(),
-        timeout: Duration::from_secs(20),
-        cache_file: Some(env::cache_dir().join("accel-probe.json")),
-        work_dir: std::env::temp_dir(),
-    };
+    let probe = AccelProbe::new(
+        &images.kernel,
+        &images.rootfs,
+        Some(&env::cache_dir()),
+        std::env::temp_dir(),
+    );
     let mut outcome = probe_accelerator(&probe).await;
     match std::env::var("PETREL_ACCEL").as_deref() {
         Ok("kvm") => {

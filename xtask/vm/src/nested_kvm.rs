@@ -101,17 +101,18 @@ pub fn host_firecracker() -> Option<PathBuf> {
         .or_else(|| which("firecracker").ok())
 }
 
-/// Copies the host's Firecracker (if any) to `bin/firecracker`.
-pub fn add_firecracker(tree: &Path) -> Result<()> {
-    if let Some(path) = host_firecracker() {
-        env::step(&format!("adding Firecracker ({})", path.display()));
-        copy_sparse(&path, &tree.join("bin/firecracker"))
-    } else {
+/// Copies the host's Firecracker (if any) to `bin/firecracker`; whether
+/// there was one.
+pub fn add_firecracker(tree: &Path) -> Result<bool> {
+    let Some(path) = host_firecracker() else {
         env::step(
             "no Firecracker here (PETREL_FIRECRACKER unset, none on PATH): its tests will skip",
         );
-        Ok(())
-    }
+        return Ok(false);
+    };
+    env::step(&format!("adding Firecracker ({})", path.display()));
+    copy_sparse(&path, &tree.join("bin/firecracker"))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -124,6 +124,32 @@ pub struct GuestOutput {
     pub stdout: Vec<u8>,
 }
 
+impl GuestOutput {
+    /// The JSON report a bench prints as its last stdout line, if it
+    /// exited 0 and printed one.
+    pub fn json_report(&self) -> Result<serde_json::Value> {
+        if self.exit_code != 0 {
+            bail!(
+                "{} failed in the VM (exit code {})",
+                self.name,
+                self.exit_code
+            );
+        }
+        let stdout = String::from_utf8_lossy(&self.stdout);
+        let last = stdout
+            .lines()
+            .last()
+            .with_context(|| format!("{} printed nothing", self.name))?;
+        serde_json::from_str(last).with_context(|| format!("{}'s report {last:?}", self.name))
+    }
+}
+
+/// The test disk of a run: the image, and whether it carries Firecracker.
+struct TestDisk {
+    path: PathBuf,
+    firecracker: bool,
+}
+
 /// Runs the test binaries `what` names in a VM.
 pub fn run(what: &VmTest) -> Result<()> {
     let jobs = test_jobs(what)?;
@@ -195,8 +221,9 @@ pub fn run_in_guest(
                 name,
                 nesting,
                 echo_stdout,
+                firecracker: disk.firecracker,
             };
-            run_in_vm(&images, outcome.accel, &work, &vm, &disk, jobs).await
+            run_in_vm(&images, outcome.accel, &work, &vm, &disk.path, jobs).await
         })
     });
     let cleanup =
@@ -250,7 +277,7 @@ fn test_disk(
     images: &GuestImages,
     binaries: &[PathBuf],
     work: &Path,
-) -> Result<PathBuf> {
+) -> Result<TestDisk> {
     let tree = work.join("disk");
     let bin = tree.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
@@ -258,11 +285,12 @@ fn test_disk(
         strip_into(binary, &bin)?;
     }
     let mut free = 256 << 20;
+    let mut firecracker = false;
     if nesting.nested() {
         env::step("adding this host's QEMU and the guest images for nested VMs");
         add_host_programs(&tree)?;
         if nesting == Nesting::Kvm {
-            nested_kvm::add_firecracker(&tree)?;
+            firecracker = nested_kvm::add_firecracker(&tree)?;
         }
         copy_sparse(&images.kernel, &tree.join("vmlinux"))?;
         copy_sparse(&images.rootfs, &tree.join("rootfs.ext4"))?;
@@ -281,7 +309,10 @@ fn test_disk(
             .arg(format!("{size_mib}M")),
     )?;
     std::fs::remove_dir_all(&tree).with_context(|| format!("removing {}", tree.display()))?;
-    Ok(disk)
+    Ok(TestDisk {
+        path: disk,
+        firecracker,
+    })
 }
 
 /// A copy of `binary` in `dir` without debug info (a debug test binary is
@@ -424,6 +455,8 @@ struct GuestVm<'a> {
     name: &'a str,
     nesting: Nesting,
     echo_stdout: bool,
+    /// The test disk carries Firecracker (`bin/firecracker`).
+    firecracker: bool,
 }
 
 /// Boots the sandbox with the test disk, runs the jobs, destroys it.
@@ -460,14 +493,13 @@ async fn run_in_vm(
         "guest ready in {}",
         demo::ms(boot_start.elapsed())
     ));
-    let checked = match vm.nesting {
-        Nesting::Kvm => nested_kvm::check_guest(&sandbox).await,
-        _ => Ok(()),
-    };
-    let outputs = match checked {
-        Ok(()) => run_jobs(&sandbox, vm, jobs).await,
-        Err(err) => Err(err),
-    };
+    let outputs = async {
+        if vm.nesting == Nesting::Kvm {
+            nested_kvm::check_guest(&sandbox).await?;
+        }
+        run_jobs(&sandbox, vm, jobs).await
+    }
+    .await;
     if outputs.is_err() {
         // The VM's own end (a panic, its OOM killer) explains a lost job.
         let console = sandbox.run_dir().join("console.log");
@@ -548,7 +580,7 @@ async fn run_jobs(
         if vm.nesting == Nesting::Kvm {
             // The tests' own accelerator probe must pick KVM.
             request = request.env("PETREL_EXPECT_ACCEL", "kvm");
-            if nested_kvm::host_firecracker().is_some() {
+            if vm.firecracker {
                 request = request.env("PETREL_FIRECRACKER", format!("{GUEST_DIR}/bin/firecracker"));
             }
         }

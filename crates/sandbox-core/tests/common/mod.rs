@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use qemu_vmm::{Accel, AccelProbe, probe_accelerator};
 use sandbox_core::{CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, QemuBackend};
@@ -59,14 +58,12 @@ fn probe() -> (Accel, String) {
     };
     let cache_dir =
         std::env::var_os("PETREL_CACHE_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
-    let probe = AccelProbe {
-        qemu: qemu_vmm::default_qemu_binary(),
-        kernel: images.kernel,
-        rootfs: images.rootfs,
-        timeout: Duration::from_secs(20),
-        cache_file: Some(cache_dir.join("accel-probe.json")),
-        work_dir: std::env::temp_dir(),
-    };
+    let probe = AccelProbe::new(
+        images.kernel,
+        images.rootfs,
+        Some(&cache_dir),
+        std::env::temp_dir(),
+    );
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -81,6 +78,25 @@ fn probe() -> (Accel, String) {
 
 pub fn backend() -> QemuBackend {
     QemuBackend::new(accel())
+}
+
+/// Live (not zombie) processes whose command line names `path` (a VMM of
+/// a sandbox's run dir or socket).
+pub fn processes_naming(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&needle)
+                && stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .collect()
 }
 
 /// A fresh directory under the temp dir, removed at drop (kept with
