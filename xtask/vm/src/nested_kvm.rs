@@ -7,7 +7,8 @@
 //! outer guest that could not calibrate its TSC (`tsc: Marking TSC
 //! unstable due to could not calculate TSC khz`, seen on a loaded host)
 //! hangs every nested KVM guest, so the VM is told the host's frequency
-//! and the run refused when it still logs that failure. Measured facts:
+//! and the run refused when it still logs that failure. Another: the VM
+//! must have one vCPU ([`KVM_HOST_VCPUS`]). Measured facts:
 //! `../shared/notes/nested-kvm.md`.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,15 @@ use sandbox_core::Sandbox;
 
 use crate::env;
 use crate::vmtest::{copy_sparse, which};
+
+/// vCPUs of the KVM-host VM. One: with two, QEMU runs them on two host
+/// threads (multi-threaded TCG) and its SVM emulation then loses inner
+/// guests: measured with pairs of inner QEMU-KVM boots, 11 of 47 ended in a
+/// triple fault (QEMU exits under `-no-reboot`; paused under `-action
+/// shutdown=pause`) or a hung vCPU at 100 %, with and without
+/// `kvm_amd.vgif=0`; with one vCPU 0 of 24 did. The one vCPU is shared by
+/// the inner guests and the host side of the tests, so they are slower.
+pub const KVM_HOST_VCPUS: u8 = 1;
 
 /// What the outer guest logs when its TSC could not be calibrated.
 const TSC_FAILURE: &str = "could not calculate TSC khz";
