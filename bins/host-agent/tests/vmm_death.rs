@@ -1,7 +1,8 @@
 //! A sandbox whose VMM dies under an open, quiet stream (a VMM crash, a
 //! guest kernel panic: QEMU exits with the guest): the stream ends instead
-//! of waiting for hours on a guest that will never answer, and the sandbox
-//! can still be deleted.
+//! of waiting for hours on a guest that will never answer, the agent marks
+//! the sandbox stopped by itself (its files removed, no restart needed),
+//! and it can still be deleted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,7 +22,7 @@ use serde_json::json;
 const GUARD: Duration = Duration::from_secs(180);
 
 #[tokio::test]
-async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_delete_works() {
+async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_it_is_marked_stopped() {
     // Arrange: a stream that prints once, then stays quiet.
     let Some(agent) = common::start_agent().await else {
         return;
@@ -67,6 +68,15 @@ async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_delete_works() {
         }
     })
     .await;
+    // The agent notices the VMM is gone by itself (no restart needed).
+    let mut listed = api.get(&format!("/v1/sandboxes/{id}")).await;
+    for _ in 0..60 {
+        if listed.json()["state"] == "stopped" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        listed = api.get(&format!("/v1/sandboxes/{id}")).await;
+    }
     let deleted = api.delete(&format!("/v1/sandboxes/{id}")).await;
     agent.stop().await;
 
@@ -76,5 +86,7 @@ async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_delete_works() {
         "the stream to a dead VM was still open after {GUARD:?}: {}",
         String::from_utf8_lossy(&seen)
     );
+    assert_eq!(listed.json()["state"], "stopped", "{}", listed.text());
+    assert!(!run_dir.exists(), "{} left behind", run_dir.display());
     assert_eq!(deleted.status, 204, "{}", deleted.text());
 }

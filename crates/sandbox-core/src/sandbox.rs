@@ -449,6 +449,11 @@ impl Sandbox {
         self.vm.pid()
     }
 
+    /// The guest's serial console log (in the run directory).
+    pub fn console_log(&self) -> PathBuf {
+        self.vm.console_log()
+    }
+
     /// The sandbox's directory (disk, sockets, logs).
     pub fn run_dir(&self) -> &Path {
         &self.run_dir

@@ -230,6 +230,48 @@ async fn restart_marks_a_sandbox_whose_vm_died_stopped_and_cleans_it() {
 }
 
 #[tokio::test]
+async fn a_sandbox_whose_vmm_exited_is_stopped_and_cleaned_without_a_restart() {
+    // Arrange: a running sandbox.
+    let Some(images) = images() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), &images).await;
+    let created = manager.create(base()).await.unwrap();
+    let run_dir = dir.path().join("sandboxes").join(&created.id);
+    let vmm_pids = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &run_dir.display().to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    // Act: its VMM dies (as on an OOM kill), then the reaper passes.
+    for pid in vmm_pids().split_whitespace() {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    manager.reap().await;
+    let after = manager.get(&created.id).unwrap();
+    let exec = manager.exec(&created.id, ExecRequest::shell("true")).await;
+    let replacement = manager.create(base()).await;
+    destroy_all(&manager).await;
+
+    // Assert: stopped with the reason, its files and VMM gone, and a new
+    // sandbox starts.
+    assert_eq!(after.state, State::Stopped);
+    let reason = after.error.unwrap_or_default();
+    assert!(reason.contains("exited by itself"), "{reason}");
+    assert!(exec.is_err());
+    assert!(!run_dir.exists());
+    assert!(vmm_pids().trim().is_empty());
+    assert!(replacement.is_ok(), "{replacement:?}");
+}
+
+#[tokio::test]
 async fn snapshot_serves_as_template_and_cannot_be_deleted_while_used() {
     let Some(images) = images() else { return };
     let dir = tempfile::tempdir().unwrap();
