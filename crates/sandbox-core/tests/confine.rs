@@ -51,13 +51,6 @@ fn status_field(pid: u32, field: &str) -> String {
         .to_string()
 }
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
-}
-
 fn cgroup_of(backend: &QemuBackend, sandbox: &Sandbox) -> jail::Cgroup {
     let confinement: &VmmConfinement = backend.confinement.as_ref().unwrap();
     confinement
@@ -143,7 +136,10 @@ async fn dropping_a_running_sandbox_kills_qemu_and_removes_its_cgroup() {
     drop(a);
 
     assert!(existed);
-    assert!(!alive(pid), "qemu {pid} outlived its dropped sandbox");
+    assert!(
+        !common::alive(pid),
+        "qemu {pid} outlived its dropped sandbox"
+    );
     assert!(
         cgroup.dirs().iter().all(|d| !d.exists()),
         "cgroup {:?} leaked",
@@ -331,7 +327,7 @@ async fn guest_fork_bomb_leaves_vmm_pids_and_other_sandbox_fine() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let bomber_pid = bomber.vmm_pid().unwrap();
-    let bomber_alive = alive(bomber_pid);
+    let bomber_alive = common::alive(bomber_pid);
     answers_exec(&other).await;
 
     bomber.destroy().await.unwrap();
@@ -380,10 +376,10 @@ async fn exceeding_the_memory_limit_kills_that_vmm_only() {
     .timeout(Duration::from_secs(120));
     let outcome = victim.exec(eat).await;
     let until = Instant::now() + Duration::from_secs(60);
-    while alive(victim_pid) && Instant::now() < until {
+    while common::alive(victim_pid) && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let victim_alive = alive(victim_pid);
+    let victim_alive = common::alive(victim_pid);
     let oom = cgroup
         .read("memory.oom_control")
         .or_else(|| cgroup.read("memory.events"))

@@ -35,14 +35,6 @@ fn vmm_pid(data_dir: &Path, id: &str) -> u32 {
         .expect("the sandbox's QEMU runs")
 }
 
-/// Whether `pid` runs (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, r)| !r.starts_with('Z'))
-    })
-}
-
 #[tokio::test]
 async fn two_concurrent_snapshots_with_one_name_one_wins_and_its_clone_has_the_files() {
     // Arrange
@@ -159,7 +151,7 @@ async fn a_pause_of_a_stopped_qemu_times_out_and_destroy_meanwhile_removes_it() 
         )
     );
     assert!(!stuck_deadline, "{stuck}");
-    assert!(!alive(pid));
+    assert!(!common::alive(pid));
     assert!(!run_dir.exists());
     assert!(matches!(
         manager.get(&sandbox.id),

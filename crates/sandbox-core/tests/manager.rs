@@ -237,23 +237,21 @@ async fn a_sandbox_whose_vmm_exited_is_stopped_and_cleaned_without_a_restart() {
     let manager = open(dir.path(), &images).await;
     let created = manager.create(base()).await.unwrap();
     let run_dir = dir.path().join("sandboxes").join(&created.id);
-    let vmm_pids = || {
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &run_dir.display().to_string()])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap()
-    };
 
     // Act: its VMM dies (as on an OOM kill), then the reaper passes.
-    for pid in vmm_pids().split_whitespace() {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid.parse().unwrap()),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+    let vmms = common::processes_naming(&run_dir);
+    for pid in &vmms {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A kill takes effect asynchronously (a dying process loses its command
+    // line before it stops running): wait for the pids, at most 10 s.
+    for _ in 0..500 {
+        if !vmms.iter().any(|pid| common::alive(*pid)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     manager.reap().await;
     let after = manager.get(&created.id).unwrap();
     let exec = manager.exec(&created.id, ExecRequest::shell("true")).await;
@@ -267,7 +265,7 @@ async fn a_sandbox_whose_vmm_exited_is_stopped_and_cleaned_without_a_restart() {
     assert!(reason.contains("exited by itself"), "{reason}");
     assert!(exec.is_err());
     assert!(!run_dir.exists());
-    assert!(vmm_pids().trim().is_empty());
+    assert!(common::processes_naming(&run_dir).is_empty());
     assert!(replacement.is_ok(), "{replacement:?}");
 }
 

@@ -25,8 +25,7 @@
 //! The VM is told the host's TSC frequency (`tsc_early_khz`): an outer
 //! guest that could not calibrate its TSC hangs nested KVM guests, so the
 //! run is refused, with the reason, when the guest still logs that it could
-//! not. The VM has one vCPU: with two (multi-threaded TCG) about one inner
-//! KVM guest in four died during boot. Firecracker
+//! not. The VM has one vCPU (`nested_kvm::KVM_HOST_VCPUS` says why). Firecracker
 //! (`PETREL_FIRECRACKER`, or on PATH) is carried along when there is one
 //! (see `nested_kvm`).
 
@@ -476,11 +475,14 @@ async fn run_in_vm(
     config.extra_drives = vec![disk.to_path_buf()];
     if vm.nesting.nested() {
         // Room for two inner guests and their page cache.
-        config.vcpus = 2;
+        config.vcpus = if vm.nesting == Nesting::Kvm {
+            nested_kvm::KVM_HOST_VCPUS
+        } else {
+            2
+        };
         config.memory_mib = 3072;
     }
     if vm.nesting == Nesting::Kvm {
-        config.vcpus = nested_kvm::KVM_HOST_VCPUS;
         config.images.kernel = images::kvm_kernel_from_env()?;
         let khz = nested_kvm::host_tsc_khz()?;
         config.extra_kernel_args = format!("tsc_early_khz={khz}");

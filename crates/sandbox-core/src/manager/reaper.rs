@@ -91,15 +91,12 @@ impl Manager {
             let Some(sandbox) = guard.take() else {
                 continue;
             };
+            let mut reason =
+                format!("its VMM (pid {pid}) exited by itself while running; nothing was saved");
             let console = qemu_vmm::log_tail(&sandbox.console_log(), CONSOLE_LINES);
-            let console = console.trim();
-            let reason = if console.is_empty() {
-                format!("its VMM (pid {pid}) exited by itself while running; nothing was saved")
-            } else {
-                format!(
-                    "its VMM (pid {pid}) exited by itself while running; nothing was saved; its console ends with: {console}"
-                )
-            };
+            if !console.trim().is_empty() {
+                reason = format!("{reason}; its console ends with: {}", console.trim());
+            }
             tracing::warn!(sandbox = %id, pid, %reason, "VMM gone: marking the sandbox stopped");
             if let Err(err) = sandbox.destroy().await {
                 tracing::warn!(sandbox = %id, %err, "cleaning up after a VMM that exited");

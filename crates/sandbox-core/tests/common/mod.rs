@@ -80,6 +80,14 @@ pub fn backend() -> QemuBackend {
     QemuBackend::new(accel())
 }
 
+/// Whether `pid` runs (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
 /// Live (not zombie) processes whose command line names `path` (a VMM of
 /// a sandbox's run dir or socket).
 pub fn processes_naming(path: &Path) -> Vec<u32> {
@@ -90,11 +98,7 @@ pub fn processes_naming(path: &Path) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains(&needle)
-                && stat
-                    .rsplit_once(") ")
-                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            String::from_utf8_lossy(&cmdline).contains(&needle) && alive(*pid)
         })
         .collect()
 }
