@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::Jail;
 use crate::error::JailError;
-use crate::{Bind, Jail};
 
 /// One step of building the jail's root, with its paths as C strings.
 #[derive(Debug)]
@@ -34,6 +34,7 @@ enum Step {
 #[derive(Debug)]
 pub struct Prepared {
     root: CString,
+    workdir: CString,
     steps: Vec<Step>,
     cgroup_procs: Vec<OwnedFd>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
@@ -71,13 +72,15 @@ impl Jail {
                 link: cstring(&inside(&self.root, link)?)?,
             });
         }
-        for Bind { path, writable } in &self.binds {
+        for bind in &self.binds {
+            let (path, writable) = (&bind.path, &bind.writable);
             let meta = std::fs::metadata(path).map_err(|e| JailError::io("bind", path, e))?;
-            self.add_parents(path, &mut dirs, &mut steps)?;
-            let target = cstring(&inside(&self.root, path)?)?;
+            let at = bind.target();
+            self.add_parents(at, &mut dirs, &mut steps)?;
+            let target = cstring(&inside(&self.root, at)?)?;
             if meta.is_dir() {
-                if !dirs.iter().any(|d| d == path) {
-                    dirs.push(path.clone());
+                if !dirs.iter().any(|d| d == at) {
+                    dirs.push(at.to_path_buf());
                     steps.push(Step::Mkdir(target.clone()));
                 }
             } else {
@@ -98,8 +101,17 @@ impl Jail {
             cgroup_procs.push(OwnedFd::from(fd));
         }
         let limits = self.rlimits;
+        let workdir = match &self.workdir {
+            Some(dir) => {
+                // Checked like a bind target: absolute, no `..`.
+                inside(&self.root, dir)?;
+                cstring(dir)?
+            }
+            None => c"/".to_owned(),
+        };
         Ok(Prepared {
             root: cstring(&self.root)?,
+            workdir,
             steps,
             cgroup_procs,
             rlimits: vec![
@@ -154,9 +166,9 @@ fn check(result: libc::c_int) -> std::io::Result<()> {
 impl Prepared {
     /// Confines the calling process: joins the cgroup, unshares its mount
     /// namespace, builds the root (a small read-only tmpfs with the binds),
-    /// pivots into it, sets the rlimits and drops to the jail's uid and gid
-    /// with no supplementary groups but the jail's, no capabilities and
-    /// `no_new_privs`.
+    /// pivots into it, changes to its working directory, sets the rlimits
+    /// and drops to the jail's uid and gid with no supplementary groups but
+    /// the jail's, no capabilities and `no_new_privs`.
     ///
     /// Meant for `CommandExt::pre_exec`: it only makes system calls on data
     /// prepared in the parent. The caller must be root (in the initial user
@@ -260,6 +272,7 @@ impl Prepared {
                     | libc::MS_NOEXEC,
                 std::ptr::null(),
             ))?;
+            check(libc::chdir(self.workdir.as_ptr()))?;
             for (resource, value) in &self.rlimits {
                 let limit = libc::rlimit {
                     rlim_cur: *value,

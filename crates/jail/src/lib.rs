@@ -3,8 +3,9 @@
 //! CPU and pids limits.
 //!
 //! A [`Jail`] describes the confinement (which host paths appear inside, at
-//! the same absolute paths, read-only or writable; the uid and gid; the
-//! rlimits; the cgroup to join). [`Jail::prepare`] turns it into a
+//! the same absolute paths unless [`Bind::at`] moves them, read-only or
+//! writable; the uid and gid; the rlimits; the cgroup to join; the working
+//! directory). [`Jail::prepare`] turns it into a
 //! [`Prepared`] in the parent, and [`Prepared::enter`], called from
 //! `CommandExt::pre_exec`, confines the child just before it execs the
 //! VMM. [`Cgroup`] creates and removes the cgroup (v2 or v1, see
@@ -28,6 +29,7 @@
 //!     symlinks: jail::Jail::system_symlinks(),
 //!     rlimits: jail::Rlimits::default(),
 //!     cgroup_procs: Vec::new(),
+//!     workdir: None,
 //! };
 //! let prepared = jail.prepare()?;
 //! let mut command = std::process::Command::new("/usr/bin/true");
@@ -48,11 +50,16 @@ pub use enter::Prepared;
 pub use error::JailError;
 pub use uid::{UidLease, UidPool};
 
-/// A host path that appears at the same path inside the jail.
+/// A host path that appears inside the jail, at the same path unless
+/// `at` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     pub path: PathBuf,
     pub writable: bool,
+    /// Where it appears inside (absolute), when not at `path`: e.g. a
+    /// device node made for this VMM (owned by its uid) shown at
+    /// `/dev/userfaultfd`.
+    pub at: Option<PathBuf>,
 }
 
 impl Bind {
@@ -60,6 +67,7 @@ impl Bind {
         Self {
             path: path.into(),
             writable: false,
+            at: None,
         }
     }
 
@@ -67,7 +75,22 @@ impl Bind {
         Self {
             path: path.into(),
             writable: true,
+            at: None,
         }
+    }
+
+    /// This bind shown at `inside` instead of its own path.
+    #[must_use]
+    pub fn at(self, inside: impl Into<PathBuf>) -> Self {
+        Self {
+            at: Some(inside.into()),
+            ..self
+        }
+    }
+
+    /// The path inside the jail.
+    pub fn target(&self) -> &Path {
+        self.at.as_deref().unwrap_or(&self.path)
     }
 }
 
@@ -111,6 +134,9 @@ pub struct Jail {
     pub rlimits: Rlimits,
     /// `cgroup.procs` files the child joins (see [`Cgroup::procs_files`]).
     pub cgroup_procs: Vec<PathBuf>,
+    /// The working directory inside the jail (`/` when `None`); it must
+    /// be bound in.
+    pub workdir: Option<PathBuf>,
 }
 
 impl Jail {

@@ -25,6 +25,7 @@ fn jail(root: PathBuf, extra: Vec<Bind>) -> Jail {
             file_size: 4096,
         },
         cgroup_procs: Vec::new(),
+        workdir: None,
     }
 }
 
@@ -121,4 +122,30 @@ fn confined_child_cannot_write_past_its_file_size_limit() {
 
     assert!(!result.status.success(), "{result:?}");
     assert!(std::fs::metadata(&target).unwrap().len() <= 4096);
+}
+
+#[test]
+fn bind_at_shows_a_host_path_elsewhere_and_workdir_is_the_start_directory() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let own = dir.path().join("own");
+    std::fs::create_dir(&own).unwrap();
+    std::fs::write(own.join("file"), "mine").unwrap();
+    let mut jail = jail(root, vec![Bind::read_only(&own).at("/elsewhere")]);
+    jail.workdir = Some(PathBuf::from("/elsewhere"));
+
+    let cwd = run_in(&jail, "/usr/bin/pwd", &[]);
+    let relative = run_in(&jail, "/usr/bin/cat", &["file"]);
+    let original = run_in(&jail, "/usr/bin/cat", &[own.join("file").to_str().unwrap()]);
+
+    assert_eq!(String::from_utf8_lossy(&cwd.stdout), "/elsewhere\n");
+    assert_eq!(String::from_utf8_lossy(&relative.stdout), "mine");
+    assert!(
+        !original.status.success(),
+        "the host path itself is not in the jail: {original:?}"
+    );
 }

@@ -8,6 +8,9 @@
 //! rlimits on open files, processes and file size; in a cgroup
 //! `petrel/<sandbox>-<hash>` whose memory limit is the guest's RAM plus
 //! [`VmmConfinement::memory_overhead_mib`]; and under QEMU's seccomp filter.
+//! Firecracker gets the same ([`VmmConfinement::prepare_firecracker`]),
+//! with its own directory, root disk and devices in place of QEMU's files,
+//! under its built-in seccomp filter.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -100,16 +103,85 @@ impl VmmConfinement {
         Some(Cgroup::new(hierarchy, &cgroup_name(id, run_dir)))
     }
 
-    /// Makes everything `config` needs for a confined spawn: a uid, the
-    /// cgroup with its limits, files the VMM writes given to its uid, and
-    /// the jail (what it sees, its rlimits).
+    /// Makes everything `config` needs for a confined QEMU spawn: a uid,
+    /// the cgroup with its limits, files the VMM writes given to its uid,
+    /// and the jail (what it sees, its rlimits).
     pub fn prepare(
         &self,
         config: &VmConfig,
         base_image: Option<&Path>,
     ) -> Result<Confined, SandboxError> {
+        let vm = Vm {
+            id: &config.id,
+            run_dir: &config.run_dir,
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            kvm: config.accel == Accel::Kvm,
+        };
+        self.confine(&vm, |uid| qemu_binds(config, base_image, uid))
+    }
+
+    /// Makes everything a confined Firecracker needs, like
+    /// [`prepare`](Self::prepare): it sees its own directory `vmm_dir`
+    /// (writable, its working directory: API and page server sockets, the
+    /// `rootfs` link, snapshot files while they are written), its kernel
+    /// read-only, its root disk, `/dev/kvm`, `/dev/net/tun` and a
+    /// `/dev/userfaultfd` node of its own (Firecracker's Uffd memory
+    /// backend opens it; the host's is root's only).
+    pub fn prepare_firecracker(
+        &self,
+        spec: &crate::vmm::VmSpec,
+        binary: &Path,
+        vmm_dir: &Path,
+    ) -> Result<Confined, SandboxError> {
+        let vm = Vm {
+            id: &spec.id,
+            run_dir: &spec.run_dir,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            kvm: true,
+        };
         let err = |source| SandboxError::Confine {
-            vm: config.id.clone(),
+            vm: spec.id.clone(),
+            source,
+        };
+        let mut confined = self.confine(&vm, |uid| {
+            jail::chown(vmm_dir, uid, uid).map_err(err)?;
+            jail::chown(&spec.root_disk, uid, uid).map_err(err)?;
+            let mut binds = vec![
+                Bind::writable(vmm_dir),
+                Bind::read_only(&spec.kernel),
+                Bind::writable(&spec.root_disk),
+                Bind::writable("/dev/net/tun"),
+            ];
+            if !binary.starts_with("/usr") {
+                // Its build links only the C library (or nothing).
+                binds.push(Bind::read_only(binary));
+            }
+            let uffd = Path::new(HOST_USERFAULTFD);
+            if uffd.exists() {
+                let own = vmm_dir.join("userfaultfd");
+                own_device_node(uffd, &own, uid).map_err(err)?;
+                binds.push(Bind::writable(own).at(uffd));
+            }
+            let disk = std::fs::metadata(&spec.root_disk).map_or(0, |m| m.len());
+            Ok((binds, disk))
+        })?;
+        confined.jail.workdir = Some(vmm_dir.to_path_buf());
+        Ok(confined)
+    }
+
+    /// The part common to every backend: a uid, the cgroup, the jail
+    /// around `backend_binds(uid)` (binds and the largest file the VMM
+    /// writes besides guest RAM) with `/dev/kvm` when `vm.kvm`, inputs
+    /// made readable for the VMM group, rlimits.
+    fn confine(
+        &self,
+        vm: &Vm<'_>,
+        backend_binds: impl FnOnce(u32) -> Result<(Vec<Bind>, u64), SandboxError>,
+    ) -> Result<Confined, SandboxError> {
+        let err = |source| SandboxError::Confine {
+            vm: vm.id.to_string(),
             source,
         };
         let lease = self.uids.allocate().map_err(err)?;
@@ -119,99 +191,17 @@ impl VmmConfinement {
             path: self.jail_root.clone(),
             source,
         })?;
-        let cgroup = self.cgroup(&config.id, &config.run_dir);
+        let cgroup = self.cgroup(vm.id, vm.run_dir);
+        let limits = self.limits(vm.vcpus, vm.memory_mib);
         if let Some(cgroup) = &cgroup {
-            cgroup
-                .create(self.limits(config.vcpus, config.memory_mib))
-                .map_err(err)?;
+            cgroup.create(limits).map_err(err)?;
         }
         let mut binds = Jail::system_binds();
-        if let Ok(binary) = qemu_vmm::absolute_binary(&config.binary)
-            && !binary.starts_with("/usr")
-            && let Some(prefix) = binary.parent().and_then(Path::parent)
-            && prefix != Path::new("/")
-        {
-            // A QEMU outside /usr (e.g. /opt/qemu/bin/...) brings its
-            // libraries and firmware in its prefix.
-            binds.push(Bind::read_only(prefix));
-        }
-        // The run dir stays the agent's (its records must not be writable
-        // by the VMM): only the socket directory, the RAM file and the
-        // disks are the VMM's.
-        let sockets = config.socket_dir();
-        std::fs::create_dir_all(&sockets).map_err(|source| SandboxError::Io {
-            what: "create socket directory",
-            path: sockets.clone(),
-            source,
-        })?;
-        jail::chown(&sockets, uid, uid).map_err(err)?;
-        binds.push(Bind::writable(&sockets));
-        binds.push(Bind::read_only(&config.kernel));
-        let mut trusted = trusted_roots(config);
-        trusted.extend(base_image.map(|b| b.canonicalize().unwrap_or_else(|_| b.to_path_buf())));
-        let mut largest = u64::from(config.memory_mib) << 20;
-        for drive in &config.drives {
-            largest = largest.max(virtual_size(&drive.path, drive.format));
-            binds.push(Bind {
-                path: drive.path.clone(),
-                writable: !drive.read_only,
-            });
-            if !drive.read_only {
-                jail::chown(&drive.path, uid, uid).map_err(err)?;
-            }
-            if drive.format == DiskFormat::Qcow2 {
-                // The agent's record of the chain; without one (a disk
-                // made before chains were recorded) the headers, which a
-                // VMM could have rewritten, limited to petrel's stores.
-                let (chain, recorded) = match crate::disk::qcow2::recorded_chain(&drive.path)? {
-                    Some(chain) => (chain, true),
-                    None => (crate::disk::qcow2::backing_chain(&drive.path)?, false),
-                };
-                for backing in chain {
-                    let canonical = backing.canonicalize().unwrap_or_else(|_| backing.clone());
-                    if !recorded && !trusted.iter().any(|root| canonical.starts_with(root)) {
-                        return Err(SandboxError::Disk {
-                            sandbox: config.id.clone(),
-                            message: format!(
-                                "backing file {} of {} is not recorded by the agent and lies outside the base image, templates/ and snapshots/; refusing to show it to the VMM",
-                                backing.display(),
-                                drive.path.display()
-                            ),
-                        });
-                    }
-                    binds.push(Bind::read_only(backing));
-                }
-            }
-        }
-        if let Some(ram) = &config.memory_file {
-            if config.memory_shared {
-                // QEMU would create it in a directory it cannot write.
-                if !ram.exists() {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(false)
-                        .mode(0o600)
-                        .open(ram)
-                        .map_err(|source| SandboxError::Io {
-                            what: "create RAM file",
-                            path: ram.clone(),
-                            source,
-                        })?;
-                }
-                jail::chown(ram, uid, uid).map_err(err)?;
-                binds.push(Bind::writable(ram));
-            } else {
-                // A snapshot's RAM, mapped privately and opened read-only.
-                binds.push(Bind::read_only(ram));
-            }
-        }
-        if matches!(config.net, NetConfig::User { .. }) && Path::new("/etc/resolv.conf").exists() {
-            // QEMU's user-mode DNS forwards to the host's resolvers.
-            binds.push(Bind::read_only("/etc/resolv.conf"));
-        }
+        let (own, largest_file) = backend_binds(uid)?;
+        binds.extend(own);
+        let largest = largest_file.max(u64::from(vm.memory_mib) << 20);
         let mut groups = Vec::new();
-        if config.accel == Accel::Kvm {
+        if vm.kvm {
             binds.push(Bind::writable("/dev/kvm"));
             if let Ok(Some(kvm)) = nix::unistd::Group::from_name("kvm") {
                 groups.push(kvm.gid.as_raw());
@@ -234,10 +224,11 @@ impl VmmConfinement {
             symlinks: Jail::system_symlinks(),
             rlimits: Rlimits {
                 open_files: 1024,
-                processes: u64::from(self.limits(config.vcpus, config.memory_mib).pids),
+                processes: u64::from(limits.pids),
                 file_size: largest + (self.file_size_slack_mib << 20),
             },
             cgroup_procs: cgroup.as_ref().map(Cgroup::procs_files).unwrap_or_default(),
+            workdir: None,
         };
         Ok(Confined {
             jail,
@@ -245,6 +236,143 @@ impl VmmConfinement {
             lease,
         })
     }
+}
+
+/// What [`VmmConfinement::confine`] needs to know of a VM.
+struct Vm<'a> {
+    id: &'a str,
+    run_dir: &'a Path,
+    vcpus: u8,
+    memory_mib: u32,
+    kvm: bool,
+}
+
+/// The host's userfaultfd device (Linux 6.1+).
+const HOST_USERFAULTFD: &str = "/dev/userfaultfd";
+
+/// Makes `node`, a character device like `device`, owned by `uid`, mode
+/// 0600 (as Firecracker's jailer does for its chroot's device nodes).
+fn own_device_node(device: &Path, node: &Path, uid: u32) -> Result<(), jail::JailError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |path: &Path, source| jail::JailError::Io {
+        what: "make device node",
+        path: path.to_path_buf(),
+        source,
+    };
+    let rdev = std::fs::metadata(device).map_err(|e| io(device, e))?.rdev();
+    match std::fs::remove_file(node) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(node, e)),
+        _ => {}
+    }
+    nix::sys::stat::mknod(
+        node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        rdev,
+    )
+    .map_err(|e| io(node, e.into()))?;
+    jail::chown(node, uid, uid)
+}
+
+/// QEMU's own binds: its socket dir and RAM file (given to `uid`), its
+/// kernel, its drives and their backing chains, `resolv.conf` for
+/// user-mode DNS; and the largest file it writes (a disk).
+fn qemu_binds(
+    config: &VmConfig,
+    base_image: Option<&Path>,
+    uid: u32,
+) -> Result<(Vec<Bind>, u64), SandboxError> {
+    let err = |source| SandboxError::Confine {
+        vm: config.id.clone(),
+        source,
+    };
+    let mut binds = Vec::new();
+    if let Ok(binary) = qemu_vmm::absolute_binary(&config.binary)
+        && !binary.starts_with("/usr")
+        && let Some(prefix) = binary.parent().and_then(Path::parent)
+        && prefix != Path::new("/")
+    {
+        // A QEMU outside /usr (e.g. /opt/qemu/bin/...) brings its
+        // libraries and firmware in its prefix.
+        binds.push(Bind::read_only(prefix));
+    }
+    // The run dir stays the agent's (its records must not be writable
+    // by the VMM): only the socket directory, the RAM file and the
+    // disks are the VMM's.
+    let sockets = config.socket_dir();
+    std::fs::create_dir_all(&sockets).map_err(|source| SandboxError::Io {
+        what: "create socket directory",
+        path: sockets.clone(),
+        source,
+    })?;
+    jail::chown(&sockets, uid, uid).map_err(err)?;
+    binds.push(Bind::writable(&sockets));
+    binds.push(Bind::read_only(&config.kernel));
+    let mut trusted = trusted_roots(config);
+    trusted.extend(base_image.map(|b| b.canonicalize().unwrap_or_else(|_| b.to_path_buf())));
+    let mut largest = 0;
+    for drive in &config.drives {
+        largest = largest.max(virtual_size(&drive.path, drive.format));
+        binds.push(if drive.read_only {
+            Bind::read_only(&drive.path)
+        } else {
+            Bind::writable(&drive.path)
+        });
+        if !drive.read_only {
+            jail::chown(&drive.path, uid, uid).map_err(err)?;
+        }
+        if drive.format == DiskFormat::Qcow2 {
+            // The agent's record of the chain; without one (a disk
+            // made before chains were recorded) the headers, which a
+            // VMM could have rewritten, limited to petrel's stores.
+            let (chain, recorded) = match crate::disk::qcow2::recorded_chain(&drive.path)? {
+                Some(chain) => (chain, true),
+                None => (crate::disk::qcow2::backing_chain(&drive.path)?, false),
+            };
+            for backing in chain {
+                let canonical = backing.canonicalize().unwrap_or_else(|_| backing.clone());
+                if !recorded && !trusted.iter().any(|root| canonical.starts_with(root)) {
+                    return Err(SandboxError::Disk {
+                        sandbox: config.id.clone(),
+                        message: format!(
+                            "backing file {} of {} is not recorded by the agent and lies outside the base image, templates/ and snapshots/; refusing to show it to the VMM",
+                            backing.display(),
+                            drive.path.display()
+                        ),
+                    });
+                }
+                binds.push(Bind::read_only(backing));
+            }
+        }
+    }
+    if let Some(ram) = &config.memory_file {
+        if config.memory_shared {
+            // QEMU would create it in a directory it cannot write.
+            if !ram.exists() {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(ram)
+                    .map_err(|source| SandboxError::Io {
+                        what: "create RAM file",
+                        path: ram.clone(),
+                        source,
+                    })?;
+            }
+            jail::chown(ram, uid, uid).map_err(err)?;
+            binds.push(Bind::writable(ram));
+        } else {
+            // A snapshot's RAM, mapped privately and opened read-only.
+            binds.push(Bind::read_only(ram));
+        }
+    }
+    if matches!(config.net, NetConfig::User { .. }) && Path::new("/etc/resolv.conf").exists() {
+        // QEMU's user-mode DNS forwards to the host's resolvers.
+        binds.push(Bind::read_only("/etc/resolv.conf"));
+    }
+    Ok((binds, largest))
 }
 
 /// Where backing files may live: the data dir's templates and snapshots
@@ -298,13 +426,15 @@ fn ensure_group_readable(path: &Path, gid: u32) -> Result<(), jail::JailError> {
     Ok(())
 }
 
+/// Keeps the first bind of each path inside the jail.
 fn dedup(binds: &mut Vec<Bind>) {
     let mut seen: Vec<PathBuf> = Vec::new();
     binds.retain(|b| {
-        if seen.contains(&b.path) {
+        let target = b.target().to_path_buf();
+        if seen.contains(&target) {
             false
         } else {
-            seen.push(b.path.clone());
+            seen.push(target);
             true
         }
     });
@@ -342,7 +472,7 @@ pub fn report(
             ));
             lines.push((
                 "vmm mount ns",
-                format!("on (private mount namespace, pivot_root into a tmpfs at {} holding /usr read-only, its kernel and backing files read-only, its disks, RAM file and socket dir)", c.jail_root.display()),
+                format!("on (private mount namespace, pivot_root into a tmpfs at {} holding /usr read-only, its kernel and backing files read-only, its disks, RAM file and socket dir; Firecracker: its own directory, kernel, root disk, /dev/kvm, /dev/net/tun and a /dev/userfaultfd node of its own)", c.jail_root.display()),
             ));
             lines.push((
                 "vmm rlimits",
@@ -369,13 +499,16 @@ pub fn report(
     lines.push((
         "vmm seccomp",
         match seccomp {
-            Ok(()) => format!("on (QEMU -sandbox {})", qemu_vmm::SECCOMP_ARG),
-            Err(why) => format!("off ({why})"),
+            Ok(()) => format!(
+                "on (QEMU -sandbox {}; Firecracker: its built-in filter)",
+                qemu_vmm::SECCOMP_ARG
+            ),
+            Err(why) => format!("off for QEMU ({why}); Firecracker: its built-in filter"),
         },
     ));
     lines.push((
         "vmm pid ns",
-        "off (QEMU must stay the agent's direct child, whose pid is recorded and re-adopted after a restart; a PID namespace needs an init in between. QEMU cannot fork (seccomp spawn=deny), sees no /proc, and its own uid cannot signal other processes)".to_string(),
+        "off (the VMM must stay the agent's direct child, whose pid is recorded and re-adopted after a restart; a PID namespace needs an init in between. QEMU cannot fork (seccomp spawn=deny), neither VMM sees /proc, and its own uid cannot signal other processes)".to_string(),
     ));
     lines
 }

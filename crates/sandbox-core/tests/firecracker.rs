@@ -123,7 +123,7 @@ fn spec(id: &str, kernel: &Path, root_disk: PathBuf, run_dir: PathBuf, net: VmNe
 }
 
 async fn state_of(run_dir: &Path) -> InstanceState {
-    FcClient::new(run_dir.join("firecracker.sock"))
+    FcClient::new(run_dir.join("vmm/api.sock"))
         .describe_instance()
         .await
         .unwrap()
@@ -132,6 +132,41 @@ async fn state_of(run_dir: &Path) -> InstanceState {
 
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The value of `field` (e.g. `Uid:`) in `/proc/<pid>/status`.
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// Firecracker `pid` runs confined as the jailer would: a uid of its own,
+/// no capabilities, and a root holding only what it needs (its disk yes,
+/// another file beside it no).
+fn assert_confined(pid: u32, own_disk: &Path, host_file: &Path) {
+    let uid = status_field(pid, "Uid:");
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let inside = |path: &Path| root.join(path.strip_prefix("/").unwrap());
+
+    assert!(
+        uid.split_whitespace().all(|id| id != "0"),
+        "firecracker {pid} runs as root: Uid: {uid}"
+    );
+    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    assert!(inside(own_disk).exists(), "its disk is not in its jail");
+    assert!(
+        host_file.exists() && !inside(host_file).exists(),
+        "{} is visible to firecracker {pid}",
+        host_file.display()
+    );
+    assert!(!inside(Path::new("/etc/shadow")).exists());
+    assert!(inside(Path::new("/dev/userfaultfd")).exists());
 }
 
 /// The files process `pid` has open.
@@ -223,6 +258,11 @@ async fn scenario(
     step("start", vm.start()).await.unwrap();
     let booted_pid = vm.pid().unwrap();
     assert_eq!(state_of(&run_a).await, InstanceState::Running);
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "host only").unwrap();
+    if backend.confinement.is_ok() {
+        assert_confined(booted_pid, &dir.path().join("root.raw"), &secret);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Pause: state files written, process gone.
@@ -240,7 +280,7 @@ async fn scenario(
         !alive(booted_pid),
         "firecracker {booted_pid} survived pause"
     );
-    assert!(!run_a.join("firecracker.sock").exists());
+    assert!(!run_a.join("vmm/api.sock").exists());
     let first_mem = dir.path().join("first-mem");
     std::fs::copy(&mem, &first_mem).unwrap();
 
@@ -253,9 +293,13 @@ async fn scenario(
     assert_ne!(resumed_pid, booted_pid);
     assert_eq!(state_of(&run_a).await, InstanceState::Running);
     assert!(
-        run_a.join("uffd.sock").exists(),
+        run_a.join("vmm/uffd.sock").exists(),
         "page server socket missing"
     );
+    if backend.confinement.is_ok() {
+        // Restored through the page server, still confined.
+        assert_confined(resumed_pid, &dir.path().join("root.raw"), &secret);
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Pause again: a full snapshot reads every guest page, so each one not
@@ -267,7 +311,10 @@ async fn scenario(
         !alive(resumed_pid),
         "firecracker {resumed_pid} survived pause"
     );
-    assert!(!run_a.join("uffd.sock").exists(), "page server socket left");
+    assert!(
+        !run_a.join("vmm/uffd.sock").exists(),
+        "page server socket left"
+    );
     let (nonzero, same) = same_nonzero_pages(&first_mem, &mem);
     println!("memory after resume + pause: {same} of {nonzero} non-zero pages unchanged");
     assert!(nonzero > 0, "the first snapshot's memory is all zeros");
@@ -305,7 +352,7 @@ async fn scenario(
     assert_eq!(state_of(&run_b).await, InstanceState::Running);
     assert_eq!(state_of(&run_a).await, InstanceState::Running);
     let clone_pid = clone.pid().unwrap();
-    let link = std::fs::read_link(run_b.join("rootfs")).unwrap();
+    let link = std::fs::read_link(run_b.join("vmm/rootfs")).unwrap();
     assert_eq!(link, dir.path().join("clone.raw"));
     // The clone opened its own disk (the saved drive path is relative to
     // its run directory), never the source's.
@@ -357,7 +404,7 @@ async fn scenario(
     step("stop source", vm.destroy()).await.unwrap();
     assert!(!alive(clone_pid) && !alive(source_pid));
     for run in [&run_a, &run_b] {
-        for file in ["firecracker.sock", "uffd.sock", "rootfs"] {
+        for file in ["vmm/api.sock", "vmm/uffd.sock", "vmm/rootfs"] {
             assert!(
                 !run.join(file).exists(),
                 "{} left",

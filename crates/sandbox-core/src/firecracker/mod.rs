@@ -13,10 +13,21 @@
 //! must not change while they live (a later save writes new files and
 //! renames them into place).
 //!
-//! Firecracker runs with the VM's run directory as its working directory
-//! and opens the root disk as `rootfs`, a symlink there to the spec's disk:
-//! the path saved in a snapshot is then relative, and a VM restored from it
-//! opens its own disk, never the disk of the VM that was saved.
+//! Firecracker works in its own directory `run_dir/vmm` (its API and page
+//! server sockets, snapshot files while it writes them) and opens the root
+//! disk as `rootfs`, a symlink there to the spec's disk: the path saved in
+//! a snapshot is then relative, and a VM restored from it opens its own
+//! disk, never the disk of the VM that was saved.
+//!
+//! When the agent runs as root, each Firecracker is confined as its jailer
+//! would: its own uid from a range with no capabilities, a private mount
+//! namespace holding only its directory, kernel, root disk, `/dev/kvm`,
+//! `/dev/net/tun` and a `/dev/userfaultfd` node of its own, rlimits, a
+//! cgroup sized from the VM, in the sandbox's network namespace, under
+//! Firecracker's own seccomp filter (see [`crate::confine`]). It writes
+//! snapshots into its directory; the agent moves them into place, owned by
+//! root, and gives a restored Firecracker a copy of `vmstate`. No PID
+//! namespace: Firecracker stays the agent's direct child, as QEMU does.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +39,13 @@ use fc_client::{
     SnapshotType,
 };
 
+mod host;
+
+use host::{
+    check_socket_paths, check_tap, copy_file, create_dir, file_size, link_rootfs, move_into,
+};
+
+use crate::confine::VmmConfinement;
 use crate::error::SandboxError;
 use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 
@@ -35,13 +53,26 @@ use crate::vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};
 #[derive(Debug, Clone)]
 pub struct FirecrackerBackend {
     pub binary: PathBuf,
+    /// How each Firecracker is confined; `Err`: not at all, and why.
+    pub confinement: Result<VmmConfinement, String>,
 }
 
 impl FirecrackerBackend {
     /// The backend if a `firecracker` binary is found (`PETREL_FIRECRACKER`
-    /// or PATH).
+    /// or PATH), confined ([`VmmConfinement::for_host`]) when the agent
+    /// runs as root.
     pub fn find() -> Option<Self> {
-        fc_client::find_firecracker().map(|binary| Self { binary })
+        // Absolute: a confined Firecracker starts in its own directory.
+        let binary = fc_client::find_firecracker()?;
+        let binary = std::path::absolute(&binary).unwrap_or(binary);
+        let confinement = VmmConfinement::for_host();
+        if let Err(why) = &confinement {
+            tracing::warn!(%why, "Firecracker runs unconfined");
+        }
+        Some(Self {
+            binary,
+            confinement,
+        })
     }
 }
 
@@ -76,6 +107,9 @@ impl Hypervisor for FirecrackerBackend {
             spec,
             process: None,
             page_server: None,
+            confinement: self.confinement.as_ref().ok().cloned(),
+            uid: None,
+            cgroup: None,
         }))
     }
 
@@ -84,6 +118,18 @@ impl Hypervisor for FirecrackerBackend {
             backend: "firecracker",
             what: format!("adopt vm {} after a restart yet", spec.id),
         })
+    }
+
+    fn release_leftovers(&self, id: &str, run_dir: &Path) {
+        if let Some(cgroup) = self
+            .confinement
+            .as_ref()
+            .ok()
+            .and_then(|c| c.cgroup(id, run_dir))
+            && let Err(err) = cgroup.remove()
+        {
+            tracing::warn!(vm = %id, %err, "cannot remove the cgroup of a lost VM");
+        }
     }
 
     /// The save renames its memory file into place last.
@@ -100,12 +146,15 @@ impl Hypervisor for FirecrackerBackend {
     }
 }
 
-/// The API socket inside a VM's run directory.
-const API_SOCKET: &str = "firecracker.sock";
-/// The page server's socket inside a VM's run directory.
+/// Firecracker's own directory inside a VM's run directory: its working
+/// directory, the only one it can write when confined.
+const VMM_DIR: &str = "vmm";
+/// The API socket in [`VMM_DIR`].
+const API_SOCKET: &str = "api.sock";
+/// The page server's socket in [`VMM_DIR`].
 const UFFD_SOCKET: &str = "uffd.sock";
-/// The root disk's symlink inside a VM's run directory (Firecracker's
-/// working directory), as the drive is configured and saved.
+/// The root disk's symlink in [`VMM_DIR`], as the drive is configured and
+/// saved.
 const ROOTFS_LINK: &str = "rootfs";
 /// vCPU and device state in a state or snapshot directory.
 const VMSTATE: &str = "vmstate";
@@ -124,6 +173,11 @@ struct FirecrackerInstance {
     spec: VmSpec,
     process: Option<FirecrackerProcess>,
     page_server: Option<uffd::ServerThread>,
+    confinement: Option<VmmConfinement>,
+    /// The uid of the confined process while it runs.
+    uid: Option<u32>,
+    /// Its cgroup while it runs (removed once it is gone).
+    cgroup: Option<jail::Cgroup>,
 }
 
 impl FirecrackerInstance {
@@ -140,28 +194,88 @@ impl FirecrackerInstance {
             .ok_or_else(|| self.error(format!("cannot {operation}: it is not running")))
     }
 
+    fn vmm_dir(&self) -> PathBuf {
+        self.spec.run_dir.join(VMM_DIR)
+    }
+
     /// Starts a fresh, unconfigured Firecracker in `network`'s namespace,
-    /// working in the run directory (where `rootfs` points at the root disk).
-    async fn spawn(&self, network: &VmNetwork) -> Result<FirecrackerProcess, SandboxError> {
-        link_rootfs(&self.spec)?;
-        let mut config = FirecrackerConfig::new(
-            &self.binary,
-            self.spec.run_dir.join(API_SOCKET),
-            &self.spec.id,
-        );
+    /// working in its directory (where `rootfs` points at the root disk),
+    /// confined when the backend is.
+    async fn spawn(&mut self, network: &VmNetwork) -> Result<FirecrackerProcess, SandboxError> {
+        let vmm_dir = self.vmm_dir();
+        create_dir(&vmm_dir)?;
+        link_rootfs(&self.spec, &vmm_dir)?;
+        let mut config =
+            FirecrackerConfig::new(&self.binary, vmm_dir.join(API_SOCKET), &self.spec.id);
         config.log_path = Some(self.spec.console_log());
         config.ready_timeout = Duration::from_secs(5);
         let mut command = config.command();
-        command.current_dir(&self.spec.run_dir);
+        command.current_dir(&vmm_dir);
         if let VmNetwork::Tap {
             netns: Some(netns), ..
         } = network
         {
             netns::command_in_netns(&mut command, netns).map_err(|e| self.error(e))?;
         }
-        FirecrackerProcess::spawn_command(config, command)
-            .await
-            .map_err(|e| self.error(e))
+        let confined = match &self.confinement {
+            Some(confinement) => {
+                Some(confinement.prepare_firecracker(&self.spec, &self.binary, &vmm_dir)?)
+            }
+            None => None,
+        };
+        if let Some(confined) = &confined {
+            let prepared = confined
+                .jail
+                .prepare()
+                .map_err(|source| SandboxError::Confine {
+                    vm: self.spec.id.clone(),
+                    source,
+                })?;
+            // SAFETY: the hook runs in the forked child before exec, after
+            // the network namespace hook, and only makes the system calls
+            // of `Prepared::enter` on data prepared above and owned by it.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    prepared.enter()
+                });
+            }
+        }
+        let spawned = FirecrackerProcess::spawn_command(config, command).await;
+        match confined {
+            Some(confined) => {
+                // The process runs as the uid now (it keeps it busy), or
+                // failed: then its cgroup goes.
+                self.cgroup = confined.cgroup;
+                self.uid = Some(confined.lease.uid());
+                if spawned.is_err() {
+                    self.release_cgroup();
+                    self.uid = None;
+                }
+            }
+            None => self.uid = None,
+        }
+        spawned.map_err(|e| self.error(e))
+    }
+
+    /// Removes the cgroup of a Firecracker that is gone.
+    fn release_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take()
+            && let Err(err) = cgroup.remove()
+        {
+            tracing::warn!(vm = %self.spec.id, %err, "cannot remove Firecracker's cgroup");
+        }
+    }
+
+    /// Gives `path` to the confined Firecracker's uid (nothing when
+    /// unconfined).
+    fn give(&self, path: &Path) -> Result<(), SandboxError> {
+        match self.uid {
+            Some(uid) => jail::chown(path, uid, uid).map_err(|source| SandboxError::Confine {
+                vm: self.spec.id.clone(),
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn configure(&self, process: &FirecrackerProcess) -> Result<(), SandboxError> {
@@ -201,14 +315,17 @@ impl FirecrackerInstance {
         let api = self.running(operation)?.client();
         api.pause().await.map_err(|e| self.error(e))?;
         let (vmstate, mem) = (dir.join(VMSTATE), dir.join(MEM));
-        let (vmstate_new, mem_new) = (dir.join("vmstate.new"), dir.join("mem.new"));
+        // Written where a confined Firecracker can write, then moved into
+        // `dir` and made root's.
+        let vmm_dir = self.vmm_dir();
+        let (vmstate_new, mem_new) = (vmm_dir.join("vmstate.new"), vmm_dir.join("mem.new"));
         let params = SnapshotCreateParams {
             snapshot_type: SnapshotType::Full,
             snapshot_path: vmstate_new.clone(),
             mem_file_path: mem_new.clone(),
         };
         let saved = match api.create_snapshot(&params).await {
-            Ok(()) => rename(&vmstate_new, &vmstate).and_then(|()| rename(&mem_new, &mem)),
+            Ok(()) => move_into(&vmstate_new, &vmstate).and_then(|()| move_into(&mem_new, &mem)),
             Err(err) => Err(self.error(err)),
         };
         if let Err(err) = saved {
@@ -247,7 +364,9 @@ impl FirecrackerInstance {
             .map_err(|e| self.error(e))?;
         // A page server left over by a failed restore of this VM.
         self.stop_page_server();
-        let socket = self.spec.run_dir.join(UFFD_SOCKET);
+        let vmm_dir = self.vmm_dir();
+        create_dir(&vmm_dir)?;
+        let socket = vmm_dir.join(UFFD_SOCKET);
         crate::disk::remove_file_if_exists(&socket)?;
         let server = uffd::UffdServer::bind(&socket, dir.join(MEM))
             .and_then(uffd::UffdServer::spawn)
@@ -260,6 +379,20 @@ impl FirecrackerInstance {
                 return Err(err);
             }
         };
+        // Firecracker reads its own copy of the (small) vmstate and
+        // connects to the page server as its uid.
+        let vmstate = vmm_dir.join(VMSTATE);
+        let handed = copy_file(&dir.join(VMSTATE), &vmstate)
+            .and_then(|()| self.give(&vmstate))
+            .and_then(|()| self.give(&socket));
+        if let Err(err) = handed {
+            if let Err(kill) = process.kill().await {
+                tracing::warn!(vm = %self.spec.id, error = %kill, "cannot kill Firecracker after a failed restore");
+            }
+            self.stop_page_server();
+            self.release_cgroup();
+            return Err(err);
+        }
         let params = SnapshotLoadParams {
             mem_backend: MemoryBackend {
                 backend_type: MemoryBackendType::Uffd,
@@ -270,7 +403,7 @@ impl FirecrackerInstance {
                 iface_id: GUEST_IFACE.to_string(),
                 host_dev_name: ifname.clone(),
             }],
-            ..SnapshotLoadParams::from_file(dir.join(VMSTATE), dir.join(MEM))
+            ..SnapshotLoadParams::from_file(vmstate, dir.join(MEM))
         };
         if let Err(err) = process.client().load_snapshot(&params).await {
             let err = self.error(err);
@@ -278,6 +411,7 @@ impl FirecrackerInstance {
                 tracing::warn!(vm = %self.spec.id, error = %kill, "cannot kill Firecracker after a failed load");
             }
             self.stop_page_server();
+            self.release_cgroup();
             return Err(err);
         }
         self.process = Some(process);
@@ -285,7 +419,8 @@ impl FirecrackerInstance {
         Ok(start.elapsed())
     }
 
-    /// Kills Firecracker (if running), then ends its page server.
+    /// Kills Firecracker (if running), then ends its page server and
+    /// removes its cgroup.
     async fn kill(&mut self) -> Result<(), SandboxError> {
         let killed = match self.process.take() {
             Some(mut process) => process.kill().await.map(drop).map_err(|e| self.error(e)),
@@ -294,6 +429,10 @@ impl FirecrackerInstance {
         // The page server must outlive the process it serves: a VM whose
         // server is gone hangs on its next fault.
         self.stop_page_server();
+        if killed.is_ok() {
+            self.release_cgroup();
+            self.uid = None;
+        }
         killed
     }
 
@@ -340,6 +479,7 @@ impl Vm for FirecrackerInstance {
         let mut process = self.spawn(&network).await?;
         if let Err(err) = self.configure(&process).await {
             let _ = process.kill().await;
+            self.release_cgroup();
             return Err(err);
         }
         self.process = Some(process);
@@ -423,100 +563,27 @@ impl Vm for FirecrackerInstance {
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {
         self.stop().await?;
-        crate::disk::remove_file_if_exists(&self.spec.run_dir.join(ROOTFS_LINK))?;
-        crate::disk::remove_file_if_exists(&self.spec.run_dir.join(UFFD_SOCKET))
-    }
-}
-
-/// Longest Unix socket path (`sun_path` holds 108 bytes with its NUL).
-const MAX_SOCKET_PATH: usize = 107;
-
-/// Fails, naming the path, when the run directory is too deep for the API
-/// and page server sockets in it (Firecracker would exit at start with
-/// "path must be shorter than SUN_LEN").
-fn check_socket_paths(spec: &VmSpec) -> Result<(), SandboxError> {
-    for name in [API_SOCKET, UFFD_SOCKET] {
-        let path = spec.run_dir.join(name);
-        let len = path.as_os_str().len();
-        if len > MAX_SOCKET_PATH {
-            return Err(SandboxError::Firecracker {
-                vm: spec.id.clone(),
-                message: format!(
-                    "socket path {} is {len} bytes, longer than Unix sockets allow ({MAX_SOCKET_PATH}): use a shorter data dir",
-                    path.display()
-                ),
-            });
+        // Also a cgroup left by an earlier run of a paused sandbox.
+        if let Some(cgroup) = self
+            .confinement
+            .as_ref()
+            .and_then(|c| c.cgroup(&self.spec.id, &self.spec.run_dir))
+        {
+            cgroup.remove().map_err(|source| SandboxError::Confine {
+                vm: self.spec.id.clone(),
+                source,
+            })?;
+        }
+        let vmm_dir = self.vmm_dir();
+        match std::fs::remove_dir_all(&vmm_dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Io {
+                what: "remove Firecracker's directory",
+                path: vmm_dir,
+                source: err,
+            }),
+            _ => Ok(()),
         }
     }
-    Ok(())
-}
-
-/// Points `run_dir/rootfs` at the spec's root disk (replacing an old link).
-fn link_rootfs(spec: &VmSpec) -> Result<(), SandboxError> {
-    let link = spec.run_dir.join(ROOTFS_LINK);
-    crate::disk::remove_file_if_exists(&link)?;
-    std::os::unix::fs::symlink(&spec.root_disk, &link).map_err(|source| SandboxError::Io {
-        what: "link the root disk at",
-        path: link,
-        source,
-    })
-}
-
-/// Fails unless network interface `ifname` exists in namespace `netns` (or
-/// in this process's namespace).
-async fn check_tap(ifname: &str, netns: Option<&Path>) -> Result<(), String> {
-    let ifname_owned = ifname.to_string();
-    let found = match netns {
-        // `/proc/thread-self/net` shows the namespace of the calling thread.
-        Some(netns) => netns::run_in_netns(netns, move || interface_exists(&ifname_owned))
-            .await
-            .map_err(|e| e.to_string())?,
-        None => interface_exists(ifname),
-    }
-    .map_err(|e| format!("cannot list network interfaces: {e}"))?;
-    if found {
-        Ok(())
-    } else {
-        Err(format!(
-            "TAP device {ifname} does not exist{}",
-            netns.map_or_else(String::new, |p| format!(" in {}", p.display()))
-        ))
-    }
-}
-
-fn interface_exists(ifname: &str) -> std::io::Result<bool> {
-    let dev = std::fs::read_to_string("/proc/thread-self/net/dev")?;
-    Ok(dev
-        .lines()
-        .skip(2)
-        .filter_map(|line| line.split_once(':'))
-        .any(|(name, _)| name.trim() == ifname))
-}
-
-fn create_dir(dir: &Path) -> Result<(), SandboxError> {
-    std::fs::create_dir_all(dir).map_err(|source| SandboxError::Io {
-        what: "create directory",
-        path: dir.to_path_buf(),
-        source,
-    })
-}
-
-fn rename(from: &Path, to: &Path) -> Result<(), SandboxError> {
-    std::fs::rename(from, to).map_err(|source| SandboxError::Io {
-        what: "rename into",
-        path: to.to_path_buf(),
-        source,
-    })
-}
-
-fn file_size(path: &Path) -> Result<u64, SandboxError> {
-    std::fs::metadata(path)
-        .map(|meta| meta.len())
-        .map_err(|source| SandboxError::Io {
-            what: "stat",
-            path: path.to_path_buf(),
-            source,
-        })
 }
 
 #[cfg(test)]
@@ -547,6 +614,7 @@ mod tests {
     async fn create_refuses_what_firecracker_cannot_do_saying_so() {
         let backend = FirecrackerBackend {
             binary: PathBuf::from("/nonexistent/firecracker"),
+            confinement: Err("a unit test".to_string()),
         };
         let refusal = |spec: VmSpec| {
             let backend = backend.clone();
@@ -582,33 +650,5 @@ mod tests {
         assert!(user_mode.contains("user-mode network"), "{user_mode}");
         assert!(qcow2.contains("qcow2"), "{qcow2}");
         assert!(drives.contains("extra drives"), "{drives}");
-    }
-
-    #[test]
-    fn create_rejects_a_run_dir_too_deep_for_its_sockets_naming_the_path() {
-        let deep = format!("/var/lib/{}/sandboxes/vm1", "d".repeat(80));
-
-        let short = check_socket_paths(&tap_spec("/var/lib/petrel/sandboxes/0123456789abcdef"));
-        let err = check_socket_paths(&tap_spec(&deep))
-            .unwrap_err()
-            .to_string();
-
-        assert!(short.is_ok());
-        assert!(
-            err.contains(&deep) && err.contains("shorter data dir"),
-            "{err}"
-        );
-    }
-
-    #[tokio::test]
-    async fn check_tap_finds_loopback_and_refuses_a_missing_device() {
-        let found = check_tap("lo", None).await;
-        let missing = check_tap("ptl-no-such", None).await;
-
-        assert_eq!(found, Ok(()));
-        assert_eq!(
-            missing,
-            Err("TAP device ptl-no-such does not exist".to_string())
-        );
     }
 }
