@@ -20,8 +20,6 @@ use common::binary::{Agent, Spawn, free_port, processes_naming, wait_ready};
 use hyper::Method;
 use serde_json::{Value, json};
 
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
 /// A file and a process the guest had before the crash.
 const MARK: &str = "echo kept > /tmp/mark && (setsid sleep 4242 </dev/null >/dev/null 2>&1 &)";
 const CHECK: &str = "cat /tmp/mark && pgrep -x sleep >/dev/null && echo process-kept";
@@ -111,7 +109,6 @@ async fn crash_at(point: &str, index: u16) {
         return;
     };
     // Arrange
-    let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
     let data = tempfile::tempdir().unwrap();
     let _leftovers = KillLeftovers(data.path());
     let port = free_port();
@@ -275,7 +272,6 @@ async fn crash_at(point: &str, index: u16) {
     let files = leftovers(data.path());
     let nets = namespaces(slot_first);
     second.kill_9();
-    std::fs::write(IP_FORWARD, &forwarding).unwrap();
     assert!(vmms.is_empty(), "{point}: processes left: {vmms:?}");
     assert!(files.is_empty(), "{point}: files left: {files:?}");
     assert!(nets.is_empty(), "{point}: namespaces left: {nets:?}");

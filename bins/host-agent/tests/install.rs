@@ -25,7 +25,6 @@ const CONFIG: &str = "etc/petrel/host-agent.toml";
 const UNIT: &str = "etc/systemd/system/petrel-host-agent.service";
 const BINARY: &str = "usr/local/bin/host-agent";
 const DATA: &str = "var/lib/petrel";
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
 /// `host-agent install --root ROOT ARGS` with no images from the
 /// environment.
@@ -491,11 +490,11 @@ impl Drop for Agent {
 }
 
 /// Kills (by pid) VMs of the test's data dir still running when the test
-/// ends, and puts back the host's IPv4 forwarding (an agent stopped with
-/// running sandboxes cannot).
+/// ends. Host IPv4 forwarding is not touched: `netns` puts it back when the
+/// last Petrel namespace goes (a test writing back the value it read at
+/// its start would undo another test's agent, or leave `1` for good).
 struct Cleanup {
     sandboxes: PathBuf,
-    forwarding: String,
 }
 
 impl Drop for Cleanup {
@@ -506,7 +505,6 @@ impl Drop for Cleanup {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        let _ = std::fs::write(IP_FORWARD, &self.forwarding);
     }
 }
 
@@ -577,7 +575,6 @@ async fn purge_after_stop(first: u16, two_step: bool) {
     let sandboxes = root.path().join(DATA).join("sandboxes");
     let _cleanup = Cleanup {
         sandboxes: sandboxes.clone(),
-        forwarding: std::fs::read_to_string(IP_FORWARD).unwrap(),
     };
     let port = free_port();
     install_for_vms(root.path(), &kernel, &rootfs, port, first);

@@ -13,8 +13,6 @@ use client::Client;
 use common::binary::{Agent, Spawn, free_port, wait_ready};
 use serde_json::{Value, json};
 
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-
 /// The agent binary serving `data_dir` (no warm-up, no crash point).
 fn spawn_agent(
     data_dir: &std::path::Path,
@@ -46,10 +44,6 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
     let Some((kernel, rootfs)) = common::images() else {
         return;
     };
-    // A killed agent cannot give back the host's forwarding setting it
-    // turned on (that is what the next agent's cleanup cannot know either):
-    // the test restores it.
-    let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let client = Client::new(format!("http://127.0.0.1:{port}"));
@@ -90,7 +84,6 @@ async fn kill_9_then_restart_keeps_running_and_paused_sandboxes() {
         client.delete(&format!("/v1/sandboxes/{id}")).await;
     }
     second.kill_9();
-    std::fs::write(IP_FORWARD, &forwarding).unwrap();
 
     assert_eq!(running_state, "running");
     assert_eq!(alive["stdout"], "alive\n");
@@ -155,7 +148,6 @@ async fn another_local_user_reads_no_token_ram_or_snapshot() {
     };
     // Arrange: a sandbox with a secret, paused, resumed and snapshotted, so
     // the database, saved state, RAM and snapshot files all exist.
-    let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
     let parent = tempfile::tempdir().unwrap();
     std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = parent.path().join("data");
@@ -200,7 +192,6 @@ async fn another_local_user_reads_no_token_ram_or_snapshot() {
     client.delete(&format!("/v1/sandboxes/{id}")).await;
     client.delete("/v1/snapshots/private-snap").await;
     agent.kill_9();
-    std::fs::write(IP_FORWARD, &forwarding).unwrap();
 
     // Assert
     assert_eq!(snapshot.status.as_u16(), 201, "{}", snapshot.text());
@@ -238,7 +229,6 @@ async fn snapshots_outlive_an_image_rebuild_and_a_parent_with_children_is_not_de
     };
     // Arrange: s1 of a sandbox, s2 of a sandbox started from s1 (its disk
     // backs onto s1's); the sandboxes are gone.
-    let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap();
     let parent = tempfile::tempdir().unwrap();
     let data = parent.path().join("data");
     let port = free_port();
@@ -301,7 +291,6 @@ async fn snapshots_outlive_an_image_rebuild_and_a_parent_with_children_is_not_de
     let deleted_s1 = client.delete("/v1/snapshots/s1").await;
     let bases_at_end = base_files(&data);
     second.kill_9();
-    std::fs::write(IP_FORWARD, &forwarding).unwrap();
 
     // Assert
     assert_eq!(s1.status.as_u16(), 201, "{}", s1.text());
