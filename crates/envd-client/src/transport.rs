@@ -44,6 +44,13 @@ pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// See [`KEEPALIVE_IDLE`].
 pub const KEEPALIVE_RETRIES: u32 = 3;
+/// `TCP_USER_TIMEOUT` on every connection to a guest: sent data left
+/// unacknowledged this long fails the connection. Keepalive covers a quiet
+/// connection; this covers one that is sending (an upload) to a guest that
+/// died, which the kernel would otherwise retransmit to for ~15 minutes.
+/// A live guest acknowledges within milliseconds, even paused for a
+/// snapshot (seconds).
+pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest error body read from envd; the rest is dropped.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Extra time the client waits past a `Connect-Timeout-Ms` deadline so that
@@ -100,6 +107,7 @@ impl Transport {
         connector.set_keepalive(Some(KEEPALIVE_IDLE));
         connector.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
         connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+        connector.set_tcp_user_timeout(Some(USER_TIMEOUT));
         // No idle connections are kept: a connection reused after the guest
         // was paused, restored or restarted its envd would fail with a reset
         // on a request that may already have been sent (and Process/Start

@@ -140,22 +140,37 @@ impl Client {
     /// Uploads a body produced as it goes (`Transfer-Encoding: chunked`,
     /// `application/octet-stream`).
     pub async fn send_streamed(&self, method: Method, path: &str, body: Streamed) -> Reply {
+        self.try_send_streamed(method, path, body).await.unwrap()
+    }
+
+    /// Like [`send_streamed`](Self::send_streamed), with a connection
+    /// error (the agent closing it mid-upload) as `Err`.
+    pub async fn try_send_streamed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Streamed,
+    ) -> Result<Reply, String> {
         let client: Legacy<HttpConnector, Streamed> =
             Legacy::builder(TokioExecutor::new()).build_http();
         let uploader = self
             .clone()
             .with_header("content-type", "application/octet-stream");
         let response = client
-            .request(uploader.request(method, path, body).unwrap())
+            .request(uploader.request(method, path, body)?)
             .await
-            .unwrap();
+            .map_err(|err| format!("{err:?}"))?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Reply {
+        let body = body
+            .collect()
+            .await
+            .map_err(|err| format!("{err:?}"))?
+            .to_bytes();
+        Ok(Reply {
             status: parts.status,
             headers: parts.headers,
             body,
-        }
+        })
     }
 
     /// Sends `body` to `path` (appended to the base as is).
