@@ -49,7 +49,7 @@ const RECV_CHUNK: usize = 16 * 1024;
 const QUOTED_BODY_LEN: usize = 512;
 
 /// What `/proc/self/fd/N` points at for a userfaultfd.
-const UFFD_LINK_TARGET: &str = "anon_inode:[userfaultfd]";
+pub(crate) const UFFD_LINK_TARGET: &str = "anon_inode:[userfaultfd]";
 
 /// The VMM's handshake: its userfaultfd and its guest memory regions.
 #[derive(Debug)]

@@ -26,6 +26,12 @@
 //!   Firecracker only does by exiting), when the VMM's address space is gone,
 //!   or when a [`StopHandle`] asks it to; [`ServerStats`] counts faults and
 //!   bytes for the logs.
+//! - A server can take over a running VMM whose earlier server is gone (an
+//!   agent restart): [`ServerOptions::regions_record`] writes the regions of
+//!   the handshake to a file, and [`UffdServer::spawn_adopted`] takes the
+//!   VMM's userfaultfd from the process (`pidfd_getfd`), wakes the threads
+//!   left waiting on faults the old server had read, and serves until the
+//!   process exits (watched through its pidfd).
 //!
 //! What it does not do: it does not start or kill Firecracker (if the server
 //! stops while the VM runs, the VM's next fault hangs; the caller must kill

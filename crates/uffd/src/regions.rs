@@ -21,7 +21,7 @@ pub fn host_page_size() -> usize {
 /// One guest memory region: `size` bytes at `base_host_virt_addr` in the
 /// VMM's address space, whose contents start at byte `offset` of the memory
 /// file, mapped with pages of `page_size` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GuestRegion {
     /// Start of the region in the VMM's address space.
     pub base_host_virt_addr: u64,

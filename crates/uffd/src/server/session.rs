@@ -1,381 +1,34 @@
-//! The page server: accept the VMM, take its handshake, serve its faults.
+//! One VMM being served: its userfaultfd's events, the faults they carry,
+//! and how it ends.
 
 use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::io::{self, Read};
 use std::num::NonZeroUsize;
 use std::ops::Range;
-use std::os::fd::AsFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use tracing::{debug, info, trace, warn};
+use tracing::{debug, trace, warn};
 use userfaultfd::{Event, EventBuffer, Uffd};
 
-use crate::error::{HandshakeError, UffdError};
-use crate::handshake::{self, PeerCredentials};
-use crate::memfile::{MemFile, ZeroSource};
-use crate::regions::{GuestRegion, MemoryLayout, PageLocation, host_page_size};
+use super::{ExitReason, UffdServer};
+use crate::error::UffdError;
+use crate::memfile::ZeroSource;
+use crate::regions::{MemoryLayout, PageLocation, host_page_size};
 use crate::removed::RemovedRanges;
-use crate::stats::{ServerStats, StatsSnapshot};
-use crate::stop::StopHandle;
-
-/// Default bytes populated per fault: 64 KiB, aligned, within the region.
-pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
+use crate::stats::ServerStats;
 
 /// Events read from the userfaultfd per `read`.
 const EVENT_BATCH: usize = 64;
 
-/// How long to wait for the VMM's handshake message by default.
-const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Retry rounds (while the VMM's address space is changing) before backing
 /// off with short sleeps instead of yielding.
 const SPIN_ROUNDS: u32 = 16;
-
-/// Tuning of a [`UffdServer`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerOptions {
-    /// How long [`UffdServer::serve_one`] waits for the VMM to connect;
-    /// `None` waits until stopped.
-    pub accept_timeout: Option<Duration>,
-    /// How long to wait for the handshake message once connected.
-    pub handshake_timeout: Duration,
-    /// Bytes populated per fault: the aligned chunk around the faulting page
-    /// (rounded up to a power of two and to at least one page), clipped to
-    /// the region and to removed ranges. One page size (4096) serves exactly
-    /// the faulting page.
-    pub chunk_size: usize,
-}
-
-impl Default for ServerOptions {
-    fn default() -> Self {
-        Self {
-            accept_timeout: None,
-            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-        }
-    }
-}
-
-/// Why serving ended without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitReason {
-    /// The VMM closed the socket: Firecracker keeps it open for its whole
-    /// life, so this means the VMM exited.
-    PeerClosed,
-    /// The VMM's address space is gone (`ESRCH` from an ioctl).
-    PeerGone,
-    /// Reading the userfaultfd returned end of file.
-    UffdClosed,
-    /// A [`StopHandle`] asked the server to stop.
-    Stopped,
-}
-
-/// What one served VMM session amounted to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServeReport {
-    /// Why serving ended.
-    pub exit: ExitReason,
-    /// The VMM process, when one connected and its credentials were readable.
-    pub peer: Option<PeerCredentials>,
-    /// The regions served, sorted by address (empty when no VMM connected).
-    pub regions: Vec<GuestRegion>,
-    /// The server's counters at the end (cumulative over its sessions).
-    pub stats: StatsSnapshot,
-    /// Time from the start of `serve_one` to its end.
-    pub elapsed: Duration,
-}
-
-/// A userfaultfd page server for one snapshot memory file on one socket.
-///
-/// The socket file is removed when the server is dropped.
-#[derive(Debug)]
-pub struct UffdServer {
-    listener: UnixListener,
-    socket_path: PathBuf,
-    mem_file: MemFile,
-    options: ServerOptions,
-    stop: StopHandle,
-    stats: Arc<ServerStats>,
-}
-
-impl UffdServer {
-    /// Listens on `socket_path` (which must not exist yet) and maps
-    /// `mem_file_path`, with default [`ServerOptions`].
-    pub fn bind(
-        socket_path: impl AsRef<Path>,
-        mem_file_path: impl AsRef<Path>,
-    ) -> Result<Self, UffdError> {
-        Self::bind_with_options(socket_path, mem_file_path, ServerOptions::default())
-    }
-
-    /// [`bind`](Self::bind) with explicit options.
-    pub fn bind_with_options(
-        socket_path: impl AsRef<Path>,
-        mem_file_path: impl AsRef<Path>,
-        options: ServerOptions,
-    ) -> Result<Self, UffdError> {
-        let socket_path = socket_path.as_ref().to_path_buf();
-        let mem_file = MemFile::open(mem_file_path)?;
-        let stop = StopHandle::new().map_err(|source| UffdError::Resource {
-            what: "stop event",
-            path: socket_path.clone(),
-            source,
-        })?;
-        let bind_error = |source| UffdError::Bind {
-            path: socket_path.clone(),
-            source,
-        };
-        let listener = UnixListener::bind(&socket_path).map_err(bind_error)?;
-        let server = Self {
-            listener,
-            socket_path,
-            mem_file,
-            options,
-            stop,
-            stats: Arc::new(ServerStats::default()),
-        };
-        server
-            .listener
-            .set_nonblocking(true)
-            .map_err(|source| UffdError::Bind {
-                path: server.socket_path.clone(),
-                source,
-            })?;
-        info!(
-            socket = %server.socket_path.display(),
-            mem_file = %server.mem_file.path().display(),
-            mem_bytes = server.mem_file.size(),
-            chunk_size = server.options.chunk_size,
-            "uffd page server listening"
-        );
-        Ok(server)
-    }
-
-    /// The socket the VMM must connect to (Firecracker's
-    /// `mem_backend.backend_path`).
-    pub fn socket_path(&self) -> &Path {
-        &self.socket_path
-    }
-
-    /// The mapped memory file.
-    pub fn mem_file(&self) -> &MemFile {
-        &self.mem_file
-    }
-
-    /// A handle that stops this server from another thread.
-    pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
-    }
-
-    /// The server's live counters.
-    pub fn stats(&self) -> Arc<ServerStats> {
-        Arc::clone(&self.stats)
-    }
-
-    /// Serves one VMM: waits for it to connect (up to
-    /// [`ServerOptions::accept_timeout`]), takes its handshake, and answers
-    /// its page faults until it goes away or the server is stopped.
-    pub fn serve_one(&self) -> Result<ServeReport, UffdError> {
-        let started = Instant::now();
-        let report = |exit, peer, regions| ServeReport {
-            exit,
-            peer,
-            regions,
-            stats: self.stats.snapshot(),
-            elapsed: started.elapsed(),
-        };
-        let Some(stream) = self.accept()? else {
-            info!(socket = %self.socket_path.display(), "stopped before a VMM connected");
-            return Ok(report(ExitReason::Stopped, None, Vec::new()));
-        };
-        let peer = PeerCredentials::of(&stream)
-            .inspect_err(|error| debug!(%error, "cannot read the VMM's credentials"))
-            .ok();
-        info!(
-            socket = %self.socket_path.display(),
-            peer_pid = peer.map(|p| p.pid),
-            "VMM connected"
-        );
-        let handshake =
-            match handshake::receive(&stream, self.options.handshake_timeout, self.stop.fd()) {
-                Ok(handshake) => handshake,
-                Err(HandshakeError::Stopped) => {
-                    return Ok(report(ExitReason::Stopped, peer, Vec::new()));
-                }
-                Err(source) => {
-                    return Err(UffdError::Handshake {
-                        path: self.socket_path.clone(),
-                        source,
-                    });
-                }
-            };
-        let layout = MemoryLayout::new(&handshake.regions, self.mem_file.size(), host_page_size())
-            .map_err(|source| UffdError::Layout {
-                path: self.socket_path.clone(),
-                mem_file: self.mem_file.path().to_path_buf(),
-                source,
-            })?;
-        info!(
-            socket = %self.socket_path.display(),
-            regions = layout.regions().len(),
-            guest_bytes = layout.total_size(),
-            handshake_ms = started.elapsed().as_millis(),
-            "handshake received; serving page faults"
-        );
-        let mut session = Session::new(self, &stream, handshake.uffd, &layout);
-        let exit = session.run()?;
-        let report = report(exit, peer, layout.regions().to_vec());
-        info!(
-            socket = %self.socket_path.display(),
-            exit = ?report.exit,
-            faults = report.stats.faults_served,
-            bytes_copied = report.stats.bytes_copied,
-            bytes_zeroed = report.stats.bytes_zeroed,
-            remove_events = report.stats.remove_events,
-            already_present = report.stats.already_present,
-            retries = report.stats.retries,
-            elapsed_ms = report.elapsed.as_millis(),
-            "uffd page server done"
-        );
-        Ok(report)
-    }
-
-    /// Serves one VMM, then closes and removes the socket. The body of a
-    /// per-VM server thread.
-    pub fn run(self) -> Result<ServeReport, UffdError> {
-        self.serve_one()
-    }
-
-    /// Runs [`run`](Self::run) on a new thread.
-    pub fn spawn(self) -> Result<ServerThread, UffdError> {
-        let stop = self.stop_handle();
-        let stats = self.stats();
-        let socket_path = self.socket_path.clone();
-        let handle = std::thread::Builder::new()
-            .name("uffd-server".to_owned())
-            .spawn(move || self.run())
-            .map_err(|source| UffdError::Spawn {
-                path: socket_path.clone(),
-                source,
-            })?;
-        Ok(ServerThread {
-            handle,
-            stop,
-            stats,
-            socket_path,
-        })
-    }
-
-    /// Waits for the VMM; `None` when stopped first.
-    fn accept(&self) -> Result<Option<UnixStream>, UffdError> {
-        let deadline = self.options.accept_timeout.map(|t| Instant::now() + t);
-        let accept_error = |source| UffdError::Accept {
-            path: self.socket_path.clone(),
-            source,
-        };
-        loop {
-            if self.stop.is_stopped() {
-                return Ok(None);
-            }
-            let wait = match (deadline, self.options.accept_timeout) {
-                (Some(deadline), Some(timeout)) => {
-                    let remaining = deadline.saturating_duration_since(Instant::now());
-                    if remaining.is_zero() {
-                        return Err(UffdError::AcceptTimeout {
-                            path: self.socket_path.clone(),
-                            timeout,
-                        });
-                    }
-                    PollTimeout::try_from(remaining).unwrap_or(PollTimeout::MAX)
-                }
-                _ => PollTimeout::NONE,
-            };
-            let mut fds = [
-                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                PollFd::new(self.stop.fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, wait) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(errno) => return Err(accept_error(errno.into())),
-            }
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(true).map_err(accept_error)?;
-                    return Ok(Some(stream));
-                }
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(error) => return Err(accept_error(error)),
-            }
-        }
-    }
-}
-
-impl Drop for UffdServer {
-    fn drop(&mut self) {
-        match std::fs::remove_file(&self.socket_path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                warn!(%error, socket = %self.socket_path.display(), "cannot remove the page-server socket");
-            }
-        }
-    }
-}
-
-/// A server running on its own thread (from [`UffdServer::spawn`]).
-#[derive(Debug)]
-pub struct ServerThread {
-    handle: JoinHandle<Result<ServeReport, UffdError>>,
-    stop: StopHandle,
-    stats: Arc<ServerStats>,
-    socket_path: PathBuf,
-}
-
-impl ServerThread {
-    /// The socket the VMM must connect to.
-    pub fn socket_path(&self) -> &Path {
-        &self.socket_path
-    }
-
-    /// A handle that stops the server.
-    pub fn stop_handle(&self) -> StopHandle {
-        self.stop.clone()
-    }
-
-    /// The live counters.
-    pub fn stats(&self) -> StatsSnapshot {
-        self.stats.snapshot()
-    }
-
-    /// Whether the server has returned.
-    pub fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
-
-    /// Waits for the server to return.
-    pub fn join(self) -> Result<ServeReport, UffdError> {
-        self.handle.join().map_err(|_| UffdError::Panicked {
-            path: self.socket_path,
-        })?
-    }
-
-    /// Stops the server and waits for it.
-    pub fn stop_and_join(self) -> Result<ServeReport, UffdError> {
-        self.stop.stop();
-        self.join()
-    }
-}
 
 /// How one fault (or one ioctl) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -416,10 +69,29 @@ enum Batch {
     Eof,
 }
 
+/// How a session learns that its VMM is gone.
+pub(super) enum Peer<'a> {
+    /// The handshake's socket: Firecracker keeps it open for its whole
+    /// life, so a hang-up means it exited.
+    Socket(&'a UnixStream),
+    /// A pidfd of the VMM (a server that took over from an earlier one,
+    /// whose socket died with it): readable once the process exits.
+    Process(&'a OwnedFd),
+}
+
+impl Peer<'_> {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Peer::Socket(stream) => stream.as_fd(),
+            Peer::Process(pidfd) => pidfd.as_fd(),
+        }
+    }
+}
+
 /// One connected VMM being served.
-struct Session<'a> {
+pub(super) struct Session<'a> {
     server: &'a UffdServer,
-    stream: &'a UnixStream,
+    peer: Peer<'a>,
     uffd: Uffd,
     layout: &'a MemoryLayout,
     events: EventBuffer,
@@ -430,15 +102,15 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(
+    pub(super) fn new(
         server: &'a UffdServer,
-        stream: &'a UnixStream,
+        peer: Peer<'a>,
         uffd: Uffd,
         layout: &'a MemoryLayout,
     ) -> Self {
         Self {
             server,
-            stream,
+            peer,
             uffd,
             layout,
             events: EventBuffer::new(EVENT_BATCH),
@@ -459,7 +131,7 @@ impl<'a> Session<'a> {
 
     /// Polls the socket, the userfaultfd and the stop event until the VMM
     /// goes away or a stop is requested.
-    fn run(&mut self) -> Result<ExitReason, UffdError> {
+    pub(super) fn run(&mut self) -> Result<ExitReason, UffdError> {
         let hangup = PollFlags::POLLHUP | PollFlags::POLLERR;
         loop {
             if self.server.stop.is_stopped() {
@@ -467,7 +139,7 @@ impl<'a> Session<'a> {
             }
             let (socket_events, uffd_events, stop_fired) = {
                 let mut fds = [
-                    PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.peer.fd(), PollFlags::POLLIN),
                     PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.server.stop.fd(), PollFlags::POLLIN),
                 ];
@@ -501,45 +173,75 @@ impl<'a> Session<'a> {
             {
                 return Ok(exit);
             }
-            if socket_events.intersects(hangup) {
-                return Ok(ExitReason::PeerClosed);
-            }
-            if socket_events.contains(PollFlags::POLLIN) && self.drain_socket() {
-                return Ok(ExitReason::PeerClosed);
-            }
-        }
-    }
-
-    /// Reads and discards unexpected bytes on the socket; true when the VMM
-    /// closed it.
-    fn drain_socket(&self) -> bool {
-        let mut buf = [0_u8; 4096];
-        let mut stream = self.stream;
-        match stream.read(&mut buf) {
-            Ok(0) => true,
-            Ok(n) => {
-                warn!(
-                    bytes = n,
-                    socket = %self.server.socket_path.display(),
-                    "ignoring unexpected data from the VMM after the handshake"
-                );
-                false
-            }
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                false
-            }
-            Err(error) => {
-                warn!(%error, "reading the VMM's socket failed; treating it as closed");
-                true
+            match self.peer {
+                Peer::Process(_) if socket_events.intersects(hangup | PollFlags::POLLIN) => {
+                    return Ok(ExitReason::PeerClosed);
+                }
+                Peer::Process(_) => {}
+                Peer::Socket(stream) => {
+                    if socket_events.intersects(hangup) {
+                        return Ok(ExitReason::PeerClosed);
+                    }
+                    if socket_events.contains(PollFlags::POLLIN)
+                        && drain_socket(self.server, stream)
+                    {
+                        return Ok(ExitReason::PeerClosed);
+                    }
+                }
             }
         }
     }
 
+    /// Wakes every thread of the VMM waiting on a fault in its guest
+    /// memory: an earlier server may have read their faults and died
+    /// before serving them. Woken, they touch the page again, and a page
+    /// still missing raises a new fault for this server.
+    pub(super) fn wake_all(&self) -> Result<(), UffdError> {
+        for region in self.layout.regions() {
+            let start = region.base_host_virt_addr as *mut c_void;
+            if let Err(error) = self.uffd.wake(start, region.size) {
+                return Err(UffdError::Resource {
+                    what: "wake the VMM's faulting threads",
+                    path: self.path(),
+                    source: io::Error::other(error.to_string()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads and discards unexpected bytes on the socket; true when the VMM
+/// closed it.
+fn drain_socket(server: &UffdServer, stream: &UnixStream) -> bool {
+    let mut buf = [0_u8; 4096];
+    let mut stream = stream;
+    match stream.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => {
+            warn!(
+                bytes = n,
+                socket = %server.socket_path.display(),
+                "ignoring unexpected data from the VMM after the handshake"
+            );
+            false
+        }
+        Err(error)
+            if matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            false
+        }
+        Err(error) => {
+            warn!(%error, "reading the VMM's socket failed; treating it as closed");
+            true
+        }
+    }
+}
+
+impl Session<'_> {
     /// Reads every available event, then serves the faults. Faults that
     /// hit `EAGAIN` (an unread remove event is pending) are retried after
     /// reading events again, so removes are always applied before the faults
