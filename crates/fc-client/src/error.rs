@@ -197,6 +197,20 @@ pub enum LaunchError {
         last_error: String,
     },
 
+    /// [`FirecrackerProcess::adopt`](crate::FirecrackerProcess::adopt)
+    /// refused the process.
+    #[error("cannot adopt firecracker {id} (pid {pid}, API socket {}): {reason}", socket.display())]
+    NotAdoptable {
+        /// Instance id.
+        id: String,
+        /// Process id.
+        pid: u32,
+        /// The API socket it should serve.
+        socket: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+
     /// Signalling or reaping the process failed.
     #[error("{what} firecracker {id} (pid {pid}): {source}")]
     Process {

@@ -4,6 +4,7 @@ use std::env;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -67,8 +68,13 @@ pub struct FirecrackerConfig {
     pub api_socket: PathBuf,
     /// File (created if needed, appended to) that receives firecracker's
     /// stdout and stderr, which carry its log unless a `PUT /logger` moves
-    /// it. `None` discards both.
+    /// it. `None` discards both. Also the file whose end an
+    /// [`LaunchError::ExitedEarly`] carries.
     pub log_path: Option<PathBuf>,
+    /// Where stdout and stderr go instead, opened write-only (e.g. a FIFO
+    /// a caller drains into `log_path` with a size cap; its reader must be
+    /// open before the spawn).
+    pub output: Option<PathBuf>,
     /// Instance id (`--id`): 1 to 64 ASCII letters, digits or `-`.
     pub id: String,
     /// More arguments, after `--api-sock` and `--id` (`--level Debug`, say).
@@ -89,6 +95,7 @@ impl FirecrackerConfig {
             binary: binary.into(),
             api_socket: api_socket.into(),
             log_path: None,
+            output: None,
             id: id.into(),
             extra_args: Vec::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
@@ -119,7 +126,7 @@ impl FirecrackerConfig {
 /// reaps it) and removes the API socket, which firecracker leaves behind.
 #[derive(Debug)]
 pub struct FirecrackerProcess {
-    child: tokio::process::Child,
+    handle: Handle,
     pid: u32,
     id: String,
     api_socket: PathBuf,
@@ -128,7 +135,72 @@ pub struct FirecrackerProcess {
     socket_removed: bool,
 }
 
+/// How the process is held.
+#[derive(Debug)]
+enum Handle {
+    /// Our child (spawned here).
+    Child(tokio::process::Child),
+    /// Not our child (adopted): watched and killed through a pidfd. Its
+    /// exit status is not ours to read: reported as killed by SIGKILL
+    /// when this handle killed it, else as exit code 0.
+    Adopted {
+        pidfd: std::os::fd::OwnedFd,
+        killed: bool,
+    },
+}
+
 impl FirecrackerProcess {
+    /// Takes over firecracker `pid`, started by an earlier run of this
+    /// program with `config`'s API socket (checked on its command line, so
+    /// a reused pid is refused) and answering on it. Dropping or killing
+    /// the handle kills the process, as for a spawned one.
+    pub async fn adopt(pid: u32, config: FirecrackerConfig) -> Result<Self, LaunchError> {
+        let not_adoptable = |reason: String| LaunchError::NotAdoptable {
+            id: config.id.clone(),
+            pid,
+            socket: config.api_socket.clone(),
+            reason,
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+            .map_err(|e| not_adoptable(format!("cannot read its command line: {e}")))?;
+        let mut args = cmdline.split(|b| *b == 0);
+        let names_socket = args
+            .by_ref()
+            .skip_while(|arg| *arg != b"--api-sock")
+            .nth(1)
+            .is_some_and(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)) == config.api_socket);
+        if !names_socket {
+            return Err(not_adoptable(
+                "its command line does not name this API socket".to_string(),
+            ));
+        }
+        let pidfd =
+            crate::pidfd::open(pid).map_err(|e| not_adoptable(format!("pidfd_open: {e}")))?;
+        let client = FcClient::new(&config.api_socket);
+        match tokio::time::timeout(config.ready_timeout, client.describe_instance()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(not_adoptable(format!("its API fails: {err}"))),
+            Err(_) => {
+                return Err(not_adoptable(format!(
+                    "its API did not answer within {:?}",
+                    config.ready_timeout
+                )));
+            }
+        }
+        Ok(Self {
+            handle: Handle::Adopted {
+                pidfd,
+                killed: false,
+            },
+            pid,
+            client,
+            id: config.id,
+            api_socket: config.api_socket,
+            log_path: config.log_path,
+            socket_removed: false,
+        })
+    }
+
     /// Starts firecracker as `config` says and waits, up to
     /// `config.ready_timeout`, until `GET /` on its API socket answers.
     ///
@@ -150,7 +222,10 @@ impl FirecrackerProcess {
     ) -> Result<Self, LaunchError> {
         check_instance_id(&config.id)?;
         clear_stale_socket(&config.api_socket)?;
-        let (stdout, stderr) = log_streams(config.log_path.as_deref())?;
+        let (stdout, stderr) = match &config.output {
+            Some(output) => output_streams(output)?,
+            None => log_streams(config.log_path.as_deref())?,
+        };
 
         let mut command = tokio::process::Command::from(command);
         command
@@ -171,7 +246,7 @@ impl FirecrackerProcess {
         tracing::debug!(pid, id = %config.id, socket = %config.api_socket.display(), "started firecracker");
 
         let mut process = Self {
-            child,
+            handle: Handle::Child(child),
             pid,
             client: FcClient::new(&config.api_socket),
             id: config.id,
@@ -210,9 +285,14 @@ impl FirecrackerProcess {
 
     /// The exit status if the process has exited, without blocking.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, LaunchError> {
-        self.child
-            .try_wait()
-            .map_err(|source| self.process_error("waiting for", source))
+        use std::os::unix::process::ExitStatusExt;
+        match &mut self.handle {
+            Handle::Child(child) => child.try_wait(),
+            Handle::Adopted { pidfd, killed } => crate::pidfd::exited(pidfd).map(|exited| {
+                exited.then(|| ExitStatus::from_raw(if *killed { libc::SIGKILL } else { 0 }))
+            }),
+        }
+        .map_err(|source| self.process_error("waiting for", source))
     }
 
     /// Kills the process with SIGKILL (unless it has already exited), reaps
@@ -222,13 +302,28 @@ impl FirecrackerProcess {
         let status = if let Some(status) = self.try_wait()? {
             status
         } else {
-            self.child
-                .start_kill()
-                .map_err(|source| self.process_error("killing", source))?;
-            self.child
-                .wait()
-                .await
-                .map_err(|source| self.process_error("waiting for", source))?
+            let waited = match &mut self.handle {
+                Handle::Child(child) => match child.start_kill() {
+                    Ok(()) => child.wait().await,
+                    Err(err) => Err(err),
+                },
+                Handle::Adopted { pidfd, killed } => {
+                    let sent = crate::pidfd::kill(pidfd);
+                    *killed = sent.is_ok();
+                    match sent {
+                        // Not our child: its parent (init) reaps it.
+                        Ok(()) => wait_exited(pidfd).await,
+                        Err(err) => Err(err),
+                    }
+                }
+            };
+            let waited = waited.map_err(|source| self.process_error("killing", source))?;
+            match &self.handle {
+                Handle::Child(_) => waited,
+                Handle::Adopted { .. } => {
+                    std::os::unix::process::ExitStatusExt::from_raw(libc::SIGKILL)
+                }
+            }
         };
         self.remove_socket()?;
         Ok(status)
@@ -318,12 +413,31 @@ impl Drop for FirecrackerProcess {
         // Kill before removing the socket so nothing can answer on a path
         // that is being cleaned up; `kill_on_drop` would only do it after
         // this function, and the runtime reaps the child.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.start_kill();
+        match &mut self.handle {
+            Handle::Child(child) => {
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = child.start_kill();
+                }
+            }
+            Handle::Adopted { pidfd, .. } => {
+                let _ = crate::pidfd::kill(pidfd);
+            }
         }
         if let Err(err) = self.remove_socket() {
             tracing::warn!(%err, "dropping firecracker process");
         }
+    }
+}
+
+/// Waits until the process behind `pidfd` has exited (SIGKILL was sent).
+async fn wait_exited(pidfd: &std::os::fd::OwnedFd) -> io::Result<ExitStatus> {
+    loop {
+        if crate::pidfd::exited(pidfd)? {
+            return Ok(std::os::unix::process::ExitStatusExt::from_raw(
+                libc::SIGKILL,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -387,6 +501,22 @@ fn log_streams(log_path: Option<&Path>) -> Result<(Stdio, Stdio), LaunchError> {
     let stdout = OpenOptions::new()
         .create(true)
         .append(true)
+        .open(path)
+        .map_err(io_error)?;
+    let stderr = stdout.try_clone().map_err(io_error)?;
+    Ok((Stdio::from(stdout), Stdio::from(stderr)))
+}
+
+/// Stdout and stderr for the child: both writing to `path` (no create, no
+/// append: a FIFO works).
+fn output_streams(path: &Path) -> Result<(Stdio, Stdio), LaunchError> {
+    let io_error = |source| LaunchError::Io {
+        what: "opening output",
+        path: path.to_path_buf(),
+        source,
+    };
+    let stdout = OpenOptions::new()
+        .write(true)
         .open(path)
         .map_err(io_error)?;
     let stderr = stdout.try_clone().map_err(io_error)?;
@@ -691,6 +821,54 @@ Server(sock, Handler).serve_forever()
         assert_eq!(status.signal(), Some(9));
         assert!(!socket.exists());
         assert!(!process_exists(pid), "pid {pid} still exists");
+    }
+
+    #[tokio::test]
+    async fn adopt_takes_over_a_process_it_did_not_start_and_kills_it() {
+        // Arrange: a fake firecracker started by someone else (a std
+        // child, as if by an earlier agent run), answering on its socket.
+        let fixture = fixture("python3");
+        let mut started = fake_command(&fixture).spawn().unwrap();
+        let pid = started.id();
+        let client = FcClient::new(&fixture.config.api_socket);
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            while client.describe_instance().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(answered.is_ok(), "the fake never answered");
+
+        // Act
+        let mut adopted = FirecrackerProcess::adopt(pid, fixture.config.clone())
+            .await
+            .unwrap();
+        let before = adopted.try_wait().unwrap();
+        let info = adopted.client().describe_instance().await.unwrap();
+        let status = adopted.kill().await.unwrap();
+        let reaped = started.wait().unwrap();
+
+        // Assert
+        assert_eq!(before, None);
+        assert_eq!(info.id, "vm-test-1");
+        assert_eq!(status.signal(), Some(9));
+        assert_eq!(reaped.signal(), Some(9));
+        assert!(!fixture.config.api_socket.exists());
+    }
+
+    #[tokio::test]
+    async fn adopt_refuses_a_process_that_does_not_serve_the_socket() {
+        let fixture = fixture("python3");
+
+        let err = FirecrackerProcess::adopt(std::process::id(), fixture.config.clone())
+            .await
+            .unwrap_err();
+
+        assert!(matches!(err, LaunchError::NotAdoptable { .. }), "{err}");
+        assert!(
+            err.to_string().contains("does not name this API socket"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -10,7 +10,10 @@
 //!   sends its output to a log file, waits (bounded) for the API to answer,
 //!   and on [`kill`](FirecrackerProcess::kill) or drop kills it by its own
 //!   pid and removes the API socket. [`find_firecracker`] locates the binary
-//!   (`PETREL_FIRECRACKER`, then `PATH`).
+//!   (`PETREL_FIRECRACKER`, then `PATH`). [`FirecrackerProcess::adopt`]
+//!   takes over a firecracker an earlier run started (its command line must
+//!   name the API socket, and the API must answer), then watches and kills
+//!   it through a pidfd, so a reused pid is never signalled.
 //!
 //! What it does not do: no jailer, no network namespaces or TAP setup (a
 //! command from [`FirecrackerConfig::command`] can be adjusted, e.g. with a
@@ -59,6 +62,7 @@ mod client;
 mod error;
 mod launcher;
 mod models;
+mod pidfd;
 #[cfg(test)]
 mod testing;
 mod transport;
