@@ -170,11 +170,11 @@ async fn first_line_of(program: &str, args: &[&str]) -> String {
 fn vmm_choice(vmm: VmmChoice) -> String {
     match vmm {
         VmmChoice::Auto | VmmChoice::Qemu => {
-            "qemu (`serve` does not run Firecracker yet: its restored guests would not survive an agent restart)"
+            "qemu (`serve` does not run Firecracker yet: not tested end to end through the agent)"
                 .to_string()
         }
         VmmChoice::Firecracker => {
-            "firecracker requested: `serve` refuses it until its page server outlives the agent and it is confined; use --vmm qemu"
+            "firecracker requested: `serve` refuses it until it is tested end to end through the agent; use --vmm qemu"
                 .to_string()
         }
     }

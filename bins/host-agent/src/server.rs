@@ -251,7 +251,7 @@ async fn hypervisor(
 ) -> Result<Arc<dyn Hypervisor>> {
     if config.vmm == VmmChoice::Firecracker {
         anyhow::bail!(
-            "--vmm firecracker: not served yet: a Firecracker guest started from a snapshot or resumed depends on a page server inside the agent, so it would not survive an agent restart, and Firecracker is not confined yet (sandbox-core runs it; `cargo xtask demo --vmm firecracker` shows it); use --vmm qemu"
+            "--vmm firecracker: not served yet: sandbox-core runs, confines and re-adopts Firecracker guests (`cargo xtask demo --vmm firecracker` shows it), but the agent's path (templates on raw disks, warm snapshots, restart) is not tested end to end on it yet; use --vmm qemu"
         );
     }
     let accel = match (config.accel, images) {

@@ -12,7 +12,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
@@ -38,13 +38,22 @@ pub(crate) fn spawn_drain(socket: PathBuf, log: PathBuf, old: PathBuf, cap: u64)
             tracing::warn!(socket = %socket.display(), "console socket never came up");
             return;
         };
-        if let Err(err) = drain(&mut stream, &log, &old, cap).await {
+        if let Err(err) = drain_to_log(&mut stream, &log, &old, cap).await {
             tracing::warn!(log = %log.display(), %err, "console drain stopped");
         }
     })
 }
 
-async fn drain(stream: &mut UnixStream, log: &Path, old: &Path, cap: u64) -> std::io::Result<()> {
+/// Copies `stream` into `log` until end of file, rotating `log` to `old`
+/// whenever it would pass `cap` bytes, through a fixed 16 KiB buffer: the
+/// console takes at most twice `cap` on disk, whatever the guest writes.
+/// Also drains other VMMs' consoles (Firecracker's stdout through a FIFO).
+pub async fn drain_to_log<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    log: &Path,
+    old: &Path,
+    cap: u64,
+) -> std::io::Result<()> {
     let mut file = open_append(log).await?;
     let mut size = file.metadata().await?.len();
     let mut buf = vec![0_u8; 16 * 1024];

@@ -43,7 +43,7 @@ pub use config::{
     CONSOLE_CAP_BYTES, DiskFormat, Drive, NetConfig, PortForward, SECCOMP_ARG, TAP_FD, VmConfig,
     default_qemu_binary,
 };
-pub use console::log_tail;
+pub use console::{drain_to_log, log_tail};
 pub use error::QemuError;
 pub use qmp::QmpClient;
 pub use snapshot::MigrationStats;

@@ -130,8 +130,16 @@ async fn state_of(run_dir: &Path) -> InstanceState {
         .state
 }
 
+/// Whether `pid` runs: it exists and is not a zombie (an adopted
+/// Firecracker killed here stays a zombie of this test process, whose
+/// first handle to it was let go without reaping it, as an agent that
+/// exits would).
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z")
+    })
 }
 
 /// The value of `field` (e.g. `Uid:`) in `/proc/<pid>/status`.
@@ -252,12 +260,22 @@ async fn scenario(
         run_a.clone(),
         tap_a.clone(),
     );
-    let mut vm = backend.create(spec_a).await.unwrap();
+    let mut vm = backend.create(spec_a.clone()).await.unwrap();
 
     // Boot.
     step("start", vm.start()).await.unwrap();
     let booted_pid = vm.pid().unwrap();
     assert_eq!(state_of(&run_a).await, InstanceState::Running);
+    // Its console reaches console.log through the agent's capped drain.
+    let console = run_a.join("console.log");
+    let printed = tokio::time::timeout(STEP_TIMEOUT, async {
+        while std::fs::metadata(&console).map_or(0, |m| m.len()) == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(printed.is_ok(), "nothing reached {}", console.display());
+    assert!(run_a.join("console.fifo").exists());
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "host only").unwrap();
     if backend.confinement.is_ok() {
@@ -327,6 +345,19 @@ async fn scenario(
     step("resume again", vm.resume(&state, tap_a.clone()))
         .await
         .unwrap();
+
+    // The agent goes away (its page server with it) and a new one adopts
+    // the restored guest, taking its page faults over: the snapshot below
+    // reads every guest page, so each one not yet touched is served by the
+    // adopted page server.
+    let restored_pid = vm.pid().unwrap();
+    vm.detach();
+    assert!(alive(restored_pid), "detach stopped firecracker");
+    let mut vm = step("adopt", backend.adopt(spec_a, restored_pid))
+        .await
+        .unwrap();
+    assert_eq!(vm.pid(), Some(restored_pid));
+    assert_eq!(state_of(&run_a).await, InstanceState::Running);
     let snapshot = dir.path().join("snapshot");
     let snap = step("snapshot", vm.snapshot(&snapshot)).await.unwrap();
     println!("snapshot: {snap:?}");
@@ -404,7 +435,12 @@ async fn scenario(
     step("stop source", vm.destroy()).await.unwrap();
     assert!(!alive(clone_pid) && !alive(source_pid));
     for run in [&run_a, &run_b] {
-        for file in ["vmm/api.sock", "vmm/uffd.sock", "vmm/rootfs"] {
+        for file in [
+            "vmm/api.sock",
+            "vmm/uffd.sock",
+            "vmm/rootfs",
+            "console.fifo",
+        ] {
             assert!(
                 !run.join(file).exists(),
                 "{} left",

@@ -127,6 +127,26 @@ pub(super) fn file_size(path: &Path) -> Result<u64, SandboxError> {
         })
 }
 
+/// The real uid of process `pid` (a confined Firecracker's own).
+pub(super) fn process_uid(pid: u32) -> Result<u32, SandboxError> {
+    let path = std::path::PathBuf::from(format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(&path).map_err(|source| SandboxError::Io {
+        what: "read",
+        path: path.clone(),
+        source,
+    })?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .ok_or_else(|| SandboxError::Io {
+            what: "find the uid in",
+            path,
+            source: std::io::Error::other("no Uid: line"),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

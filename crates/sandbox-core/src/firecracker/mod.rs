@@ -11,7 +11,12 @@
 //! process ([`uffd::UffdServer`]) fills guest pages from `mem` on first
 //! touch, so the file is shared read-only by every VM restored from it and
 //! must not change while they live (a later save writes new files and
-//! renames them into place).
+//! renames them into place). A restored Firecracker is adoptable after an
+//! agent restart: the run directory records which memory file it was
+//! restored from and its page-server handshake's regions, and
+//! [`Hypervisor::adopt`] starts a page server that takes the process's
+//! userfaultfd over ([`uffd::UffdServer::spawn_adopted`]); between the two
+//! agents the guest waits on its next page fault.
 //!
 //! Firecracker works in its own directory `run_dir/vmm` (its API and page
 //! server sockets, snapshot files while it writes them) and opens the root
@@ -39,6 +44,7 @@ use fc_client::{
     SnapshotType,
 };
 
+mod console;
 mod host;
 
 use host::{
@@ -110,14 +116,61 @@ impl Hypervisor for FirecrackerBackend {
             confinement: self.confinement.as_ref().ok().cloned(),
             uid: None,
             cgroup: None,
+            console: None,
         }))
     }
 
-    async fn adopt(&self, spec: VmSpec, _pid: u32) -> Result<Box<dyn Vm>, SandboxError> {
-        Err(SandboxError::Unsupported {
-            backend: "firecracker",
-            what: format!("adopt vm {} after a restart yet", spec.id),
-        })
+    /// Takes over Firecracker `pid` (started by an earlier agent run); a
+    /// guest restored from a snapshot gets a new page server that takes
+    /// the process's userfaultfd over (see
+    /// [`uffd::UffdServer::spawn_adopted`]).
+    async fn adopt(&self, spec: VmSpec, pid: u32) -> Result<Box<dyn Vm>, SandboxError> {
+        let error = |message: String| SandboxError::Firecracker {
+            vm: spec.id.clone(),
+            message,
+        };
+        let vmm_dir = spec.run_dir.join(VMM_DIR);
+        let mut config = FirecrackerConfig::new(&self.binary, vmm_dir.join(API_SOCKET), &spec.id);
+        config.log_path = Some(spec.console_log());
+        // Drained first: Firecracker may be waiting on a full console FIFO
+        // (it logs the API request below there too). It holds its own
+        // writer and keeper: ours are not needed.
+        let (console, _writer, _keeper) =
+            console::Drain::start(&spec.id, &spec.run_dir, &spec.console_log())?;
+        let process = FirecrackerProcess::adopt(pid, config)
+            .await
+            .map_err(|e| error(e.to_string()))?;
+        let page_server = match restored_from(&spec.run_dir)? {
+            Some(restored) => Some(
+                uffd::UffdServer::spawn_adopted(
+                    pid,
+                    vmm_dir.join(UFFD_SOCKET),
+                    restored.memory_file,
+                    &spec.run_dir.join(REGIONS_RECORD),
+                    uffd::ServerOptions::default(),
+                )
+                .map_err(|e| error(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let confinement = self.confinement.as_ref().ok().cloned();
+        let cgroup = confinement
+            .as_ref()
+            .and_then(|c| c.cgroup(&spec.id, &spec.run_dir));
+        let uid = match confinement {
+            Some(_) => Some(host::process_uid(pid)?),
+            None => None,
+        };
+        Ok(Box::new(FirecrackerInstance {
+            binary: self.binary.clone(),
+            spec,
+            process: Some(process),
+            page_server,
+            confinement,
+            uid,
+            cgroup,
+            console: Some(console),
+        }))
     }
 
     fn release_leftovers(&self, id: &str, run_dir: &Path) {
@@ -164,6 +217,35 @@ const MEM: &str = "mem";
 const SNAPSHOT_DISK: &str = "disk.raw";
 /// The guest network interface, as configured and saved.
 const GUEST_IFACE: &str = "eth0";
+/// In the run directory (the agent's, not the VMM's): which memory file
+/// the running Firecracker was restored from ([`Restored`]); absent for a
+/// guest that booted.
+const RESTORED_RECORD: &str = "firecracker.json";
+/// In the run directory: the guest memory regions of the restored
+/// Firecracker's page-server handshake, for a page server that takes over.
+const REGIONS_RECORD: &str = "uffd-regions.json";
+
+/// Written to [`RESTORED_RECORD`] when Firecracker is restored.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Restored {
+    memory_file: PathBuf,
+}
+
+/// What the running Firecracker of `run_dir` was restored from, if it was.
+fn restored_from(run_dir: &Path) -> Result<Option<Restored>, SandboxError> {
+    let path = run_dir.join(RESTORED_RECORD);
+    if path.exists() {
+        crate::qemu::read_json(&path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Forgets how an earlier Firecracker of `run_dir` was restored.
+fn forget_restored(run_dir: &Path) -> Result<(), SandboxError> {
+    crate::disk::remove_file_if_exists(&run_dir.join(RESTORED_RECORD))?;
+    crate::disk::remove_file_if_exists(&run_dir.join(REGIONS_RECORD))
+}
 
 /// A Firecracker guest: `process` is set while Firecracker runs, and
 /// `page_server` while that process was restored from a snapshot.
@@ -178,6 +260,8 @@ struct FirecrackerInstance {
     uid: Option<u32>,
     /// Its cgroup while it runs (removed once it is gone).
     cgroup: Option<jail::Cgroup>,
+    /// The drain of its serial console (ends when it exits).
+    console: Option<console::Drain>,
 }
 
 impl FirecrackerInstance {
@@ -208,9 +292,28 @@ impl FirecrackerInstance {
         let mut config =
             FirecrackerConfig::new(&self.binary, vmm_dir.join(API_SOCKET), &self.spec.id);
         config.log_path = Some(self.spec.console_log());
+        config.output = Some(console::fifo(&self.spec.run_dir));
         config.ready_timeout = Duration::from_secs(5);
+        if let Some(old) = self.console.take() {
+            old.abort();
+        }
+        let (drain, writer, keeper) =
+            console::Drain::start(&self.spec.id, &self.spec.run_dir, &self.spec.console_log())?;
+        self.console = Some(drain);
         let mut command = config.command();
         command.current_dir(&vmm_dir);
+        let keeper_fd = std::os::fd::AsRawFd::as_raw_fd(&keeper);
+        // SAFETY: the hook runs in the forked child before exec and only
+        // clears close-on-exec on `keeper_fd` (open in the parent until
+        // the spawn returns) with fcntl, in the child's own table.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::fcntl(keeper_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if let VmNetwork::Tap {
             netns: Some(netns), ..
         } = network
@@ -241,6 +344,9 @@ impl FirecrackerInstance {
             }
         }
         let spawned = FirecrackerProcess::spawn_command(config, command).await;
+        // Firecracker has its own writer and keeper now (or is gone).
+        drop(writer);
+        drop(keeper);
         match confined {
             Some(confined) => {
                 // The process runs as the uid now (it keeps it busy), or
@@ -368,7 +474,20 @@ impl FirecrackerInstance {
         create_dir(&vmm_dir)?;
         let socket = vmm_dir.join(UFFD_SOCKET);
         crate::disk::remove_file_if_exists(&socket)?;
-        let server = uffd::UffdServer::bind(&socket, dir.join(MEM))
+        // Recorded first: an agent that adopts this Firecracker later
+        // serves its faults from the same file, with the same regions.
+        forget_restored(&self.spec.run_dir)?;
+        crate::qemu::write_json(
+            &self.spec.run_dir.join(RESTORED_RECORD),
+            &Restored {
+                memory_file: dir.join(MEM),
+            },
+        )?;
+        let options = uffd::ServerOptions {
+            regions_record: Some(self.spec.run_dir.join(REGIONS_RECORD)),
+            ..uffd::ServerOptions::default()
+        };
+        let server = uffd::UffdServer::bind_with_options(&socket, dir.join(MEM), options)
             .and_then(uffd::UffdServer::spawn)
             .map_err(|e| self.error(e))?;
         self.page_server = Some(server);
@@ -476,6 +595,7 @@ impl Vm for FirecrackerInstance {
             return Ok(());
         }
         let network = self.spec.network.clone();
+        forget_restored(&self.spec.run_dir)?;
         let mut process = self.spawn(&network).await?;
         if let Err(err) = self.configure(&process).await {
             let _ = process.kill().await;
@@ -554,11 +674,15 @@ impl Vm for FirecrackerInstance {
     }
 
     fn detach(mut self: Box<Self>) {
-        // Dropping FirecrackerProcess kills it; keep it alive on purpose. A
-        // page server keeps running on its thread until this process exits
-        // (after which a restored guest hangs on its next fault).
+        // Dropping FirecrackerProcess kills it; keep it alive on purpose.
+        // Its page server (after a restore) ends here, as it would when
+        // this process exits: a restored guest then waits on its next
+        // fault until an agent adopts it and takes its faults over.
         std::mem::forget(self.process.take());
-        drop(self.page_server.take());
+        self.stop_page_server();
+        if let Some(console) = self.console.take() {
+            console.abort();
+        }
     }
 
     async fn destroy(mut self: Box<Self>) -> Result<(), SandboxError> {
@@ -574,6 +698,8 @@ impl Vm for FirecrackerInstance {
                 source,
             })?;
         }
+        forget_restored(&self.spec.run_dir)?;
+        crate::disk::remove_file_if_exists(&console::fifo(&self.spec.run_dir))?;
         let vmm_dir = self.vmm_dir();
         match std::fs::remove_dir_all(&vmm_dir) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(SandboxError::Io {
