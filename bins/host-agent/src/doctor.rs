@@ -76,7 +76,7 @@ pub async fn run(options: &DoctorOptions) -> Report {
     ] {
         lines.push((label, rootfs_provider(backend, options.rootfs_provider)));
     }
-    let confinement = sandbox_core::confine::VmmConfinement::for_host();
+    let confinement = sandbox_core::confine::VmmConfinement::for_host(BackendKind::Qemu);
     let seccomp = sandbox_core::confine::qemu_seccomp(&qemu_vmm::default_qemu_binary());
     lines.extend(sandbox_core::confine::report(&confinement, &seccomp));
     lines.push((

@@ -39,7 +39,8 @@ pub const TCG_TB_MIB: u32 = 128;
 /// its own tmpfs there in its private mount namespace).
 pub const DEFAULT_JAIL_ROOT: &str = "/run/petrel/vmm-root";
 
-/// Why confinement is off, when it is.
+/// Turns confinement off for debugging: `off` (or `0`) for every VMM,
+/// `off:qemu` or `off:firecracker` for that backend's only.
 pub const ENV_OFF: &str = "PETREL_VMM_CONFINE";
 
 /// The confinement policy of a VMM backend.
@@ -66,11 +67,13 @@ pub struct Confined {
 }
 
 impl VmmConfinement {
-    /// The host's policy: `None` (with the reason) when this process is not
-    /// root or `PETREL_VMM_CONFINE=off`.
-    pub fn for_host() -> Result<Self, String> {
-        if std::env::var(ENV_OFF).is_ok_and(|v| v == "off" || v == "0") {
-            return Err(format!("turned off by {ENV_OFF}=off"));
+    /// The host's policy for `backend`'s VMMs: `Err` (with the reason)
+    /// when this process is not root or [`ENV_OFF`] turns it off.
+    pub fn for_host(backend: crate::BackendKind) -> Result<Self, String> {
+        if let Ok(value) = std::env::var(ENV_OFF)
+            && (value == "off" || value == "0" || value == format!("off:{}", backend.as_str()))
+        {
+            return Err(format!("turned off by {ENV_OFF}={value}"));
         }
         if !jail::can_confine() {
             return Err("the agent does not run as root, so it cannot drop a VMM to another uid or give it a mount namespace".to_string());
@@ -111,12 +114,14 @@ impl VmmConfinement {
         config: &VmConfig,
         base_image: Option<&Path>,
     ) -> Result<Confined, SandboxError> {
+        let own_dir = config.socket_dir();
         let vm = Vm {
             id: &config.id,
             run_dir: &config.run_dir,
             vcpus: config.vcpus,
             memory_mib: config.memory_mib,
             kvm: config.accel == Accel::Kvm,
+            own_dir: &own_dir,
         };
         self.confine(&vm, |uid| qemu_binds(config, base_image, uid))
     }
@@ -140,6 +145,7 @@ impl VmmConfinement {
             vcpus: spec.vcpus,
             memory_mib: spec.memory_mib,
             kvm: true,
+            own_dir: vmm_dir,
         };
         let err = |source| SandboxError::Confine {
             vm: spec.id.clone(),
@@ -152,17 +158,14 @@ impl VmmConfinement {
                 Bind::writable(vmm_dir),
                 Bind::read_only(&spec.kernel),
                 Bind::writable(&spec.root_disk),
-                Bind::writable("/dev/net/tun"),
             ];
             if !binary.starts_with("/usr") {
                 // Its build links only the C library (or nothing).
                 binds.push(Bind::read_only(binary));
             }
-            let uffd = Path::new(HOST_USERFAULTFD);
-            if uffd.exists() {
-                let own = vmm_dir.join("userfaultfd");
-                own_device_node(uffd, &own, uid).map_err(err)?;
-                binds.push(Bind::writable(own).at(uffd));
+            // It opens the TAP by name and its userfaultfd itself.
+            for device in [HOST_TUN, HOST_USERFAULTFD] {
+                binds.extend(own_device(device, vmm_dir, uid).map_err(err)?);
             }
             let disk = std::fs::metadata(&spec.root_disk).map_or(0, |m| m.len());
             Ok((binds, disk))
@@ -202,10 +205,7 @@ impl VmmConfinement {
         let largest = largest_file.max(u64::from(vm.memory_mib) << 20);
         let mut groups = Vec::new();
         if vm.kvm {
-            binds.push(Bind::writable("/dev/kvm"));
-            if let Ok(Some(kvm)) = nix::unistd::Group::from_name("kvm") {
-                groups.push(kvm.gid.as_raw());
-            }
+            binds.extend(own_device(HOST_KVM, vm.own_dir, uid).map_err(err)?);
         }
         dedup(&mut binds);
         let vmm_gid = self.uids.range().0.saturating_sub(1);
@@ -245,10 +245,33 @@ struct Vm<'a> {
     vcpus: u8,
     memory_mib: u32,
     kvm: bool,
+    /// The VMM's own directory (its uid's), where its device nodes are made.
+    own_dir: &'a Path,
 }
 
 /// The host's userfaultfd device (Linux 6.1+).
 const HOST_USERFAULTFD: &str = "/dev/userfaultfd";
+/// The tun driver's device (Firecracker opens its TAP by name).
+const HOST_TUN: &str = "/dev/net/tun";
+/// KVM.
+const HOST_KVM: &str = "/dev/kvm";
+
+/// A node like the host's `device` made in `dir` for `uid` (0600), bound
+/// at the device's path in the jail, as Firecracker's jailer makes its
+/// device nodes: host nodes may be root's only (no udev), and a VMM
+/// should not need a host group. Nothing when the host has no such device.
+fn own_device(device: &str, dir: &Path, uid: u32) -> Result<Option<Bind>, jail::JailError> {
+    let device = Path::new(device);
+    if !device.exists() {
+        return Ok(None);
+    }
+    let name = device
+        .file_name()
+        .map_or_else(|| "device".into(), |n| n.to_string_lossy().into_owned());
+    let own = dir.join(format!("dev-{name}"));
+    own_device_node(device, &own, uid)?;
+    Ok(Some(Bind::writable(own).at(device)))
+}
 
 /// Makes `node`, a character device like `device`, owned by `uid`, mode
 /// 0600 (as Firecracker's jailer does for its chroot's device nodes).

@@ -30,7 +30,7 @@ impl QemuBackend {
     /// Confined ([`VmmConfinement::for_host`]) when the agent runs as
     /// root, with QEMU's seccomp filter either way.
     pub fn new(accel: Accel) -> Self {
-        let confinement = VmmConfinement::for_host();
+        let confinement = VmmConfinement::for_host(BackendKind::Qemu);
         if let Err(why) = &confinement {
             tracing::warn!(%why, "QEMU runs unconfined");
         }

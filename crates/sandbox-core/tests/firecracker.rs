@@ -278,8 +278,9 @@ async fn scenario(
     assert!(run_a.join("console.fifo").exists());
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "host only").unwrap();
-    if backend.confinement.is_ok() {
-        assert_confined(booted_pid, &dir.path().join("root.raw"), &secret);
+    match &backend.confinement {
+        Ok(_) => assert_confined(booted_pid, &dir.path().join("root.raw"), &secret),
+        Err(why) => eprintln!("confinement not checked: Firecracker runs unconfined: {why}"),
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 

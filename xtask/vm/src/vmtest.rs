@@ -577,9 +577,10 @@ async fn run_jobs(
                 // The nested QEMU is this host's binary run through a
                 // wrapper and a copied loader on the test disk, which the
                 // VMM jail (binds of /usr and the binary's prefix) does not
-                // model; confinement is proven on the host
-                // (sandbox-core/tests/confine.rs), the disks here.
-                .env("PETREL_VMM_CONFINE", "off")
+                // model; its confinement is proven on the host
+                // (sandbox-core/tests/confine.rs). Firecracker, a plain
+                // binary, runs confined here (tests/firecracker.rs checks).
+                .env("PETREL_VMM_CONFINE", "off:qemu")
                 .env("TMPDIR", format!("{GUEST_DIR}/tmp"));
         }
         if vm.nesting == Nesting::Kvm {

@@ -71,7 +71,7 @@ impl FirecrackerBackend {
         // Absolute: a confined Firecracker starts in its own directory.
         let binary = fc_client::find_firecracker()?;
         let binary = std::path::absolute(&binary).unwrap_or(binary);
-        let confinement = VmmConfinement::for_host();
+        let confinement = VmmConfinement::for_host(BackendKind::Firecracker);
         if let Err(why) = &confinement {
             tracing::warn!(%why, "Firecracker runs unconfined");
         }
