@@ -32,11 +32,7 @@ async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_it_is_marked_stoppe
         return;
     };
     let api = Client::new(agent.url());
-    let created = api
-        .post("/v1/sandboxes", &json!({"template": "base"}))
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_str().unwrap().to_string();
+    let id = create(&api).await;
     let response = api
         .open(
             Method::POST,
@@ -65,14 +61,7 @@ async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_it_is_marked_stoppe
     })
     .await;
     // The agent notices the VMM is gone by itself (no restart needed).
-    let mut listed = api.get(&format!("/v1/sandboxes/{id}")).await;
-    for _ in 0..60 {
-        if listed.json()["state"] == "stopped" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        listed = api.get(&format!("/v1/sandboxes/{id}")).await;
-    }
+    let listed = listed_once_stopped(&api, &id).await;
     let deleted = api.delete(&format!("/v1/sandboxes/{id}")).await;
     agent.stop().await;
 
@@ -85,6 +74,28 @@ async fn a_quiet_stream_to_a_sandbox_whose_vmm_died_ends_and_it_is_marked_stoppe
     assert_eq!(listed.json()["state"], "stopped", "{}", listed.text());
     assert!(!run_dir.exists(), "{} left behind", run_dir.display());
     assert_eq!(deleted.status, 204, "{}", deleted.text());
+}
+
+/// Creates a sandbox of the base template; its id.
+async fn create(api: &Client) -> String {
+    let created = api
+        .post("/v1/sandboxes", &json!({"template": "base"}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    created.json()["id"].as_str().unwrap().to_string()
+}
+
+/// The sandbox as `/v1` lists it once stopped (or after 30 s).
+async fn listed_once_stopped(api: &Client, id: &str) -> client::Reply {
+    let mut listed = api.get(&format!("/v1/sandboxes/{id}")).await;
+    for _ in 0..60 {
+        if listed.json()["state"] == "stopped" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        listed = api.get(&format!("/v1/sandboxes/{id}")).await;
+    }
+    listed
 }
 
 /// SIGKILLs the VMMs running from `run_dir`.
@@ -108,11 +119,7 @@ async fn an_upload_to_a_sandbox_whose_vmm_died_fails_instead_of_hanging() {
         return;
     };
     let api = Client::new(agent.url());
-    let created = api
-        .post("/v1/sandboxes", &json!({"template": "base"}))
-        .await;
-    assert_eq!(created.status, 201, "{}", created.text());
-    let id = created.json()["id"].as_str().unwrap().to_string();
+    let id = create(&api).await;
     let chunks = futures::stream::iter(0..900)
         .then(|_| async {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -133,14 +140,7 @@ async fn an_upload_to_a_sandbox_whose_vmm_died_fails_instead_of_hanging() {
     let run_dir = agent.data_dir.path().join("sandboxes").join(&id);
     kill_vmms(&run_dir);
     let ended = tokio::time::timeout(GUARD, upload).await;
-    let mut listed = api.get(&format!("/v1/sandboxes/{id}")).await;
-    for _ in 0..60 {
-        if listed.json()["state"] == "stopped" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        listed = api.get(&format!("/v1/sandboxes/{id}")).await;
-    }
+    let listed = listed_once_stopped(&api, &id).await;
     let deleted = api.delete(&format!("/v1/sandboxes/{id}")).await;
     agent.stop().await;
 

@@ -149,30 +149,8 @@ pub(super) fn process_uid(pid: u32) -> Result<u32, SandboxError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::tap_spec;
     use super::*;
-    use std::path::PathBuf;
-
-    use crate::vmm::VmNetwork;
-
-    fn tap_spec(run_dir: &str) -> VmSpec {
-        VmSpec {
-            id: "vm1".to_string(),
-            vcpus: 1,
-            memory_mib: 128,
-            kernel: PathBuf::from("/vmlinux"),
-            kernel_args: String::new(),
-            root_disk: PathBuf::from("/disk.raw"),
-            root_disk_qcow2: false,
-            extra_drives: Vec::new(),
-            network: VmNetwork::Tap {
-                ifname: "tap0".to_string(),
-                mac: "02:00:00:00:00:01".to_string(),
-                netns: None,
-            },
-            run_dir: PathBuf::from(run_dir),
-            base_image: None,
-        }
-    }
 
     #[test]
     fn create_rejects_a_run_dir_too_deep_for_its_sockets_naming_the_path() {

@@ -716,7 +716,8 @@ impl Vm for FirecrackerInstance {
 mod tests {
     use super::*;
 
-    fn tap_spec(run_dir: &str) -> VmSpec {
+    /// A spec on a TAP in `run_dir` (also for `host`'s tests).
+    pub(super) fn tap_spec(run_dir: &str) -> VmSpec {
         VmSpec {
             id: "vm1".to_string(),
             vcpus: 1,

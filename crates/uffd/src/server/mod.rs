@@ -259,12 +259,20 @@ impl UffdServer {
 
     /// Runs [`run`](Self::run) on a new thread.
     pub fn spawn(self) -> Result<ServerThread, UffdError> {
+        self.on_thread(Self::run)
+    }
+
+    /// Runs `body(self)` on a new server thread.
+    fn on_thread(
+        self,
+        body: impl FnOnce(Self) -> Result<ServeReport, UffdError> + Send + 'static,
+    ) -> Result<ServerThread, UffdError> {
         let stop = self.stop_handle();
         let stats = self.stats();
         let socket_path = self.socket_path.clone();
         let handle = std::thread::Builder::new()
             .name("uffd-server".to_owned())
-            .spawn(move || self.run())
+            .spawn(move || body(self))
             .map_err(|source| UffdError::Spawn {
                 path: socket_path.clone(),
                 source,
@@ -323,33 +331,19 @@ impl UffdServer {
             stop,
             stats: Arc::new(ServerStats::default()),
         };
-        let stop = server.stop_handle();
-        let stats = server.stats();
-        let handle = std::thread::Builder::new()
-            .name("uffd-server".to_owned())
-            .spawn(move || {
-                let started = Instant::now();
-                let mut session = Session::new(&server, Peer::Process(&pidfd), uffd, &layout);
-                session.wake_all()?;
-                info!(socket = %server.socket_path.display(), vmm_pid, "took over the VMM's page faults");
-                let exit = session.run()?;
-                Ok(ServeReport {
-                    exit,
-                    peer: None,
-                    regions: layout.regions().to_vec(),
-                    stats: server.stats.snapshot(),
-                    elapsed: started.elapsed(),
-                })
+        server.on_thread(move |server| {
+            let started = Instant::now();
+            let mut session = Session::new(&server, Peer::Process(&pidfd), uffd, &layout);
+            session.wake_all()?;
+            info!(socket = %server.socket_path.display(), vmm_pid, "took over the VMM's page faults");
+            let exit = session.run()?;
+            Ok(ServeReport {
+                exit,
+                peer: None,
+                regions: layout.regions().to_vec(),
+                stats: server.stats.snapshot(),
+                elapsed: started.elapsed(),
             })
-            .map_err(|source| UffdError::Spawn {
-                path: socket_path.clone(),
-                source,
-            })?;
-        Ok(ServerThread {
-            handle,
-            stop,
-            stats,
-            socket_path,
         })
     }
 
