@@ -287,7 +287,7 @@ mod tests {
 
         assert!(
             err.starts_with("--vmm firecracker:")
-                && err.contains("agent restart")
+                && err.contains("not tested end to end")
                 && err.contains("--vmm qemu"),
             "{err}"
         );
