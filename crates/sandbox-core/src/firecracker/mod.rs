@@ -11,7 +11,8 @@
 //! process ([`uffd::UffdServer`]) fills guest pages from `mem` on first
 //! touch, so the file is shared read-only by every VM restored from it and
 //! must not change while they live (a later save writes new files and
-//! renames them into place). A restored Firecracker is adoptable after an
+//! renames them into place). A resumed guest is served from `run_dir/memory`,
+//! a second name of its saved `mem`, as the state dir goes once it ran. A restored Firecracker is adoptable after an
 //! agent restart: the run directory records which memory file it was
 //! restored from and its page-server handshake's regions, and
 //! [`Hypervisor::adopt`] starts a page server that takes the process's
@@ -68,17 +69,21 @@ impl FirecrackerBackend {
     /// or PATH), confined ([`VmmConfinement::for_host`]) when the agent
     /// runs as root.
     pub fn find() -> Option<Self> {
+        fc_client::find_firecracker().map(Self::with_binary)
+    }
+
+    /// The backend running `binary`, confined as [`FirecrackerBackend::find`]'s.
+    pub fn with_binary(binary: PathBuf) -> Self {
         // Absolute: a confined Firecracker starts in its own directory.
-        let binary = fc_client::find_firecracker()?;
         let binary = std::path::absolute(&binary).unwrap_or(binary);
         let confinement = VmmConfinement::for_host(BackendKind::Firecracker);
         if let Err(why) = &confinement {
             tracing::warn!(%why, "Firecracker runs unconfined");
         }
-        Some(Self {
+        Self {
             binary,
             confinement,
-        })
+        }
     }
 }
 
@@ -101,12 +106,8 @@ impl Hypervisor for FirecrackerBackend {
                 what: "attach extra drives".to_string(),
             });
         }
-        if let VmNetwork::UserForward { .. } = spec.network {
-            return Err(SandboxError::Unsupported {
-                backend: "firecracker",
-                what: "use a user-mode network (it needs a TAP device)".to_string(),
-            });
-        }
+        // The network is checked where it is used (start, restore): a
+        // paused VM is prepared before it has one.
         check_socket_paths(&spec)?;
         Ok(Box::new(FirecrackerInstance {
             binary: self.binary.clone(),
@@ -225,6 +226,9 @@ const RESTORED_RECORD: &str = "firecracker.json";
 /// Firecracker's page-server handshake, for a page server that takes over.
 const REGIONS_RECORD: &str = "uffd-regions.json";
 
+/// In the run directory: the memory a resumed Firecracker is served from,
+/// a second name of its state dir's `mem` (which goes once the guest ran).
+const RESUMED_MEMORY: &str = "memory";
 /// Written to [`RESTORED_RECORD`] when Firecracker is restored.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Restored {
@@ -238,6 +242,20 @@ fn restored_from(run_dir: &Path) -> Result<Option<Restored>, SandboxError> {
         crate::qemu::read_json(&path).map(Some)
     } else {
         Ok(None)
+    }
+}
+
+/// Removes the memory file a resumed Firecracker of `run_dir` was served
+/// from (once no Firecracker of it runs).
+fn forget_resumed_memory(run_dir: &Path) -> Result<(), SandboxError> {
+    crate::disk::remove_file_if_exists(&run_dir.join(RESUMED_MEMORY))
+}
+
+/// Firecracker refuses user-mode networks: it needs a TAP device.
+fn user_mode_refused() -> SandboxError {
+    SandboxError::Unsupported {
+        backend: "firecracker",
+        what: "use a user-mode network (it needs a TAP device)".to_string(),
     }
 }
 
@@ -450,18 +468,21 @@ impl FirecrackerInstance {
     }
 
     /// Starts a fresh Firecracker and loads `dir/vmstate` into it, guest
-    /// memory served from `dir/mem` by a page server, reachable through
-    /// `network`; the guest runs when this returns.
-    async fn load(&mut self, dir: &Path, network: VmNetwork) -> Result<Duration, SandboxError> {
+    /// memory served from `memory` (a copy of `dir/mem`, or it) by a page
+    /// server, reachable through `network`; the guest runs when this
+    /// returns.
+    async fn load(
+        &mut self,
+        dir: &Path,
+        memory: &Path,
+        network: VmNetwork,
+    ) -> Result<Duration, SandboxError> {
         let start = Instant::now();
         if self.process.is_some() {
             return Err(self.error("cannot restore: it is running"));
         }
         let VmNetwork::Tap { ifname, netns, .. } = &network else {
-            return Err(SandboxError::Unsupported {
-                backend: "firecracker",
-                what: "use a user-mode network (it needs a TAP device)".to_string(),
-            });
+            return Err(user_mode_refused());
         };
         // Firecracker running as root silently makes a missing TAP, which
         // leaves the guest unreachable: make sure it is there.
@@ -480,14 +501,14 @@ impl FirecrackerInstance {
         crate::qemu::write_json(
             &self.spec.run_dir.join(RESTORED_RECORD),
             &Restored {
-                memory_file: dir.join(MEM),
+                memory_file: memory.to_path_buf(),
             },
         )?;
         let options = uffd::ServerOptions {
             regions_record: Some(self.spec.run_dir.join(REGIONS_RECORD)),
             ..uffd::ServerOptions::default()
         };
-        let server = uffd::UffdServer::bind_with_options(&socket, dir.join(MEM), options)
+        let server = uffd::UffdServer::bind_with_options(&socket, memory, options)
             .and_then(uffd::UffdServer::spawn)
             .map_err(|e| self.error(e))?;
         self.page_server = Some(server);
@@ -522,7 +543,7 @@ impl FirecrackerInstance {
                 iface_id: GUEST_IFACE.to_string(),
                 host_dev_name: ifname.clone(),
             }],
-            ..SnapshotLoadParams::from_file(vmstate, dir.join(MEM))
+            ..SnapshotLoadParams::from_file(vmstate, memory)
         };
         if let Err(err) = process.client().load_snapshot(&params).await {
             let err = self.error(err);
@@ -595,7 +616,11 @@ impl Vm for FirecrackerInstance {
             return Ok(());
         }
         let network = self.spec.network.clone();
+        if let VmNetwork::UserForward { .. } = network {
+            return Err(user_mode_refused());
+        }
         forget_restored(&self.spec.run_dir)?;
+        forget_resumed_memory(&self.spec.run_dir)?;
         let mut process = self.spawn(&network).await?;
         if let Err(err) = self.configure(&process).await {
             let _ = process.kill().await;
@@ -612,8 +637,11 @@ impl Vm for FirecrackerInstance {
         network: VmNetwork,
     ) -> Result<Duration, SandboxError> {
         // Every VM started from the snapshot maps its `mem` through its own
-        // page server: the file is read, never written.
-        self.load(snapshot_dir, network).await
+        // page server: the file is read, never written, and the snapshot
+        // outlives the sandboxes started from it.
+        forget_resumed_memory(&self.spec.run_dir)?;
+        self.load(snapshot_dir, &snapshot_dir.join(MEM), network)
+            .await
     }
 
     async fn snapshot(&mut self, snapshot_dir: &Path) -> Result<PauseStats, SandboxError> {
@@ -656,8 +684,10 @@ impl Vm for FirecrackerInstance {
             return Err(err);
         }
         // Firecracker must let go of the disk and TAP before they are handed
-        // to anyone else; its page server (after a resume) ends with it.
+        // to anyone else; its page server (after a resume) ends with it,
+        // and the memory it served with them.
         self.kill().await?;
+        forget_resumed_memory(&self.spec.run_dir)?;
         Ok(stats)
     }
 
@@ -666,7 +696,22 @@ impl Vm for FirecrackerInstance {
         state_dir: &Path,
         network: VmNetwork,
     ) -> Result<Duration, SandboxError> {
-        self.load(state_dir, network).await
+        // The guest's memory is served from its saved `mem` for as long as
+        // it runs (an agent that adopts it later serves it too), but the
+        // state dir goes once the guest ran: a second name in the run dir
+        // keeps the file, while the state dir stays complete until then.
+        let memory = self.spec.run_dir.join(RESUMED_MEMORY);
+        forget_resumed_memory(&self.spec.run_dir)?;
+        std::fs::hard_link(state_dir.join(MEM), &memory).map_err(|source| SandboxError::Io {
+            what: "link the saved memory for the resumed guest",
+            path: memory.clone(),
+            source,
+        })?;
+        let loaded = self.load(state_dir, &memory, network).await;
+        if loaded.is_err() {
+            forget_resumed_memory(&self.spec.run_dir)?;
+        }
+        loaded
     }
 
     async fn stop(&mut self) -> Result<(), SandboxError> {
@@ -699,6 +744,7 @@ impl Vm for FirecrackerInstance {
             })?;
         }
         forget_restored(&self.spec.run_dir)?;
+        forget_resumed_memory(&self.spec.run_dir)?;
         crate::disk::remove_file_if_exists(&console::fifo(&self.spec.run_dir))?;
         let vmm_dir = self.vmm_dir();
         match std::fs::remove_dir_all(&vmm_dir) {
@@ -738,7 +784,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn create_refuses_what_firecracker_cannot_do_saying_so() {
+    async fn create_and_start_refuse_what_firecracker_cannot_do_saying_so() {
         let backend = FirecrackerBackend {
             binary: PathBuf::from("/nonexistent/firecracker"),
             confinement: Err("a unit test".to_string()),
@@ -756,13 +802,19 @@ mod tests {
         };
         let run_dir = "/var/lib/petrel/sandboxes/vm1";
 
-        let user_mode = refusal(VmSpec {
-            network: VmNetwork::UserForward {
-                host: "127.0.0.1:1".parse().unwrap(),
-            },
-            ..tap_spec(run_dir)
-        })
-        .await;
+        let mut user_mode_vm = backend
+            .create(VmSpec {
+                network: VmNetwork::UserForward {
+                    host: "127.0.0.1:1".parse().unwrap(),
+                },
+                ..tap_spec(run_dir)
+            })
+            .await
+            .unwrap();
+        let user_mode = match user_mode_vm.start().await {
+            Err(SandboxError::Unsupported { backend, what }) => format!("{backend}: {what}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
         let qcow2 = refusal(VmSpec {
             root_disk_qcow2: true,
             ..tap_spec(run_dir)
