@@ -40,6 +40,17 @@ pub enum NetworkChoice {
     User,
 }
 
+impl NetworkChoice {
+    /// Whether sandboxes get network namespaces (`Auto`: when running as root).
+    pub fn namespaces(self) -> bool {
+        match self {
+            NetworkChoice::Namespace => true,
+            NetworkChoice::User => false,
+            NetworkChoice::Auto => nix::unistd::geteuid().is_root(),
+        }
+    }
+}
+
 /// Which provider makes sandboxes' copy-on-write root disks (see
 /// [`sandbox_core::choose_provider`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]

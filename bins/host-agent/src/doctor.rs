@@ -15,11 +15,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use qemu_vmm::{Accel, AccelProbe};
+use qemu_vmm::{Accel, AccelProbe, ProbeOutcome};
 
 use sandbox_core::{BackendKind, choose_provider};
 
-use crate::config::{AccelChoice, RootfsProviderChoice, VmmChoice};
+use crate::backend::{Facts, KvmVerdict};
+use crate::config::{AccelChoice, NetworkChoice, RootfsProviderChoice, VmmChoice};
 
 /// What `doctor` is asked about (the subset of `serve`'s flags that
 /// matter).
@@ -28,6 +29,7 @@ pub struct DoctorOptions {
     pub data_dir: PathBuf,
     pub vmm: VmmChoice,
     pub accel: AccelChoice,
+    pub network: NetworkChoice,
     /// `--rootfs-provider`; `None`: chosen per backend.
     pub rootfs_provider: Option<RootfsProviderChoice>,
     pub kernel: Option<PathBuf>,
@@ -68,7 +70,16 @@ pub async fn run(options: &DoctorOptions) -> Report {
     ));
     lines.push(("userfaultfd", userfaultfd(&misc)));
     lines.push(("nftables", first_line_of("nft", &["--version"]).await));
-    lines.push(("vmm backend", vmm_choice(options.vmm)));
+    let facts = Facts {
+        kvm: KvmVerdict::of(options.accel, accel.outcome.as_ref()),
+        firecracker: fc_client::find_firecracker(),
+        namespaces: options.network.namespaces(),
+    };
+    lines.push((
+        "vmm backend",
+        crate::backend::decide(options.vmm, &facts)
+            .map_or_else(|why| format!("none ({why})"), |choice| choice.describe()),
+    ));
     lines.push(("accelerator", accel.choice));
     for (label, backend) in [
         ("rootfs provider (qemu)", BackendKind::Qemu),
@@ -167,20 +178,9 @@ async fn first_line_of(program: &str, args: &[&str]) -> String {
     }
 }
 
-fn vmm_choice(vmm: VmmChoice) -> String {
-    match vmm {
-        VmmChoice::Auto | VmmChoice::Qemu => {
-            "qemu (`serve` does not run Firecracker yet: not tested end to end through the agent)"
-                .to_string()
-        }
-        VmmChoice::Firecracker => {
-            "firecracker requested: `serve` refuses it until it is tested end to end through the agent; use --vmm qemu"
-                .to_string()
-        }
-    }
-}
-
 struct AccelFindings {
+    /// The probe's, when one ran.
+    outcome: Option<ProbeOutcome>,
     kvm_usable: String,
     qemu_version: String,
     choice: String,
@@ -200,6 +200,7 @@ async fn accelerator(options: &DoctorOptions) -> AccelFindings {
             AccelChoice::Auto => "tcg (no kernel/rootfs to probe KVM with)",
         };
         return AccelFindings {
+            outcome: None,
             kvm_usable:
                 "not probed: pass --kernel and --rootfs (a probe VM must reach init under KVM)"
                     .to_string(),
@@ -231,8 +232,9 @@ async fn accelerator(options: &DoctorOptions) -> AccelFindings {
     };
     AccelFindings {
         kvm_usable,
-        qemu_version: outcome.qemu_version,
+        qemu_version: outcome.qemu_version.clone(),
         choice,
+        outcome: Some(outcome),
     }
 }
 
@@ -270,6 +272,7 @@ mod tests {
             data_dir: PathBuf::from("/nonexistent"),
             vmm: VmmChoice::Auto,
             accel: AccelChoice::Auto,
+            network: NetworkChoice::Auto,
             rootfs_provider: None,
             kernel: None,
             rootfs: None,
@@ -291,6 +294,7 @@ mod tests {
             data_dir: std::env::temp_dir(),
             vmm: VmmChoice::Qemu,
             accel: AccelChoice::Tcg,
+            network: NetworkChoice::Auto,
             rootfs_provider: None,
             kernel: None,
             rootfs: None,

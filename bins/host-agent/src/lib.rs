@@ -10,12 +10,14 @@
 //! - [`e2b`]: the E2B-compatible control plane and the envd proxy.
 //! - [`policy`]: the rules `/v1` and the E2B routes share (TTLs, caps,
 //!   upload limit, error statuses).
+//! - [`backend`]: which VMM backend `serve` runs (Firecracker or QEMU), and why.
 //! - [`doctor`]: the host's capabilities and the choices made from them.
 //!
 //! It does not run VMs itself: [`sandbox_core::Manager`] does.
 
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod doctor;
 pub mod e2b;

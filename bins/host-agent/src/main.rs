@@ -46,6 +46,9 @@ struct DoctorArgs {
     vmm: VmmChoice,
     #[arg(long, env = "PETREL_ACCEL", value_enum, default_value = "auto")]
     accel: AccelChoice,
+    /// Sandbox networking, as `serve` would have it (Firecracker needs namespaces).
+    #[arg(long, env = "PETREL_NETWORK", value_enum, default_value = "auto")]
+    network: NetworkChoice,
     /// Force the rootfs provider (default: chosen per backend).
     #[arg(long, env = "PETREL_ROOTFS_PROVIDER", value_enum)]
     rootfs_provider: Option<RootfsProviderChoice>,
@@ -266,6 +269,7 @@ async fn main() -> Result<()> {
                 data_dir: args.data_dir,
                 vmm: args.vmm,
                 accel: args.accel,
+                network: args.network,
                 rootfs_provider: args.rootfs_provider,
                 kernel: args.kernel,
                 rootfs: args.rootfs,

@@ -6,16 +6,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::Router;
-use qemu_vmm::{Accel, AccelProbe};
+use qemu_vmm::AccelProbe;
 use sandbox_core::{
-    BackendKind, GuestImages, Hypervisor, Manager, ManagerConfig, NetworkPool, QemuBackend,
-    RootfsProvider,
+    BackendKind, FirecrackerBackend, GuestImages, Hypervisor, Manager, ManagerConfig, NetworkPool,
+    QemuBackend, RootfsProvider,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{AccelChoice, AgentConfig, NetworkChoice, RootfsProviderChoice, VmmChoice};
+use crate::backend::{Choice, Facts, KvmVerdict};
+use crate::config::{AccelChoice, AgentConfig, RootfsProviderChoice};
 use crate::state::AppState;
 
 /// A running agent (in-process: tests and `main`).
@@ -70,8 +71,9 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
     );
     create_private_dir(&config.data_dir)?;
     let images = base_images(&config)?;
-    let rootfs_provider = rootfs_provider(&config)?;
-    let hypervisor = hypervisor(&config, images.as_ref()).await?;
+    let network = network_pool(&config)?;
+    let hypervisor = hypervisor(&config, images.as_ref(), network.is_some()).await?;
+    let rootfs_provider = rootfs_provider(&config, hypervisor.kind())?;
     let manager_config = ManagerConfig {
         default_vcpus: config.default_vcpus,
         default_memory_mib: config.default_memory_mib,
@@ -80,7 +82,7 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         paused_ttl: Duration::from_secs(config.paused_ttl_s),
         max_snapshots: config.max_snapshots,
         max_snapshot_bytes: config.max_snapshot_bytes,
-        network: network_pool(&config)?,
+        network,
         rootfs_provider,
         ..ManagerConfig::new(&config.data_dir)
     };
@@ -188,12 +190,7 @@ async fn serve(
 /// The namespace pool, unless sandboxes use QEMU's user-mode network
 /// (also what `host-agent install --purge` takes over).
 pub fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
-    let namespaces = match config.network {
-        NetworkChoice::Namespace => true,
-        NetworkChoice::User => false,
-        NetworkChoice::Auto => nix::unistd::geteuid().is_root(),
-    };
-    if !namespaces {
+    if !config.network.namespaces() {
         tracing::info!("sandboxes use QEMU's user-mode network");
         return Ok(None);
     }
@@ -214,17 +211,19 @@ pub fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
     Ok(Some(Arc::new(pool)))
 }
 
-/// The configured rootfs provider, checked usable here (`serve` runs QEMU);
+/// The configured rootfs provider, checked usable here with `backend`;
 /// `None`: the backend's default choice.
-fn rootfs_provider(config: &AgentConfig) -> Result<Option<Arc<dyn RootfsProvider>>> {
+fn rootfs_provider(
+    config: &AgentConfig,
+    backend: BackendKind,
+) -> Result<Option<Arc<dyn RootfsProvider>>> {
     let requested = config.rootfs_provider.map(RootfsProviderChoice::as_str);
-    let (provider, why) = sandbox_core::choose_provider(BackendKind::Qemu, requested)
-        .with_context(|| {
-            format!(
-                "rootfs_provider {} cannot be used here",
-                requested.unwrap_or("(default)")
-            )
-        })?;
+    let (provider, why) = sandbox_core::choose_provider(backend, requested).with_context(|| {
+        format!(
+            "rootfs_provider {} cannot be used here",
+            requested.unwrap_or("(default)")
+        )
+    })?;
     tracing::info!(provider = provider.name(), reason = %why, "rootfs provider");
     Ok(requested.is_some().then_some(provider))
 }
@@ -244,19 +243,15 @@ fn base_images(config: &AgentConfig) -> Result<Option<GuestImages>> {
     }
 }
 
-/// The VMM backend: QEMU with the probed (or forced) accelerator.
+/// The VMM backend [`crate::backend::decide`] picks: Firecracker, or QEMU
+/// with the probed (or forced) accelerator. `namespaces`: sandboxes get
+/// network namespaces.
 async fn hypervisor(
     config: &AgentConfig,
     images: Option<&GuestImages>,
+    namespaces: bool,
 ) -> Result<Arc<dyn Hypervisor>> {
-    if config.vmm == VmmChoice::Firecracker {
-        anyhow::bail!(
-            "--vmm firecracker: not served yet: sandbox-core runs, confines and re-adopts Firecracker guests (`cargo xtask demo --vmm firecracker` shows it), but the agent's path (templates on raw disks, warm snapshots, restart) is not tested end to end on it yet; use --vmm qemu"
-        );
-    }
-    let accel = match (config.accel, images) {
-        (AccelChoice::Kvm, _) => Accel::Kvm,
-        (AccelChoice::Tcg, _) | (AccelChoice::Auto, None) => Accel::Tcg,
+    let probe = match (config.accel, images) {
         (AccelChoice::Auto, Some(images)) => {
             let probe = AccelProbe::new(
                 &images.kernel,
@@ -266,29 +261,43 @@ async fn hypervisor(
             );
             let outcome = qemu_vmm::probe_accelerator(&probe).await;
             tracing::info!(accel = %outcome.accel, reason = %outcome.reason, cached = outcome.cached, "accelerator");
-            outcome.accel
+            Some(outcome)
         }
+        _ => None,
     };
-    Ok(Arc::new(QemuBackend::new(accel)))
+    let facts = Facts {
+        kvm: KvmVerdict::of(config.accel, probe.as_ref()),
+        firecracker: fc_client::find_firecracker(),
+        namespaces,
+    };
+    let choice = crate::backend::decide(config.vmm, &facts).map_err(anyhow::Error::msg)?;
+    tracing::info!(backend = %choice.describe(), "vmm backend");
+    Ok(match choice {
+        Choice::Qemu { accel, .. } => Arc::new(QemuBackend::new(accel)),
+        Choice::Firecracker { binary, .. } => Arc::new(FirecrackerBackend::with_binary(binary)),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::VmmChoice;
 
     #[tokio::test]
-    async fn serve_refuses_firecracker_saying_why() {
+    async fn serve_refuses_firecracker_where_kvm_is_not_usable_saying_why() {
         let config = AgentConfig {
             vmm: VmmChoice::Firecracker,
+            accel: AccelChoice::Tcg,
             ..AgentConfig::default()
         };
 
-        let err = hypervisor(&config, None).await.unwrap_err().to_string();
+        let err = hypervisor(&config, None, true)
+            .await
+            .unwrap_err()
+            .to_string();
 
         assert!(
-            err.starts_with("--vmm firecracker:")
-                && err.contains("not tested end to end")
-                && err.contains("--vmm qemu"),
+            err.starts_with("--vmm firecracker cannot run here:") && err.contains("--vmm qemu"),
             "{err}"
         );
     }

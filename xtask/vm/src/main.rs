@@ -142,6 +142,8 @@ fn main() -> Result<()> {
 /// providers (dm-snapshot needs the VM's device-mapper), the behavioural
 /// suite over both backends and Firecracker's own (those two skip
 /// Firecracker, saying so, when the host has no binary to carry along).
+/// The host agent's `backends` suite runs there too: the agent serving
+/// QEMU under KVM, and Firecracker when a binary is carried along.
 const KVM_TESTS: [&str; 5] = ["vm", "manager", "providers", "backends", "firecracker"];
 
 fn nested_tests() -> Result<()> {
@@ -168,6 +170,13 @@ fn nested_tests() -> Result<()> {
         nesting: vmtest::Nesting::Kvm,
         test_args: Vec::new(),
     })?;
+    // The agent's own lifecycle over every backend, through its API.
+    jobs.extend(vmtest::test_jobs(&vmtest::VmTest {
+        package: "host-agent".to_string(),
+        tests: vec!["backends".to_string()],
+        nesting: vmtest::Nesting::Kvm,
+        test_args: Vec::new(),
+    })?);
     env::step("building host-agent (its doctor must find KVM usable in the VM)");
     let agent = env::build_binary("host-agent", "host-agent", false)?;
     jobs.insert(

@@ -8,7 +8,7 @@ pub mod binary;
 
 use std::path::PathBuf;
 
-use host_agent::config::AccelChoice;
+use host_agent::config::{AccelChoice, VmmChoice};
 use host_agent::{AgentConfig, RunningAgent};
 
 /// The API key test agents accept.
@@ -59,6 +59,41 @@ pub fn images() -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The accelerator test agents use: `PETREL_ACCEL=kvm|tcg|auto`; unset,
+/// the one `PETREL_EXPECT_ACCEL` names (the KVM-host VM of `cargo xtask
+/// vmtest --kvm`, where the probe is proven to pick KVM), else TCG (our
+/// hosts' KVM runs no guest).
+pub fn accel() -> AccelChoice {
+    let named = std::env::var("PETREL_ACCEL").or_else(|_| std::env::var("PETREL_EXPECT_ACCEL"));
+    match named.as_deref() {
+        Ok("kvm") => AccelChoice::Kvm,
+        Ok("auto") => AccelChoice::Auto,
+        _ => AccelChoice::Tcg,
+    }
+}
+
+/// The VMM backend of test agents: `PETREL_VMM=qemu|firecracker|auto`
+/// (default QEMU), so a suite can be run on Firecracker by hand.
+pub fn vmm() -> VmmChoice {
+    match std::env::var("PETREL_VMM").as_deref() {
+        Ok("firecracker") => VmmChoice::Firecracker,
+        Ok("auto") => VmmChoice::Auto,
+        _ => VmmChoice::Qemu,
+    }
+}
+
+/// Stops `agent` leaving its sandboxes running (as an agent upgrade
+/// does) and starts another on the same data and configuration.
+pub async fn restart(agent: TestAgent) -> TestAgent {
+    let config = (*agent.agent.state.config).clone();
+    agent.agent.shutdown().await.unwrap();
+    let restarted = host_agent::start(config).await.unwrap();
+    TestAgent {
+        agent: restarted,
+        data_dir: agent.data_dir,
+    }
+}
+
 const SLOTS_PER_AGENT: u16 = 32;
 
 /// A slot range no other test agent uses: each test process gets a block
@@ -99,16 +134,24 @@ pub async fn start_agent() -> Option<TestAgent> {
 /// [`start_agent`] with `adjust` applied to the configuration first (limits,
 /// quotas).
 pub async fn start_agent_with(adjust: impl FnOnce(&mut AgentConfig)) -> Option<TestAgent> {
+    let (config, data_dir) = config_with_base(adjust)?;
+    let agent = host_agent::start(config).await.unwrap();
+    Some(TestAgent { agent, data_dir })
+}
+
+/// The configuration [`start_agent_with`] starts an agent with, and its
+/// data dir; `None` when VM tests are skipped.
+pub fn config_with_base(
+    adjust: impl FnOnce(&mut AgentConfig),
+) -> Option<(AgentConfig, tempfile::TempDir)> {
     let (kernel, rootfs) = images()?;
     let data_dir = tempfile::tempdir().unwrap();
-    let config = AgentConfig {
+    let mut config = AgentConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         sandbox_listen: Some("127.0.0.1:0".parse().unwrap()),
         data_dir: data_dir.path().to_path_buf(),
-        accel: match std::env::var("PETREL_ACCEL").as_deref() {
-            Ok("kvm") => AccelChoice::Kvm,
-            _ => AccelChoice::Tcg,
-        },
+        accel: accel(),
+        vmm: vmm(),
         api_keys: vec![API_KEY.to_string()],
         // Agents of parallel tests need disjoint network slots.
         net_slot_first: next_slot_range(),
@@ -119,8 +162,6 @@ pub async fn start_agent_with(adjust: impl FnOnce(&mut AgentConfig)) -> Option<T
         rootfs: Some(rootfs),
         ..AgentConfig::default()
     };
-    let mut config = config;
     adjust(&mut config);
-    let agent = host_agent::start(config).await.unwrap();
-    Some(TestAgent { agent, data_dir })
+    Some((config, data_dir))
 }

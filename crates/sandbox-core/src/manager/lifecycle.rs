@@ -98,8 +98,8 @@ impl Manager {
         }
         crate::crash::point("create.recorded");
         let start = Instant::now();
-        // A start from a snapshot needs a qcow2 overlay of its disk: the
-        // default choice unless qcow2 is what is configured.
+        // A start from a snapshot gets the backend's default disk over the
+        // snapshot's (QEMU: a qcow2 overlay) unless qcow2 is configured.
         let rootfs_provider = config
             .rootfs_provider
             .clone()

@@ -79,8 +79,9 @@ pub struct ManagerConfig {
     pub network: Option<Arc<crate::network::NetworkPool>>,
     /// Makes cold-booted sandboxes' root disks; `None`:
     /// [`crate::disk::choose_provider`]'s choice for the backend. Starts
-    /// from a snapshot (warm or named) always use a qcow2 overlay of the
-    /// snapshot's disk, the only base they have.
+    /// from a snapshot (warm or named) use it only where it is qcow2 (on
+    /// QEMU a qcow2 overlay of the snapshot's disk is the cheapest start),
+    /// else the backend's default choice over the snapshot's disk.
     pub rootfs_provider: Option<Arc<dyn RootfsProvider>>,
 }
 
