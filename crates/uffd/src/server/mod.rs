@@ -1,7 +1,7 @@
 //! The page server: accept the VMM, take its handshake, serve its faults.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -472,16 +472,14 @@ fn read_regions(path: &Path) -> io::Result<Vec<GuestRegion>> {
 
 /// A pidfd of process `pid`.
 fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
-    // SAFETY: pidfd_open takes a pid and flags, no memory; a non-negative
-    // result is a new descriptor that nothing else owns.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: `fd` was just returned by the kernel and is owned here only.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("{pid} is not a process id")))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// A duplicate of the userfaultfd process `pid` holds (the one open file
@@ -506,15 +504,8 @@ fn take_uffd(pid: u32, pidfd: &OwnedFd) -> io::Result<Uffd> {
             format!("process {pid} holds no userfaultfd"),
         )
     })?;
-    // SAFETY: pidfd_getfd takes two descriptors numbers and flags, no
-    // memory; a non-negative result is a new descriptor owned here only.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = i32::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: `fd` was just returned by the kernel and is owned here only.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned =
+        rustix::process::pidfd_getfd(pidfd, target, rustix::process::PidfdGetfdFlags::empty())?;
     let flags =
         nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
     let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
