@@ -142,6 +142,9 @@ rootfs() {
     local out=$cache/rootfs-$key.ext4
     if [ -f "$out" ]; then
         log "rootfs: cached ($out)"
+        # Its access time marks its last use (not mtime: the host agent
+        # keys imported templates on it), for the pruning below.
+        touch -a "$out"
         echo "$out"; return
     fi
     work=$(mktemp -d "$cache/.rootfs-image.XXXXXX")
@@ -153,8 +156,12 @@ rootfs() {
     truncate -s 2G "$work/rootfs.ext4"
     mkfs.ext4 -q -F -L petrel-root -d "$work/tree" "$work/rootfs.ext4"
     mv "$work/rootfs.ext4" "$out"
-    # Keep the three newest images; older ones only held older envd builds.
-    ls -1t "$cache"/rootfs-*.ext4 | tail -n +4 | xargs -r rm -f
+    # Keep the three last used images and any used within a day (a test
+    # run or agent on another checkout may be starting from it); older ones
+    # only held older envd builds.
+    ls -1tu "$cache"/rootfs-*.ext4 | tail -n +4 | while read -r old; do
+        if [ -n "$(find "$old" -maxdepth 0 -amin +1440)" ]; then rm -f "$old"; fi
+    done
     echo "$out"
 }
 
