@@ -28,6 +28,9 @@ pub struct Config {
     pub default_keepalive: Duration,
     /// Access token required from the start (normally set later by `POST /init`).
     pub access_token: Option<String>,
+    /// Whether `POST /init` may set the system's hostname and reseed its
+    /// CRNG (on in a guest, which envd owns; off on a host and in tests).
+    pub manage_identity: bool,
 }
 
 impl Default for Config {
@@ -38,6 +41,7 @@ impl Default for Config {
             default_workdir: None,
             default_keepalive: DEFAULT_KEEPALIVE,
             access_token: None,
+            manage_identity: true,
         }
     }
 }
@@ -47,6 +51,7 @@ impl Config {
     pub fn localhost() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            manage_identity: false,
             ..Self::default()
         }
     }

@@ -1,4 +1,5 @@
-//! `POST /init` (token, env, default user/workdir, clock) and `GET /envs`.
+//! `POST /init` (token, env, default user/workdir, clock, and Petrel's
+//! clone identity: hostname and CRNG seed) and `GET /envs`.
 //!
 //! The first `/init` that sets a token arms authentication; from then on
 //! every `/init` must prove it knows the current token (in `X-Access-Token`,
@@ -7,11 +8,13 @@
 
 use crate::auth::has_valid_token;
 use crate::error::EnvdError;
+use crate::identity;
 use crate::state::SharedState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use nix::sys::time::TimeSpec;
 use nix::time::{ClockId, clock_gettime, clock_settime};
 use serde::Deserialize;
@@ -32,7 +35,16 @@ pub struct InitRequest {
     pub default_workdir: Option<String>,
     /// The host's wall clock (RFC 3339), applied when ours is off by > 1 s.
     pub timestamp: Option<String>,
+    /// Petrel: the system's hostname from now on (see [`crate::identity`]).
+    pub hostname: Option<String>,
+    /// Petrel: base64 bytes of host randomness to mix into the kernel's
+    /// pool before a CRNG reseed (32 to 512 bytes).
+    pub entropy_seed: Option<String>,
 }
+
+/// Response header by which envd says it applied `hostname` and
+/// `entropySeed` (an envd without it ignored them as unknown fields).
+pub const IDENTITY_HEADER: &str = "x-petrel-identity";
 
 /// Sets the system clock to `timestamp` when it differs by more than a second.
 /// Returns whether the clock was changed.
@@ -85,19 +97,57 @@ fn authorize(
     Ok(())
 }
 
-/// `POST /init`: applies the host's settings; replies 204. Once a token is
+/// Applies the identity parts of `request` (after checking them all), if
+/// any; returns whether there were any.
+fn apply_identity(state: &SharedState, request: &InitRequest) -> Result<bool, EnvdError> {
+    if request.hostname.is_none() && request.entropy_seed.is_none() {
+        return Ok(false);
+    }
+    if let Some(name) = request.hostname.as_deref() {
+        identity::check_hostname(name)?;
+    }
+    let seed = request
+        .entropy_seed
+        .as_deref()
+        .map(identity::decode_seed)
+        .transpose()?;
+    if !state.config.manage_identity {
+        return Err(EnvdError::FailedPrecondition(
+            "this envd does not manage its system's identity (started with --unmanaged-identity)"
+                .to_owned(),
+        ));
+    }
+    if let Some(seed) = seed {
+        identity::reseed(&seed)?;
+    }
+    if let Some(name) = request.hostname.as_deref() {
+        identity::set_hostname(name, std::path::Path::new("/etc"))?;
+    }
+    Ok(true)
+}
+
+/// `POST /init`: applies the host's settings; replies 204 (with
+/// [`IDENTITY_HEADER`] when it applied a hostname or seed). Once a token is
 /// set, 401 without it (see the module docs); 400 for an empty token then.
+/// A bad or unappliable identity fails the request before any setting
+/// changes.
 pub async fn init(
     State(state): State<SharedState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<StatusCode, EnvdError> {
+) -> Result<Response, EnvdError> {
     let request: InitRequest = if body.iter().all(u8::is_ascii_whitespace) {
         InitRequest::default()
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| EnvdError::InvalidArgument(format!("invalid init body: {e}")))?
     };
+    // Only a caller allowed to init may rename the system or stir its pool.
+    if let Err(err) = authorize(state.settings().access_token.as_deref(), &headers, &request) {
+        tracing::warn!(error = %err, "init refused");
+        return Err(err);
+    }
+    let identity_applied = apply_identity(&state, &request)?;
     if let Some(user) = request.default_user.as_deref().filter(|u| !u.is_empty())
         && let Err(err) = crate::user::UserInfo::lookup(user)
     {
@@ -132,8 +182,14 @@ pub async fn init(
             Err(err) => tracing::warn!(%timestamp, error = %err, "cannot set the system clock"),
         }
     }
-    tracing::info!("init applied");
-    Ok(StatusCode::NO_CONTENT)
+    tracing::info!(identity_applied, "init applied");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if identity_applied {
+        response
+            .headers_mut()
+            .insert(IDENTITY_HEADER, HeaderValue::from_static("applied"));
+    }
+    Ok(response)
 }
 
 /// `GET /envs`: the variables every process gets from `/init`.

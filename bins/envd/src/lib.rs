@@ -32,6 +32,7 @@ pub mod error;
 pub mod files;
 pub mod filesystem;
 pub mod health;
+pub mod identity;
 pub mod init;
 pub mod metrics;
 pub mod oom;

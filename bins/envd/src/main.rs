@@ -27,6 +27,10 @@ struct Cli {
     /// Keepalive period, in seconds, for streams whose request sets none.
     #[arg(long, default_value_t = 50)]
     keepalive_secs: u64,
+    /// Refuse `/init`'s hostname and entropy seed: for an envd that does
+    /// not own its system (one run on a host rather than in a guest).
+    #[arg(long)]
+    unmanaged_identity: bool,
     /// Print the E2B envd version this envd is compatible with and exit.
     #[arg(long)]
     compat_version: bool,
@@ -56,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         default_workdir: cli.default_workdir,
         default_keepalive: Duration::from_secs(cli.keepalive_secs.max(1)),
         access_token: cli.access_token,
+        manage_identity: !cli.unmanaged_identity,
     };
     let server = envd::Server::bind(config).await.context("starting envd")?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

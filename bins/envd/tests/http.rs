@@ -329,6 +329,41 @@ async fn envs_lists_the_init_variables() {
 }
 
 #[tokio::test]
+async fn init_refuses_an_identity_it_cannot_apply_and_changes_nothing() {
+    // An envd on a host does not own its system: it must not rename it.
+    let envd = Envd::start().await;
+    let seed = "B".repeat(44); // 33 bytes of base64
+    let post = |body: Value| envd.http.post(envd.url("/init")).json(&body).send();
+
+    let bad_name = post(json!({"accessToken": "t1", "hostname": "a b"}))
+        .await
+        .unwrap();
+    let short_seed = post(json!({"accessToken": "t1", "entropySeed": "AAAA"}))
+        .await
+        .unwrap();
+    let unmanaged = post(json!({"accessToken": "t1", "hostname": "clone", "entropySeed": seed}))
+        .await
+        .unwrap();
+    let unmanaged_status = unmanaged.status().as_u16();
+    let unmanaged_body: Value = unmanaged.json().await.unwrap();
+    let plain = post(json!({"envVars": {"A": "1"}})).await.unwrap();
+
+    assert_eq!(bad_name.status().as_u16(), 400);
+    assert_eq!(short_seed.status().as_u16(), 400);
+    assert_eq!(unmanaged_status, 400);
+    assert!(
+        unmanaged_body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not manage"),
+        "{unmanaged_body}"
+    );
+    // None of the refused inits set the token: a plain one still needs none.
+    assert_eq!(plain.status().as_u16(), 204);
+    assert!(plain.headers().get("x-petrel-identity").is_none());
+}
+
+#[tokio::test]
 async fn metrics_report_memory_and_disk() {
     let envd = Envd::start().await;
 

@@ -1,11 +1,14 @@
 //! `POST /init`: the host hands envd its access token, default env, user,
-//! working directory and the wall clock (at boot and after every resume).
+//! working directory and the wall clock (at boot and after every resume),
+//! and a restored clone its own hostname and CRNG seed (Petrel's envd;
+//! [`InitReply::identity_applied`] says whether the guest's envd took them).
 
 use std::{
     collections::BTreeMap,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::Method;
 use serde::Serialize;
@@ -28,7 +31,24 @@ pub struct InitRequest {
     pub default_workdir: Option<String>,
     /// The host's wall clock; envd sets the guest clock from it.
     pub timestamp: Option<SystemTime>,
+    /// Petrel: the guest's hostname from now on.
+    pub hostname: Option<String>,
+    /// Petrel: host randomness (32 to 512 bytes) mixed into the guest
+    /// kernel's pool before it reseeds its CRNG.
+    pub entropy_seed: Option<Vec<u8>>,
 }
+
+/// What envd said to a `POST /init`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InitReply {
+    /// Whether envd applied `hostname` and `entropy_seed`: false when none
+    /// was sent, or when the guest's envd predates them (it ignores unknown
+    /// fields), so the caller must set them another way.
+    pub identity_applied: bool,
+}
+
+/// Response header by which envd says it applied the identity fields.
+const IDENTITY_HEADER: &str = "x-petrel-identity";
 
 /// The JSON body, with the spec's camelCase names.
 #[derive(Serialize)]
@@ -44,6 +64,10 @@ struct InitBody<'a> {
     default_workdir: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entropy_seed: Option<String>,
 }
 
 impl InitRequest {
@@ -54,6 +78,11 @@ impl InitRequest {
             default_user: self.default_user.as_deref(),
             default_workdir: self.default_workdir.as_deref(),
             timestamp: self.timestamp.map(rfc3339),
+            hostname: self.hostname.as_deref(),
+            entropy_seed: self
+                .entropy_seed
+                .as_deref()
+                .map(|seed| base64::engine::general_purpose::STANDARD.encode(seed)),
         })
     }
 }
@@ -61,8 +90,9 @@ impl InitRequest {
 impl EnvdClient {
     /// Sends `POST /init`. A new `access_token` applies to later requests:
     /// build the client you keep using with
-    /// [`with_access_token`](Self::with_access_token).
-    pub async fn init(&self, request: &InitRequest) -> Result<(), EnvdError> {
+    /// [`with_access_token`](Self::with_access_token). An envd that cannot
+    /// apply a requested identity fails the call before changing anything.
+    pub async fn init(&self, request: &InitRequest) -> Result<InitReply, EnvdError> {
         let endpoint = format!("POST {INIT_PATH}");
         let body = request
             .to_json()
@@ -76,18 +106,24 @@ impl EnvdClient {
             env_vars = request.env_vars.len(),
             default_user = ?request.default_user,
             sets_token = request.access_token.is_some(),
+            hostname = ?request.hostname,
             "envd init"
         );
-        self.transport
-            .plain(
+        let (headers, _) = self
+            .transport
+            .plain_with_headers(
                 Method::POST,
                 INIT_PATH,
                 Some(("application/json", Bytes::from(body))),
                 self.transport.request_timeout(),
                 crate::transport::MAX_UNARY_REPLY,
             )
-            .await
-            .map(drop)
+            .await?;
+        Ok(InitReply {
+            identity_applied: headers
+                .get(IDENTITY_HEADER)
+                .is_some_and(|v| v.as_bytes() == b"applied"),
+        })
     }
 }
 
@@ -170,6 +206,8 @@ mod tests {
             default_user: Some("root".into()),
             default_workdir: None,
             timestamp: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            hostname: Some("clone-1".into()),
+            entropy_seed: Some(vec![0xff; 3]),
         };
 
         let json: serde_json::Value = serde_json::from_slice(&request.to_json().unwrap()).unwrap();
@@ -181,6 +219,8 @@ mod tests {
                 "envVars": {"FOO": "bar"},
                 "defaultUser": "root",
                 "timestamp": "2023-11-14T22:13:20Z",
+                "hostname": "clone-1",
+                "entropySeed": "////",
             })
         );
     }

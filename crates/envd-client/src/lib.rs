@@ -65,7 +65,7 @@ use std::{net::SocketAddr, time::Duration};
 
 pub use error::{BoxError, EnvdError};
 pub use files::{FileDownload, FileEntry, FileKind, FileStream, MAX_FILE_READ};
-pub use init::InitRequest;
+pub use init::{InitReply, InitRequest};
 pub use process::{
     DEFAULT_OUTPUT_LIMIT, ExecEvent, ExecOutput, ExecRequest, ExecStream, ProcessInfo, Signal,
 };

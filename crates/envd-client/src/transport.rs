@@ -256,11 +256,29 @@ impl Transport {
         timeout: Duration,
         limit: usize,
     ) -> Result<Bytes, EnvdError> {
+        self.plain_with_headers(method, target, body, timeout, limit)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// [`plain`](Self::plain), also returning the reply's headers.
+    pub(crate) async fn plain_with_headers(
+        &self,
+        method: Method,
+        target: &str,
+        body: Option<(&'static str, Bytes)>,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(http::HeaderMap, Bytes), EnvdError> {
         let endpoint = format!("{method} {target}");
         let call = async {
             let body = body.map(|(content_type, bytes)| (content_type, whole(bytes)));
-            let response = self.plain_response(method, target, body).await?;
-            self.read_body(response.into_body(), &endpoint, limit).await
+            let (parts, body) = self
+                .plain_response(method, target, body)
+                .await?
+                .into_parts();
+            let body = self.read_body(body, &endpoint, limit).await?;
+            Ok((parts.headers, body))
         };
         tokio::time::timeout(timeout, call)
             .await

@@ -448,6 +448,29 @@ async fn init_token_is_required_afterwards() {
 }
 
 #[tokio::test]
+async fn init_reports_whether_envd_applied_the_identity() {
+    // envd on a host does not own the system, so it refuses to rename it.
+    let envd = start_envd().await;
+
+    let plain = envd.client.init(&InitRequest::default()).await.unwrap();
+    let identity = envd
+        .client
+        .init(&InitRequest {
+            hostname: Some("clone-1".into()),
+            entropy_seed: Some(vec![1; 32]),
+            ..InitRequest::default()
+        })
+        .await
+        .unwrap_err();
+
+    assert!(!plain.identity_applied);
+    assert!(
+        identity.to_string().contains("does not manage"),
+        "{identity}"
+    );
+}
+
+#[tokio::test]
 async fn init_with_a_new_token_needs_a_client_holding_the_current_one() {
     let envd = start_envd().await;
     let set = |token: &str| InitRequest {

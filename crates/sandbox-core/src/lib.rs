@@ -43,6 +43,7 @@ pub mod disk;
 pub mod durable;
 mod error;
 pub mod firecracker;
+mod identity;
 mod images;
 pub mod manager;
 pub mod network;

@@ -2,7 +2,6 @@
 //! envd, torn down with every resource it made.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -797,7 +796,10 @@ async fn boot_steps(
     }
     let envd_ready = vm_started + ready_start.elapsed();
     let init_start = Instant::now();
-    let init = init_request(&token, &config.env_vars);
+    let mut init = init_request(&token, &config.env_vars);
+    if config.snapshot.is_some() {
+        init = crate::identity::with_clone_identity(init, &config.id)?;
+    }
     // A guest restored from a snapshot still has the snapshotted sandbox's
     // token, and envd takes a new one only from a caller showing it.
     let envd = match config
@@ -809,15 +811,16 @@ async fn boot_steps(
         Some(Some(old)) => envd.with_access_token(old),
         _ => envd,
     };
-    envd.init(&init)
+    let reply = envd
+        .init(&init)
         .await
         .map_err(|source| SandboxError::Envd {
             sandbox: config.id.clone(),
             source: Box::new(source),
         })?;
     let envd = envd.with_access_token(token.clone());
-    if config.snapshot.is_some() {
-        refresh_identity(&envd, &config.id, config.boot_timeout).await?;
+    if config.snapshot.is_some() && !reply.identity_applied {
+        crate::identity::set_by_shell(&envd, &config.id, config.boot_timeout).await?;
     }
     let timings = BootTimings {
         prepare,
@@ -827,52 +830,6 @@ async fn boot_steps(
         total: start.elapsed(),
     };
     Ok((envd, token, timings))
-}
-
-/// A guest restored from a snapshot is a copy of the one snapshotted: give
-/// it its own hostname and stir host randomness into its entropy pool (and
-/// force a reseed) so clones do not share random streams. Part of the boot:
-/// bounded by the boot timeout (a guest under nested TCG takes longer than
-/// any fixed bound to run its first python after a restore).
-async fn refresh_identity(
-    envd: &EnvdClient,
-    id: &str,
-    timeout: Duration,
-) -> Result<(), SandboxError> {
-    let mut seed = String::new();
-    for _ in 0..4 {
-        seed.push_str(&random_token()?);
-    }
-    // RNDRESEEDCRNG (0x5207) makes the kernel reseed its CRNG at once.
-    let script = format!(
-        "hostname {id} && echo {id} > /etc/hostname && \
-         sed -i 's/^127.0.1.1 .*/127.0.1.1 {id}/' /etc/hosts && \
-         python3 -c 'import fcntl,os; f=os.open(\"/dev/urandom\",os.O_WRONLY); \
-         os.write(f,bytes.fromhex(\"{seed}\")); fcntl.ioctl(f,0x5207)'"
-    );
-    let request = ExecRequest::new("/bin/bash")
-        .args(["-c", script.as_str()])
-        .user("root")
-        .timeout(timeout);
-    let out = envd
-        .exec(request)
-        .await
-        .map_err(|source| SandboxError::Envd {
-            sandbox: id.to_string(),
-            source: Box::new(source),
-        })?;
-    if out.exit_code != 0 {
-        return Err(SandboxError::EnvdNotReady {
-            sandbox: id.to_string(),
-            message: format!(
-                "setting the clone's identity failed ({}): {}",
-                out.exit_code,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            console: String::new(),
-        });
-    }
-    Ok(())
 }
 
 /// The read-only base of a sandbox's root disk: its snapshot's disk, else
@@ -1070,13 +1027,8 @@ fn free_local_port() -> Result<SocketAddr, SandboxError> {
 
 /// A fresh 128-bit access token for the sandbox's envd, in hex.
 pub(crate) fn random_token() -> Result<String, SandboxError> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| SandboxError::Io {
-            what: "read",
-            path: PathBuf::from("/dev/urandom"),
-            source,
-        })?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::identity::host_random(16)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

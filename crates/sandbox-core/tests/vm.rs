@@ -343,6 +343,16 @@ async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
         .exec_shell("echo from-snapshot > ~/snap.txt")
         .await
         .unwrap();
+    // A clone gets its identity from envd itself, not from guest programs:
+    // without python3 the clones must still get their own names and seeds.
+    let hidden = source
+        .exec(
+            ExecRequest::shell("mv /usr/bin/python3 /usr/bin/python3.hidden")
+                .user("root"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(hidden.exit_code, 0, "{hidden:?}");
     let snapshot = dir.0.join("snapshot");
 
     source.snapshot(&snapshot).await.unwrap();
@@ -368,7 +378,10 @@ async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
             .unwrap();
         seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
         let identity = clone
-            .exec_shell("hostname; cat /proc/sys/kernel/random/uuid")
+            .exec_shell(
+                "hostname; cat /proc/sys/kernel/random/uuid; cat /etc/hostname; \
+                 grep -c \"^127.0.1.1 $(hostname)$\" /etc/hosts",
+            )
             .await
             .unwrap();
         identities.push(String::from_utf8_lossy(&identity.stdout).into_owned());
@@ -396,6 +409,10 @@ async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
         .map(|i| i.lines().nth(1).unwrap())
         .collect();
     assert_eq!(hostnames, ["snap-clone0", "snap-clone1", "snap-clone2"]);
+    for (identity, name) in identities.iter().zip(&hostnames) {
+        let files: Vec<&str> = identity.lines().skip(2).collect();
+        assert_eq!(files, [*name, "1"], "/etc/hostname and /etc/hosts");
+    }
     assert_eq!(
         uuids.len(),
         3,
