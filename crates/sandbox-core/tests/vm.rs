@@ -346,10 +346,7 @@ async fn sandboxes_started_from_a_snapshot_see_its_files_but_not_each_others() {
     // A clone gets its identity from envd itself, not from guest programs:
     // without python3 the clones must still get their own names and seeds.
     let hidden = source
-        .exec(
-            ExecRequest::shell("mv /usr/bin/python3 /usr/bin/python3.hidden")
-                .user("root"),
-        )
+        .exec(ExecRequest::shell("mv /usr/bin/python3 /usr/bin/python3.hidden").user("root"))
         .await
         .unwrap();
     assert_eq!(hidden.exit_code, 0, "{hidden:?}");
