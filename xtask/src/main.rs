@@ -16,7 +16,7 @@
 //!   `base` template, printing the URLs, an API key and the E2B exports.
 //! - `test`: fmt, clippy and every test, VM tests included (dm tests inside
 //!   a VM where the host has no device-mapper).
-//! - `bench boot|network|providers|lifecycle`: timings as JSON (the last
+//! - `bench boot|network|providers|lifecycle|api|kvm|soak`: timings as JSON (the last
 //!   line of stdout).
 //! - `vmtest <package>`: a crate's test binaries run inside a VM.
 //!
@@ -77,7 +77,7 @@ enum Command {
     },
     /// Benchmarks; the last line of stdout is one JSON object.
     Bench {
-        #[arg(value_parser = ["boot", "network", "providers", "lifecycle", "kvm", "soak"], default_value = "boot")]
+        #[arg(value_parser = ["boot", "network", "providers", "lifecycle", "api", "kvm", "soak"], default_value = "boot")]
         which: String,
         #[arg(long, default_value_t = 10)]
         runs: usize,

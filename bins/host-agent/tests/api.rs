@@ -411,9 +411,14 @@ async fn snapshots_and_templates_follow_their_users() {
     assert_eq!(remembered.json()["stdout"], json!("remembered\n"));
     assert_eq!(delete_used_snapshot.status_code(), (409, "conflict".into()));
     assert_eq!(names(&templates), ["base"]);
+    // Warm-up is off in these tests: creates cold-boot, and the API says so.
     assert_eq!(
-        (&base.json()["name"], &base.json()["source"]),
-        (&json!("base"), &json!("images/build.sh"))
+        (
+            &base.json()["name"],
+            &base.json()["source"],
+            &base.json()["warm"]
+        ),
+        (&json!("base"), &json!("images/build.sh"), &json!(false))
     );
     assert_eq!(delete_used_base.status_code(), (409, "conflict".into()));
     assert_eq!(delete_snapshot.status, 204, "{}", delete_snapshot.text());

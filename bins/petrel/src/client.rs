@@ -174,6 +174,28 @@ impl Client {
         self.read(response, path).await.map(drop)
     }
 
+    /// `POST path` with `bytes` as `application/octet-stream` (a file
+    /// upload), the reply's JSON.
+    pub async fn upload(&self, path: &str, bytes: Bytes) -> Result<Reply, Error> {
+        let response = self
+            .send(
+                Method::POST,
+                path,
+                Some(("application/octet-stream", bytes)),
+            )
+            .await?;
+        let bytes = self.read(response, path).await?;
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(Reply { value, text })
+    }
+
+    /// `GET path`, the reply's body as it is (a file download).
+    pub async fn download(&self, path: &str) -> Result<Bytes, Error> {
+        let response = self.request(Method::GET, path, None).await?;
+        self.read(response, path).await
+    }
+
     /// A request whose reply is JSON.
     pub async fn json(
         &self,
@@ -219,15 +241,26 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<http::Response<Incoming>, Error> {
+        let body = body.map(|body| ("application/json", Bytes::from(body.to_string())));
+        self.send(method, path, body).await
+    }
+
+    /// Sends a request with an optional `(content type, bytes)` body.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> Result<http::Response<Incoming>, Error> {
         let url = self.url(path);
         let mut builder = Request::builder().method(method).uri(&url);
         if let Some(key) = &self.api_key {
             builder = builder.header(API_KEY_HEADER, key.clone());
         }
         let payload = match body {
-            Some(body) => {
-                builder = builder.header(header::CONTENT_TYPE, "application/json");
-                Bytes::from(body.to_string())
+            Some((content_type, bytes)) => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                bytes
             }
             None => Bytes::new(),
         };

@@ -31,6 +31,10 @@ pub enum Which {
     /// a `firecracker` binary). Run by `bench kvm` inside its VM.
     #[value(hide = true)]
     FirecrackerLifecycle,
+    /// The release host agent over its HTTP API (and the e2b SDK where
+    /// its venv is): create, exec, files, pause, resume, kill, concurrent
+    /// creates, idle memory; beside a raw QEMU restore and in-guest bash.
+    Api,
     /// `--runs` create/exec/destroy and runs/5 pause/resume cycles through
     /// the manager; fails when host listings differ after.
     Soak,
@@ -64,6 +68,7 @@ pub fn run(which: Which, runs: usize) -> Result<()> {
             demo::runtime()?.block_on(firecracker_lifecycle(&images, runs.max(1)))
         }
         Which::Kvm => crate::bench_kvm::run(runs.max(1)),
+        Which::Api => crate::bench_api::run(runs.max(1)),
         Which::Soak => {
             let images = images::from_env()?;
             demo::runtime()?.block_on(crate::soak::soak(&images, runs.max(1)))
@@ -467,7 +472,7 @@ struct Timings {
 
 /// Raw QEMU: a guest with file-backed RAM whose init sleeps, saved to a
 /// file (`x-ignore-shared`) and restored into a new QEMU.
-async fn raw_save_restore(
+pub(crate) async fn raw_save_restore(
     images: &GuestImages,
     accel: Accel,
     dir: &std::path::Path,

@@ -22,6 +22,7 @@
 //! ```
 
 mod bench;
+mod bench_api;
 mod bench_kvm;
 mod demo;
 mod images;

@@ -515,7 +515,7 @@ fn schemas() -> Value {
         },
         "Template": {
             "type": "object",
-            "required": ["name", "kernel", "rootfs", "created_at", "size_bytes", "source"],
+            "required": ["name", "kernel", "rootfs", "created_at", "size_bytes", "source", "warm"],
             "properties": {
                 "name": {"type": "string"},
                 "kernel": {"type": "string"},
@@ -523,6 +523,7 @@ fn schemas() -> Value {
                 "created_at": time,
                 "size_bytes": {"type": "integer"},
                 "source": {"type": "string"},
+                "warm": {"type": "boolean", "description": "Creates restore the template's warm snapshot (false: they cold-boot, e.g. while it is being warmed up)"},
             },
         },
     })

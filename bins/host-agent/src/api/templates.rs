@@ -25,6 +25,9 @@ pub struct TemplateView {
     size_bytes: u64,
     /// Where it came from (e.g. `images/build.sh`).
     source: String,
+    /// Whether creates restore its warm snapshot (false: they cold-boot,
+    /// e.g. while the agent is still warming it up).
+    warm: bool,
 }
 
 impl From<TemplateInfo> for TemplateView {
@@ -35,6 +38,7 @@ impl From<TemplateInfo> for TemplateView {
             rootfs: info.rootfs.display().to_string(),
             created_at: rfc3339(info.created_at),
             size_bytes: info.size_bytes,
+            warm: info.warm_snapshot.is_some(),
             source: info.source,
         }
     }
