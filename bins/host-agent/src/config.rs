@@ -117,6 +117,10 @@ pub struct AgentConfig {
     /// Keep a booted snapshot of the `base` template so creates restore it
     /// instead of cold-booting (made in the background at start).
     pub warm_templates: bool,
+    /// Sandboxes each warm template keeps ready for creates (0: none).
+    pub pool_size: usize,
+    /// Per-template pool sizes overriding `pool_size`.
+    pub template_pool_sizes: std::collections::BTreeMap<String, usize>,
     /// Forces the rootfs provider; `None`: chosen from the backend and the
     /// host (a qcow2 overlay on QEMU).
     pub rootfs_provider: Option<RootfsProviderChoice>,
@@ -162,6 +166,8 @@ impl Default for AgentConfig {
                 sandbox_core::network::EgressPolicy::DEFAULT_NEW_CONNECTIONS_PER_SEC,
             net_allow_smtp: false,
             warm_templates: true,
+            pool_size: sandbox_core::DEFAULT_POOL_SIZE,
+            template_pool_sizes: std::collections::BTreeMap::new(),
             rootfs_provider: None,
             api_keys: Vec::new(),
             api_key_sha256: Vec::new(),

@@ -113,6 +113,10 @@ struct ServeArgs {
     /// (default true).
     #[arg(long, env = "PETREL_WARM_TEMPLATES")]
     warm_templates: Option<bool>,
+    /// Sandboxes each warm template keeps ready for creates (default 2;
+    /// 0: no pools).
+    #[arg(long, env = "PETREL_POOL_SIZE")]
+    pool_size: Option<usize>,
     /// Force the sandboxes' root disk provider (default: qcow2 overlay on
     /// QEMU); refused at start when unusable on this host.
     #[arg(long, env = "PETREL_ROOTFS_PROVIDER", value_enum)]
@@ -213,6 +217,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.warm_templates {
             config.warm_templates = v;
+        }
+        if let Some(v) = self.pool_size {
+            config.pool_size = v;
         }
         if self.rootfs_provider.is_some() {
             config.rootfs_provider = self.rootfs_provider;

@@ -84,11 +84,14 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         max_snapshot_bytes: config.max_snapshot_bytes,
         network,
         rootfs_provider,
+        pool_size: config.pool_size,
+        pool_sizes: config.template_pool_sizes.clone(),
         ..ManagerConfig::new(&config.data_dir)
     };
     let manager = Manager::open(manager_config, hypervisor)
         .await
         .context("opening the sandbox manager")?;
+    let (stop, stopped) = watch::channel(false);
     let mut warming = None;
     if let Some(images) = &images {
         manager
@@ -96,12 +99,20 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
             .await
             .context("registering the base template")?;
         if config.warm_templates {
-            // Creates cold-boot until the warm snapshot exists.
+            // Creates cold-boot until the warm snapshot exists; then the
+            // pools fill from it, until the agent stops.
             let manager = manager.clone();
+            let mut stopped = stopped.clone();
             warming = Some(tokio::spawn(async move {
                 if let Err(err) = manager.warm_template("base").await {
                     tracing::warn!(%err, "warming the base template failed; creates cold-boot");
+                    return;
                 }
+                manager
+                    .run_pool_filler(async move {
+                        let _ = stopped.changed().await;
+                    })
+                    .await;
             }));
         }
     }
@@ -111,7 +122,6 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         config: Arc::new(config.clone()),
         started_at: Instant::now(),
     };
-    let (stop, stopped) = watch::channel(false);
     let mut tasks: Vec<JoinHandle<()>> = warming.into_iter().collect();
     tasks.push(tokio::spawn({
         let reaper = manager.spawn_reaper(Duration::from_millis(500));

@@ -733,3 +733,65 @@ async fn metrics_show_the_disk_space_each_sandbox_really_uses() {
     assert!(before < 200 << 20, "{before}");
     assert!(after >= before + (32 << 20), "{before} -> {after}");
 }
+
+/// `name{template="base"} value` of a /metrics text, as a number.
+fn pool_metric(metrics: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{name}{{template=\"base\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_warm_pool_serves_creates_and_metrics_count_it() {
+    // Arrange: an agent warming base and pooling one sandbox of it.
+    let Some(agent) = common::start_agent_with(|config| {
+        config.warm_templates = true;
+        config.pool_size = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let api = Client::new(agent.url());
+    let start = std::time::Instant::now();
+    let metrics = loop {
+        let metrics = api.get("/metrics").await.text();
+        if pool_metric(&metrics, "petrel_pool_ready") == Some(1) {
+            break metrics;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "the pool never filled: {metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let template = api.get("/v1/templates/base").await;
+
+    // Act: a create of the default shape, with an env var.
+    let created = api
+        .post(
+            "/v1/sandboxes",
+            &json!({"template": "base", "env": {"FROM_POOL": "yes"}}),
+        )
+        .await;
+    let id = id_of(&created);
+    let out = api
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            &json!({"cmd": "echo $FROM_POOL; hostname"}),
+        )
+        .await;
+    let after = api.get("/metrics").await.text();
+    agent.stop().await;
+
+    // Assert: the template is warm, the create took the pooled sandbox
+    // (its own name, the caller's env) and the metrics say so.
+    assert_eq!(template.json()["warm"], json!(true));
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(out.json()["stdout"], json!(format!("yes\n{id}\n")));
+    assert_eq!(pool_metric(&metrics, "petrel_pool_size"), Some(1));
+    assert_eq!(pool_metric(&after, "petrel_pool_hits_total"), Some(1));
+    assert_eq!(pool_metric(&after, "petrel_pool_misses_total"), Some(0));
+}

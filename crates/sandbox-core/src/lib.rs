@@ -58,8 +58,8 @@ pub use error::SandboxError;
 pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
 pub use manager::{
-    CreateSandbox, DEFAULT_PAUSED_TTL, ListFilter, Manager, ManagerConfig, ManagerError,
-    SandboxInfo, SnapshotInfo, StandsOn, State, TemplateInfo,
+    CreateSandbox, DEFAULT_PAUSED_TTL, DEFAULT_POOL_SIZE, ListFilter, Manager, ManagerConfig,
+    ManagerError, PoolStats, SandboxInfo, SnapshotInfo, StandsOn, State, TemplateInfo,
 };
 pub use network::NetworkPool;
 pub use qemu::{QemuBackend, default_boot_timeout};

@@ -283,6 +283,24 @@ impl Sandbox {
         &self.envd
     }
 
+    /// Adds `env_vars` to the environment of every later process (envd
+    /// `/init`, which also sets the guest clock); kept for resumes.
+    pub async fn add_env_vars(
+        &mut self,
+        env_vars: &BTreeMap<String, String>,
+    ) -> Result<(), SandboxError> {
+        self.envd
+            .init(&init_request(&self.token, env_vars))
+            .await
+            .map_err(|source| SandboxError::Envd {
+                sandbox: self.id.clone(),
+                source: Box::new(source),
+            })?;
+        self.env_vars
+            .extend(env_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(())
+    }
+
     /// What [`Sandbox::reattach`] needs after an agent restart.
     pub fn record(&self) -> SandboxRecord {
         SandboxRecord {

@@ -6,6 +6,10 @@
 //! - `petrel_sandbox_disk_bytes{sandbox}`: gauge, the disk space each
 //!   sandbox's files take (allocated blocks), stopped ones left out;
 //! - `petrel_snapshots`, `petrel_templates`: gauges;
+//! - `petrel_pool_size{template}`, `petrel_pool_ready{template}`: gauges,
+//!   each pooling template's configured and ready warm-pool sandboxes;
+//!   `petrel_pool_hits_total{template}`, `petrel_pool_misses_total{template}`:
+//!   counters of creates that took a pooled sandbox / found none;
 //! - `petrel_api_request_duration_seconds{operation}`: histogram of the
 //!   handlers' latency (to the response head; for the SSE stream that is
 //!   the start of the process);
@@ -17,6 +21,8 @@
 //! `operation` is the route's OpenAPI `operationId`.
 
 use std::collections::BTreeMap;
+
+use sandbox_core::PoolStats;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,6 +176,14 @@ pub async fn track(State(tracked): State<Tracked>, request: Request, next: Next)
     response
 }
 
+/// A warm-pool metric: name, type, help, and its value of one pool.
+type PoolMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PoolStats) -> u64,
+);
+
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<ApiState>) -> Response {
     let manager = &state.app.manager;
@@ -203,6 +217,44 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
         out,
         "# HELP petrel_templates Registered templates.\n# TYPE petrel_templates gauge\npetrel_templates {templates}"
     );
+    let pools = manager.pool_stats();
+    let pool_metrics: [PoolMetric; 4] = [
+        (
+            "petrel_pool_size",
+            "gauge",
+            "Sandboxes a template's warm pool keeps ready.",
+            |p| p.size as u64,
+        ),
+        (
+            "petrel_pool_ready",
+            "gauge",
+            "Sandboxes ready in a template's warm pool now.",
+            |p| p.ready as u64,
+        ),
+        (
+            "petrel_pool_hits_total",
+            "counter",
+            "Creates that took a pooled sandbox.",
+            |p| p.hits,
+        ),
+        (
+            "petrel_pool_misses_total",
+            "counter",
+            "Creates of a pooling template that found no pooled sandbox and restored.",
+            |p| p.misses,
+        ),
+    ];
+    for (name, kind, help, value) in pool_metrics {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in &pools {
+            let _ = writeln!(
+                out,
+                "{name}{{template=\"{}\"}} {}",
+                pool.template,
+                value(pool)
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP petrel_uptime_seconds Seconds since the agent started.\n# TYPE petrel_uptime_seconds gauge\npetrel_uptime_seconds {}",

@@ -122,6 +122,14 @@ mod tests {
         text.lines()
             .map(|line| match line.strip_prefix('#') {
                 Some(rest) if rest.split_once(" = ").is_some_and(|(k, _)| is_key(k)) => rest,
+                Some(rest)
+                    if rest
+                        .strip_prefix('[')
+                        .and_then(|r| r.strip_suffix(']'))
+                        .is_some_and(is_key) =>
+                {
+                    rest
+                }
                 _ => line,
             })
             .collect::<Vec<_>>()
@@ -159,6 +167,8 @@ mod tests {
             net_new_connections_per_sec,
             net_allow_smtp,
             warm_templates,
+            pool_size,
+            template_pool_sizes: _,
             rootfs_provider: _,
             api_keys,
             api_key_sha256,
@@ -191,6 +201,8 @@ mod tests {
         );
         assert_eq!(parsed.net_allow_smtp, net_allow_smtp);
         assert_eq!(parsed.warm_templates, warm_templates);
+        assert_eq!(parsed.pool_size, pool_size);
+        assert_eq!(parsed.template_pool_sizes.get("base"), Some(&4));
         assert_eq!(parsed.api_keys, api_keys);
         assert_eq!(parsed.api_key_sha256, api_key_sha256);
         assert_eq!(parsed.allowed_hosts, allowed_hosts);

@@ -9,8 +9,9 @@ use super::{
 };
 
 impl Manager {
-    /// Creates and boots a sandbox from a template (cold boot) or from a
-    /// snapshot of the same name.
+    /// Creates and boots a sandbox from a template (cold boot, or a restore
+    /// of its warm snapshot; a ready one from its pool when there is one)
+    /// or from a snapshot of the same name.
     pub async fn create(&self, request: CreateSandbox) -> Result<SandboxInfo, ManagerError> {
         let name = SafeName::new(&request.template)?;
         let config = &self.inner.config;
@@ -58,6 +59,24 @@ impl Manager {
         let internet = crate::network::resolve_internet(request.internet, config.network.is_some())
             .map_err(ManagerError::InvalidRequest)?;
         let timeout = request.timeout.unwrap_or(config.default_timeout);
+        if warm && let Some(warm_dir) = snapshot.as_deref() {
+            let wanted = super::pool::Wanted {
+                warm_dir,
+                vcpus,
+                memory_mib,
+                internet,
+            };
+            if let Some(info) = self
+                .create_from_pool(&template, wanted, &request, timeout)
+                .await?
+            {
+                return Ok(info);
+            }
+        }
+        // Pooled sandboxes count as running: at capacity one makes room.
+        if matches!(self.check_capacity(), Err(ManagerError::Capacity { .. })) {
+            self.evict_pooled().await;
+        }
         let id = new_id()?;
         let now = SystemTime::now();
         let mut info = SandboxInfo {

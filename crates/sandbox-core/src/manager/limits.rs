@@ -5,7 +5,8 @@
 //! and forks; resume; template warm-up) passes [`Manager::admit`] under the
 //! one lock of the sandbox table, so two concurrent starts cannot both take
 //! the last slot and no path can skip the check: a state change into a
-//! VM-holding state is only made through it.
+//! VM-holding state is only made through it. Pool refills take their slot
+//! under the same lock (`pool.rs`), and leave one free for creates.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,11 +35,12 @@ impl Drop for SnapshotSlot<'_> {
 }
 
 impl Manager {
-    /// VMs held now: sandboxes starting, running, pausing or resuming, and
-    /// warm-up boots.
-    fn vms_in_use(&self, infos: &HashMap<String, SandboxInfo>) -> usize {
+    /// VMs held now: sandboxes starting, running, pausing or resuming,
+    /// warm-up boots and pooled sandboxes (ready or being restored).
+    pub(super) fn vms_in_use(&self, infos: &HashMap<String, SandboxInfo>) -> usize {
         infos.values().filter(|i| i.state.holds_vm()).count()
             + self.inner.warming.load(Ordering::SeqCst)
+            + self.inner.pools.vms()
     }
 
     /// Whether a sandbox may move from `from` (`None`: a new one) to `to`,

@@ -18,6 +18,7 @@ mod limits;
 mod lineage;
 mod names;
 mod orphans;
+mod pool;
 mod reaper;
 mod recovery;
 mod snapshots;
@@ -41,6 +42,7 @@ use crate::error::SandboxError;
 use crate::images::GuestImages;
 use crate::sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxState};
 use crate::vmm::Hypervisor;
+pub use pool::PoolStats;
 use store::{Store, Table};
 pub use types::{
     CreateSandbox, ListFilter, ManagerError, SandboxInfo, SnapshotInfo, StandsOn, State,
@@ -52,6 +54,10 @@ pub const TEMPLATE_FILE: &str = "template.json";
 
 /// How long a sandbox stays paused before the reaper destroys it: 30 days.
 pub const DEFAULT_PAUSED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Sandboxes a warm template keeps ready by default (each costs a VM's
+/// idle memory: see `docs/architecture.md`).
+pub const DEFAULT_POOL_SIZE: usize = 2;
 
 /// Limits and defaults.
 #[derive(Debug, Clone)]
@@ -83,11 +89,17 @@ pub struct ManagerConfig {
     /// QEMU a qcow2 overlay of the snapshot's disk is the cheapest start),
     /// else the backend's default choice over the snapshot's disk.
     pub rootfs_provider: Option<Arc<dyn RootfsProvider>>,
+    /// Sandboxes each warm template keeps restored and ready for creates
+    /// (see `pool.rs`; filled by [`Manager::run_pool_filler`]); 0: none.
+    pub pool_size: usize,
+    /// Per-template sizes overriding `pool_size`.
+    pub pool_sizes: BTreeMap<String, usize>,
 }
 
 impl ManagerConfig {
     /// 1 vCPU, 512 MiB, 5 minutes, at most 16 running, 64 paused (each for
-    /// at most [`DEFAULT_PAUSED_TTL`]), 64 snapshots using 64 GiB.
+    /// at most [`DEFAULT_PAUSED_TTL`]), 64 snapshots using 64 GiB, pools
+    /// of [`DEFAULT_POOL_SIZE`].
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
@@ -103,6 +115,8 @@ impl ManagerConfig {
             max_snapshot_bytes: 64 << 30,
             network: None,
             rootfs_provider: None,
+            pool_size: DEFAULT_POOL_SIZE,
+            pool_sizes: BTreeMap::new(),
         }
     }
 }
@@ -136,6 +150,8 @@ struct Inner {
     snapshots_pending: Mutex<usize>,
     /// Template and snapshot names being created (see `names.rs`).
     names_pending: Mutex<std::collections::HashSet<String>>,
+    /// Warm templates' pools of ready sandboxes (see `pool.rs`).
+    pools: pool::Pools,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +184,7 @@ impl Manager {
                 warming: std::sync::atomic::AtomicUsize::new(0),
                 snapshots_pending: Mutex::new(0),
                 names_pending: Mutex::new(std::collections::HashSet::new()),
+                pools: pool::Pools::default(),
             }),
         };
         manager.recover(persisted).await;

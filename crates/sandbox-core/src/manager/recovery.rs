@@ -199,8 +199,10 @@ impl Manager {
     }
 
     /// Leaves every sandbox as it is (running VMs keep running) and records
-    /// them for the next [`Manager::open`].
+    /// them for the next [`Manager::open`]; pooled sandboxes, nobody's yet,
+    /// are destroyed (the next start refills the pools).
     pub async fn shutdown(&self) -> Result<(), ManagerError> {
+        self.drain_pools(None).await;
         let handles: Vec<(String, Handle)> = lock(&self.inner.handles).drain().collect();
         for (id, handle) in handles {
             let mut guard = handle.lock().await;

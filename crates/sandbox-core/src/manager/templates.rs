@@ -47,6 +47,8 @@ impl Manager {
             warm_snapshot: warm.join("vmstate.json").is_file().then(|| warm.clone()),
         };
         self.save_template(&name, &info)?;
+        // Pooled sandboxes of the old images would hand out the old guest.
+        self.drain_pools(Some(name.as_str())).await;
         self.prune_template_files(&name);
         Ok(info)
     }
@@ -82,7 +84,8 @@ impl Manager {
                 info.state,
                 State::Running | State::Paused | State::Stopped | State::Error
             )
-        }) && self.inner.warming.load(Ordering::SeqCst) == 0;
+        }) && self.inner.warming.load(Ordering::SeqCst) == 0
+            && self.inner.pools.filling() == 0;
         let (true, Ok(template), Ok(dependents)) =
             (settled, self.template(name.as_str()), self.dependents())
         else {
@@ -96,6 +99,11 @@ impl Manager {
         let mut bases = vec![canonical(&template.rootfs)];
         let mut warms = vec![canonical(&self.warm_dir(name, &images))];
         warms.extend(template.warm_snapshot.as_deref().map(canonical));
+        // Pooled sandboxes have no record but stand on a warm snapshot too.
+        for path in self.inner.pools.stands_on() {
+            warms.push(canonical(&path));
+            bases.push(canonical(&path));
+        }
         for dependent in &dependents {
             match &dependent.stands_on {
                 StandsOn::Base { file } => bases.push(canonical(file)),
@@ -321,6 +329,8 @@ impl Manager {
             )));
         }
         lock(&self.inner.store).delete(Table::Templates, &template.name)?;
+        // Its pooled sandboxes are nobody's yet: they go with it.
+        self.drain_pool_in_background(&template.name);
         let dir = self.template_dir(&SafeName::new(&template.name)?);
         if let Err(err) = std::fs::remove_dir_all(&dir)
             && err.kind() != std::io::ErrorKind::NotFound
