@@ -23,8 +23,10 @@ use crate::{demo, images};
 
 /// How long the agent may take to start and warm its `base` template.
 const WARM_TIMEOUT: Duration = Duration::from_secs(600);
-/// The concurrent bursts measured.
+/// The concurrent bursts measured (without pools).
 const BURSTS: [usize; 2] = [8, 20];
+/// The pool of phase 2, sized for the first burst.
+const POOL: usize = 8;
 /// Idle time before the per-sandbox memory is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(10);
 
@@ -33,23 +35,132 @@ pub fn run(runs: usize) -> Result<()> {
     crate::env::step("building the release host agent");
     let binary = crate::env::build_binary("host-agent", "host-agent", true)?;
     let runtime = demo::runtime()?;
-    let agent = Agent::start(&binary, BURSTS[1] + 4)?;
+    crate::env::step("phase 1: an agent without pools (every create restores)");
+    let mut report = with_agent(&runtime, &binary, BURSTS[1] + 4, 0, |agent| {
+        let images = images.clone();
+        Box::pin(async move { measure(agent, &images, runs).await })
+    })?;
+    crate::env::step(&format!(
+        "phase 2: an agent pooling {POOL} sandboxes of base"
+    ));
+    report["pooled"] = with_agent(&runtime, &binary, POOL * 2 + 2, POOL, |agent| {
+        Box::pin(measure_pooled(agent, runs))
+    })?;
+    println!("{report}");
+    Ok(())
+}
+
+type Measured<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Value>> + 'a>>;
+
+/// Runs `work` against a fresh agent, then destroys whatever it left and
+/// stops the agent, whatever happened.
+fn with_agent(
+    runtime: &tokio::runtime::Runtime,
+    binary: &Path,
+    max_sandboxes: usize,
+    pool_size: usize,
+    work: impl for<'a> FnOnce(&'a Agent) -> Measured<'a>,
+) -> Result<Value> {
+    let agent = Agent::start(binary, max_sandboxes, pool_size)?;
     let measured = runtime.block_on(async {
-        let result = measure(&agent, &images, runs).await;
-        // Whatever happened, nothing the bench made stays.
+        let result = match agent.wait_warm().await {
+            Ok(()) => work(&agent).await,
+            Err(err) => Err(err),
+        };
         let cleaned = agent.destroy_all().await;
         result.and_then(|report| cleaned.map(|()| report))
     });
     let stopped = agent.stop();
     let report = measured?;
     stopped?;
-    println!("{report}");
-    Ok(())
+    Ok(report)
+}
+
+/// Creates taking a pooled sandbox (the pool full before each), and a
+/// burst of [`POOL`] creates into a full pool.
+async fn measure_pooled(agent: &Agent, runs: usize) -> Result<Value> {
+    let api = &agent.client;
+    let mut hits = Vec::new();
+    for _ in 0..runs {
+        agent.wait_pool(POOL).await?;
+        let (id, took) = timed(create_sandbox(api)).await?;
+        hits.push(took);
+        destroy(api, &id).await?;
+    }
+    agent.wait_pool(POOL).await?;
+    let burst = burst(api, POOL).await?;
+    let metrics = api.download("/metrics").await?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let metric = |name: &str| {
+        let prefix = format!("{name}{{template=\"base\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Ok(json!({
+        "pool_size": POOL,
+        "create_pool_hit": stats(&hits),
+        "concurrent_creates": {POOL.to_string(): burst.report},
+        "hits": metric("petrel_pool_hits_total"),
+        "misses": metric("petrel_pool_misses_total"),
+    }))
+}
+
+/// What `n` concurrent creates did; the sandboxes are still there.
+struct Burst {
+    ids: Vec<String>,
+    report: Value,
+}
+
+/// `n` creates at once, then destroys them; fails naming the creates that
+/// failed.
+async fn burst(api: &Client, n: usize) -> Result<Burst> {
+    let burst = burst_keep(api, n).await;
+    if let Ok(burst) = &burst {
+        for id in &burst.ids {
+            destroy(api, id).await?;
+        }
+    }
+    burst
+}
+
+/// `n` creates at once, left running (on failure the ones made are
+/// destroyed).
+async fn burst_keep(api: &Client, n: usize) -> Result<Burst> {
+    crate::env::step(&format!("{n} concurrent creates"));
+    let start = Instant::now();
+    let results = futures::future::join_all((0..n).map(|_| timed(create_sandbox(api)))).await;
+    let wall = start.elapsed();
+    let mut ids = Vec::new();
+    let mut each = Vec::new();
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok((id, took)) => {
+                ids.push(id);
+                each.push(took);
+            }
+            Err(err) => failures.push(format!("{err:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        for id in &ids {
+            destroy(api, id).await?;
+        }
+        bail!(
+            "{} of {n} concurrent creates failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(Burst {
+        ids,
+        report: json!({"wall_ms": ms(wall), "each": stats(&each)}),
+    })
 }
 
 async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Value> {
-    crate::env::step("waiting for the agent to warm its base template");
-    agent.wait_warm().await?;
     let api = &agent.client;
 
     crate::env::step(&format!(
@@ -118,44 +229,16 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
     destroy(api, &id).await?;
 
     let mut bursts = serde_json::Map::new();
-    let mut density = Value::Null;
-    for n in BURSTS {
-        crate::env::step(&format!("{n} concurrent creates"));
-        let start = Instant::now();
-        let results = futures::future::join_all((0..n).map(|_| timed(create_sandbox(api)))).await;
-        let wall = start.elapsed();
-        let mut ids = Vec::new();
-        let mut each = Vec::new();
-        let mut failures = Vec::new();
-        for result in results {
-            match result {
-                Ok((id, took)) => {
-                    ids.push(id);
-                    each.push(took);
-                }
-                Err(err) => failures.push(format!("{err:#}")),
-            }
-        }
-        if n == BURSTS[BURSTS.len() - 1] && failures.is_empty() {
-            crate::env::step(&format!("{n} idle sandboxes: memory per VMM"));
-            tokio::time::sleep(IDLE_SETTLE).await;
-            density = vmm_memory(agent.pid())?;
-        }
-        for id in &ids {
-            destroy(api, id).await?;
-        }
-        if !failures.is_empty() {
-            bail!(
-                "{} of {n} concurrent creates failed: {}",
-                failures.len(),
-                failures.join("; ")
-            );
-        }
-        bursts.insert(
-            n.to_string(),
-            json!({"wall_ms": ms(wall), "each": stats(&each)}),
-        );
+    bursts.insert(BURSTS[0].to_string(), burst(api, BURSTS[0]).await?.report);
+    let last = burst_keep(api, BURSTS[1]).await?;
+    crate::env::step(&format!("{} idle sandboxes: memory per VMM", BURSTS[1]));
+    tokio::time::sleep(IDLE_SETTLE).await;
+    let density = vmm_memory(agent.pid());
+    for id in &last.ids {
+        destroy(api, id).await?;
     }
+    let density = density?;
+    bursts.insert(BURSTS[1].to_string(), last.report);
 
     crate::env::step("raw QEMU restore of a guest (baseline)");
     let accel = demo::probe(images).await.accel;
@@ -173,7 +256,6 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         "bench": "api",
         "accel": accel.to_string(),
         "runs": runs,
-        "create_pool_hit": {"skipped": "no warm pool yet: every create restores the warm snapshot"},
         "create_pool_miss": stats(&create),
         "first_exec": stats(&first_exec),
         "exec_echo": stats(&exec_echo),
@@ -346,7 +428,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(binary: &Path, max_sandboxes: usize) -> Result<Self> {
+    fn start(binary: &Path, max_sandboxes: usize, pool_size: usize) -> Result<Self> {
         let data_dir = tempfile::Builder::new()
             .prefix("petrel-bench-api-")
             .tempdir()
@@ -360,6 +442,7 @@ impl Agent {
             .arg(data_dir.path())
             .args(["--api-key", &key])
             .args(["--max-sandboxes", &max_sandboxes.to_string()])
+            .args(["--pool-size", &pool_size.to_string()])
             .env_remove("PETREL_API_KEYS")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -380,7 +463,28 @@ impl Agent {
         self.child.id()
     }
 
+    /// Waits until the base pool has `ready` sandboxes (its metric).
+    async fn wait_pool(&self, ready: usize) -> Result<()> {
+        let want = format!("petrel_pool_ready{{template=\"base\"}} {ready}");
+        let start = Instant::now();
+        loop {
+            if let Ok(metrics) = self.client.download("/metrics").await
+                && String::from_utf8_lossy(&metrics).lines().any(|l| l == want)
+            {
+                return Ok(());
+            }
+            if start.elapsed() > WARM_TIMEOUT {
+                bail!(
+                    "the base pool did not reach {ready} ready within {} s",
+                    WARM_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn wait_warm(&self) -> Result<()> {
+        crate::env::step("waiting for the agent to warm its base template");
         let start = Instant::now();
         loop {
             if let Ok(reply) = self.client.get("/v1/templates/base").await
