@@ -1,0 +1,228 @@
+//! Pause, resume and snapshots of a running sandbox.
+
+use super::{
+    Attach, Sandbox, SandboxRecord, SandboxState, free_local_port, init_request, wait_for_envd,
+};
+use crate::error::SandboxError;
+use crate::rollback::Rollback;
+use crate::vmm::PauseStats;
+use envd_client::EnvdClient;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+impl Sandbox {
+    /// Saves the running guest (memory, devices, disk) into `dir` as a
+    /// snapshot that new sandboxes can start from; the sandbox keeps running.
+    /// Returns once every file of the snapshot, `dir`'s name in its parent
+    /// and the images its disk is backed by are on stable storage.
+    pub async fn snapshot(&mut self, dir: &Path) -> Result<PauseStats, SandboxError> {
+        self.require(SandboxState::Running, "snapshot")?;
+        let stats = self.vm.snapshot(dir).await?;
+        crate::snapshot::save_token(dir, &self.token)?;
+        crate::snapshot::save_shape(
+            dir,
+            crate::snapshot::MachineShape {
+                vcpus: self.vcpus,
+                memory_mib: self.memory_mib,
+            },
+        )?;
+        crate::durable::sync_dir_contents_blocking(dir.to_path_buf()).await?;
+        tracing::info!(sandbox = %self.id, dir = %dir.display(), took_ms = stats.took.as_millis() as u64, "sandbox snapshotted");
+        Ok(stats)
+    }
+
+    /// Saves the guest to disk and ends its VMM process; the sandbox keeps
+    /// its disk, memory and identity for [`Sandbox::resume`]. Returns once
+    /// the saved state, the RAM and the disk are on stable storage (the
+    /// backend syncs them before it ends the VMM).
+    pub async fn pause(&mut self) -> Result<PauseStats, SandboxError> {
+        self.require(SandboxState::Running, "pause")?;
+        let state_dir = self.run_dir.join("state");
+        // The state of an earlier pause is stale (the guest ran since): a
+        // state directory with its `vmstate.json` is then always this
+        // pause's, complete (recovery relies on it).
+        match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    what: "remove the stale saved state",
+                    path: state_dir,
+                    source,
+                });
+            }
+        }
+        let stats = self.vm.pause(&state_dir).await?;
+        self.state = SandboxState::Paused;
+        crate::crash::point("pause.vm_stopped");
+        // Nor a dm device: its writes are in the CoW file until resume.
+        if let Err(err) = self.provider.release(&self.id, &self.run_dir).await {
+            tracing::error!(sandbox = %self.id, %err, "releasing the paused sandbox's root disk failed");
+        }
+        // A paused sandbox holds no network slot.
+        if let (Some(pool), Some(net)) = (&self.pool, self.net.take())
+            && let Err(err) = pool.remove(net).await
+        {
+            tracing::error!(sandbox = %self.id, %err, "removing the paused sandbox's network failed");
+        }
+        crate::crash::point("pause.released");
+        tracing::info!(sandbox = %self.id, took_ms = stats.took.as_millis() as u64, state_bytes = stats.state_bytes, "sandbox paused");
+        Ok(stats)
+    }
+
+    /// Continues a paused sandbox in a new VMM process: memory, processes
+    /// and files as they were; the guest clock is set to now. See
+    /// [`Sandbox::resume_with`] for what a failure leaves.
+    pub async fn resume(&mut self) -> Result<Duration, SandboxError> {
+        self.resume_with(&|_| Ok(())).await
+    }
+
+    /// [`Sandbox::resume`], and `on_running` is called once the restored guest runs, with the record
+    /// of the running VM (pid, network), so the caller can make it durable:
+    /// from then on the saved state is stale. A failure after that point
+    /// saves the guest again (the sandbox stays paused, consistent), or,
+    /// when that fails too, leaves it [`SandboxState::Broken`].
+    pub async fn resume_with(
+        &mut self,
+        on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
+    ) -> Result<Duration, SandboxError> {
+        self.require(SandboxState::Paused, "resume")?;
+        let start = Instant::now();
+        let mut undo = Rollback::new(format!("resume of sandbox {}", self.id));
+        self.provider
+            .restore(&self.id, &self.root_base.0, &self.run_dir)
+            .await?;
+        undo.push("release the root disk", |s: &mut Sandbox| {
+            Box::pin(s.release_disk())
+        });
+        let attach = match &self.pool {
+            Some(pool) => match pool.create(self.internet).await {
+                Ok(net) => {
+                    undo.push("remove the network", |s: &mut Sandbox| {
+                        Box::pin(s.release_network())
+                    });
+                    Attach::Namespace(self.net.insert(net))
+                }
+                Err(err) => return Err(undo.unwind(self, err).await),
+            },
+            None => match free_local_port() {
+                Ok(port) => Attach::User(port),
+                Err(err) => return Err(undo.unwind(self, err).await),
+            },
+        };
+        let (network, envd_addr) = (attach.vm_network(), attach.envd_addr());
+        // Until the guest runs, the saved state holds: stopping the new VMM
+        // is all it takes.
+        undo.push("stop the VMM", |s: &mut Sandbox| {
+            Box::pin(async move {
+                s.state = SandboxState::Paused;
+                s.vm.stop().await
+            })
+        });
+        let vm_took = match self.vm.resume(&self.run_dir.join("state"), network).await {
+            Ok(took) => took,
+            Err(err) => return Err(undo.unwind(self, err).await),
+        };
+        self.state = SandboxState::Running;
+        self.envd = EnvdClient::new(envd_addr).with_access_token(self.token.clone());
+        if let Err(err) = on_running(&self.record()) {
+            // The guest has not run yet (its vCPUs wait).
+            return Err(undo.unwind(self, err).await);
+        }
+        crate::crash::point("resume.vm_restored");
+        // From here on the saved state is stale: a failure saves the guest
+        // again before the VMM, network and disk are let go.
+        undo.push("save the guest again", |s: &mut Sandbox| {
+            Box::pin(s.save_again())
+        });
+        let ready = match self.vm.continue_if_stopped().await {
+            Ok(_) => self.resume_guest(envd_addr).await,
+            Err(err) => Err(err),
+        };
+        let ready = match ready {
+            Ok(ready) => ready,
+            Err(err) => {
+                let err = undo.unwind(self, err).await;
+                return Err(SandboxError::ResumeFailed {
+                    sandbox: self.id.clone(),
+                    outcome: if self.state == SandboxState::Paused {
+                        "the guest was saved again and stays paused"
+                    } else {
+                        "saving the guest again failed too; its files are kept (state error) until it is destroyed"
+                    },
+                    source: Box::new(err),
+                });
+            }
+        };
+        undo.commit();
+        // The saved state is stale now that the guest ran: free its space.
+        let state_dir = self.run_dir.join("state");
+        if let Err(err) = std::fs::remove_dir_all(&state_dir) {
+            tracing::warn!(sandbox = %self.id, %err, "cannot remove the stale saved state");
+        }
+        let took = start.elapsed();
+        tracing::info!(
+            sandbox = %self.id,
+            vm_restore_ms = vm_took.as_millis() as u64,
+            envd_ready_ms = ready.as_millis() as u64,
+            took_ms = took.as_millis() as u64,
+            "sandbox resumed"
+        );
+        Ok(took)
+    }
+
+    /// The guest side of a resume: envd answers, `/init` (token, env, clock).
+    async fn resume_guest(&mut self, envd_addr: SocketAddr) -> Result<Duration, SandboxError> {
+        let envd = EnvdClient::new(envd_addr);
+        let ready = wait_for_envd(&envd, self.boot_timeout, self.vm.pid())
+            .await
+            .map_err(|message| SandboxError::EnvdNotReady {
+                sandbox: self.id.clone(),
+                message,
+                console: qemu_vmm::log_tail(&self.vm.console_log(), 30),
+            })?;
+        let envd = envd.with_access_token(self.token.clone());
+        let init = init_request(&self.token, &self.env_vars);
+        envd.init(&init)
+            .await
+            .map_err(|source| SandboxError::Envd {
+                sandbox: self.id.clone(),
+                source: Box::new(source),
+            })?;
+        self.envd = envd;
+        Ok(ready)
+    }
+
+    /// Saves a guest whose resume failed after it ran (its saved state is
+    /// stale) and ends its VMM: paused and consistent again, or
+    /// [`SandboxState::Broken`] (files kept) when the save fails.
+    async fn save_again(&mut self) -> Result<(), SandboxError> {
+        let state_dir = self.run_dir.join("state");
+        let _ = std::fs::remove_dir_all(&state_dir);
+        match self.vm.pause(&state_dir).await {
+            Ok(_) => {
+                self.state = SandboxState::Paused;
+                Ok(())
+            }
+            Err(err) => {
+                self.state = SandboxState::Broken;
+                Err(err)
+            }
+        }
+    }
+
+    /// Removes the network a resume made (a paused sandbox holds none).
+    async fn release_network(&mut self) -> Result<(), SandboxError> {
+        match (&self.pool, self.net.take()) {
+            (Some(pool), Some(net)) => pool.remove(net).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Undoes the disk restore of a resume that failed (the sandbox stays
+    /// paused and holds no device).
+    async fn release_disk(&mut self) -> Result<(), SandboxError> {
+        self.provider.release(&self.id, &self.run_dir).await
+    }
+}
