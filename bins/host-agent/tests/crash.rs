@@ -5,7 +5,7 @@
 //! paused sandbox resumes with its files and processes, a snapshot starts
 //! clones), the sandbox is usable or cleanly gone, and once everything is
 //! deleted nothing is left: no VMM process, run dir, partial file or
-//! network namespace.
+//! network namespace (pooled sandboxes of the crashed agent included).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -103,6 +103,26 @@ impl Drop for KillLeftovers<'_> {
     }
 }
 
+/// Waits (at most 5 minutes) until the agent's base pool has a sandbox.
+async fn wait_pooled(api: &Client) {
+    let start = std::time::Instant::now();
+    loop {
+        let metrics = api.get("/metrics").await.text();
+        let ready = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("petrel_pool_ready{template=\"base\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if ready.is_some_and(|n| n > 0) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the base pool never filled: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Runs one crash point end to end (see the module doc).
 async fn crash_at(point: &str, index: u16) {
     let Some((kernel, rootfs)) = common::images() else {
@@ -128,12 +148,16 @@ async fn crash_at(point: &str, index: u16) {
     };
     let mut first = spawn(
         vec![(sandbox_core::crash::ENV, point.to_string())],
-        op == "template",
+        op == "template" || op == "pool",
     );
     let mut sandbox = None;
     if op != "template" {
         wait_ready(port).await;
-        if op != "create" {
+        if op == "pool" {
+            // A create reaches the point only through a pooled sandbox.
+            wait_pooled(&api).await;
+        }
+        if op != "create" && op != "pool" {
             let id = create(&api).await;
             exec(&api, &id, MARK).await;
             if op == "resume" {
@@ -147,7 +171,7 @@ async fn crash_at(point: &str, index: u16) {
         // Act: the operation that reaches the point.
         let id = sandbox.clone().unwrap_or_default();
         let (method, path, body) = match op {
-            "create" => (
+            "create" | "pool" => (
                 Method::POST,
                 "/v1/sandboxes".into(),
                 json!({"template": "base"}),
@@ -296,6 +320,7 @@ crash_tests! {
     crash_after_create_disk_made => "create.disk_made",
     crash_after_create_vm_started => "create.vm_started",
     crash_after_create_booted => "create.booted",
+    crash_after_pool_taken => "pool.taken",
     crash_after_pause_recorded => "pause.recorded",
     crash_after_pause_state_saved => "pause.state_saved",
     crash_after_pause_vm_stopped => "pause.vm_stopped",

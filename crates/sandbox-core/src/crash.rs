@@ -2,8 +2,8 @@
 //! in its environment, the process aborts (as `kill -9` would stop it: no
 //! destructor, no cleanup) the moment it reaches that point.
 //!
-//! Every step of create, pause, resume, snapshot, fork, destroy and
-//! template registration that makes or removes a host resource has a
+//! Every step of create (from a pool too), pause, resume, snapshot, fork,
+//! destroy and template registration that makes or removes a host resource has a
 //! point between it and the next, listed in [`POINTS`]
 //! (`host-agent crash-points` prints them). Without the variable a point
 //! costs one load of a cached value.
@@ -30,6 +30,10 @@ pub const POINTS: &[(&str, &str)] = &[
     (
         "create.booted",
         "envd answered and /init is done; the record still says starting",
+    ),
+    (
+        "pool.taken",
+        "a create took a pooled sandbox and its intent (state starting) is durable; other pooled sandboxes run unrecorded",
     ),
     (
         "pause.recorded",

@@ -323,6 +323,7 @@ impl Manager {
             let _ = pooled.sandbox.destroy().await;
             return Err(err);
         }
+        crate::crash::point("pool.taken");
         if !request.env_vars.is_empty()
             && let Err(err) = pooled.sandbox.add_env_vars(&request.env_vars).await
         {
