@@ -174,15 +174,11 @@ impl Client {
         self.read(response, path).await.map(drop)
     }
 
-    /// `POST path` with `bytes` as `application/octet-stream` (a file
-    /// upload), the reply's JSON.
+    /// `PUT path` with `bytes` as `application/octet-stream` (a file
+    /// upload), the reply's JSON (if any).
     pub async fn upload(&self, path: &str, bytes: Bytes) -> Result<Reply, Error> {
         let response = self
-            .send(
-                Method::POST,
-                path,
-                Some(("application/octet-stream", bytes)),
-            )
+            .send(Method::PUT, path, Some(("application/octet-stream", bytes)))
             .await?;
         let bytes = self.read(response, path).await?;
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

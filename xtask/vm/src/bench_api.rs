@@ -80,11 +80,12 @@ fn with_agent(
 /// burst of [`POOL`] creates into a full pool.
 async fn measure_pooled(agent: &Agent, runs: usize) -> Result<Value> {
     let api = &agent.client;
-    let mut hits = Vec::new();
+    let (mut hits, mut first_exec) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         agent.wait_pool(POOL).await?;
         let (id, took) = timed(create_sandbox(api)).await?;
         hits.push(took);
+        first_exec.push(timed(exec(api, &id, "echo hi")).await?.1);
         destroy(api, &id).await?;
     }
     agent.wait_pool(POOL).await?;
@@ -101,6 +102,7 @@ async fn measure_pooled(agent: &Agent, runs: usize) -> Result<Value> {
     Ok(json!({
         "pool_size": POOL,
         "create_pool_hit": stats(&hits),
+        "first_exec_after_hit": stats(&first_exec),
         "concurrent_creates": {POOL.to_string(): burst.report},
         "hits": metric("petrel_pool_hits_total"),
         "misses": metric("petrel_pool_misses_total"),
@@ -204,11 +206,20 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         let (mut write, mut read) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             write.push(
-                timed(async { Ok(api.upload(&path, data.clone()).await?) })
-                    .await?
-                    .1,
+                timed(async {
+                    api.upload(&path, data.clone())
+                        .await
+                        .with_context(|| format!("PUT {path}"))
+                })
+                .await?
+                .1,
             );
-            let (got, took) = timed(async { Ok(api.download(&path).await?) }).await?;
+            let (got, took) = timed(async {
+                api.download(&path)
+                    .await
+                    .with_context(|| format!("GET {path}"))
+            })
+            .await?;
             if got.len() != size {
                 bail!(
                     "read back {} bytes of the {size} written to {path}",
@@ -310,7 +321,10 @@ async fn create_sandbox(api: &Client) -> Result<String> {
 
 async fn exec(api: &Client, id: &str, command: &str) -> Result<String> {
     let path = format!("/v1/sandboxes/{}/exec", segment(id));
-    let reply = api.post(&path, &json!({"cmd": command})).await?;
+    let reply = api
+        .post(&path, &json!({"cmd": command}))
+        .await
+        .with_context(|| format!("POST {path} `{command}`"))?;
     if reply.value["exit_code"] != 0 {
         bail!("`{command}` in {id} failed: {}", reply.text);
     }

@@ -8,6 +8,9 @@
 //!   Only warm templates pool, and only sandboxes of the default shape
 //!   (vCPUs, memory) and internet setting, which is what a create that
 //!   names none asks for; anything else is a miss and restores as before.
+//! - **Fill**: a restore of the warm snapshot, then one `bash -l -c true`
+//!   in it, so a hit's first command does not pay the restored guest's
+//!   first-process cost (fresh TCG translation or page faults).
 //! - **Hit**: the pooled sandbox becomes the caller's (its id and hostname
 //!   were given at restore; the caller's env vars arrive through one envd
 //!   `/init`; TTL, metadata and auto-pause are host-side). A pooled guest
@@ -253,6 +256,16 @@ impl Manager {
             },
         )
         .await?;
+        // A restored guest's first process pays for translating (under
+        // TCG) or faulting in the code of bash and its libraries; pay it
+        // here, so the caller's first command does not.
+        let warm_up = sandbox
+            .exec(envd_client::ExecRequest::new("/bin/bash").args(["-l", "-c", "true"]))
+            .await;
+        if let Err(err) = warm_up {
+            let _ = sandbox.destroy().await;
+            return Err(err.into());
+        }
         tracing::info!(template, sandbox = %sandbox.id(), took_ms = start.elapsed().as_millis() as u64, "pooled sandbox ready");
         Ok(Pooled {
             sandbox,
