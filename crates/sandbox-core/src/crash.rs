@@ -136,7 +136,7 @@ mod tests {
             let (op, step) = name.split_once('.').unwrap();
             assert!(
                 [
-                    "create", "pause", "resume", "snapshot", "fork", "destroy", "template"
+                    "create", "pool", "pause", "resume", "snapshot", "fork", "destroy", "template"
                 ]
                 .contains(&op)
                     && !step.is_empty(),
