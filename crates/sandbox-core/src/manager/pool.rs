@@ -203,7 +203,7 @@ impl Manager {
                 if ready >= size || !self.reserve_pool_slot() {
                     break;
                 }
-                let filled = self.restore_pooled(&template.name, &warm_dir).await;
+                let filled = self.restore_pooled(&template, &warm_dir).await;
                 self.inner.pools.filling.fetch_sub(1, Ordering::SeqCst);
                 let pooled = filled?;
                 lock(&self.inner.pools.ready)
@@ -228,11 +228,11 @@ impl Manager {
 
     async fn restore_pooled(
         &self,
-        template: &str,
+        info: &super::TemplateInfo,
         warm_dir: &Path,
     ) -> Result<Pooled, ManagerError> {
         let config = &self.inner.config;
-        let info = self.template(template)?;
+        let template = info.name.as_str();
         let images = crate::GuestImages {
             kernel: info.kernel.clone(),
             rootfs: info.rootfs.clone(),
@@ -263,14 +263,17 @@ impl Manager {
             .exec(envd_client::ExecRequest::new("/bin/bash").args(["-l", "-c", "true"]))
             .await;
         if let Err(err) = warm_up {
-            let _ = sandbox.destroy().await;
+            let id = sandbox.id().to_string();
+            if let Err(destroyed) = sandbox.destroy().await {
+                tracing::warn!(sandbox = %id, err = %destroyed, "destroying a pooled sandbox whose warm-up failed");
+            }
             return Err(err.into());
         }
         tracing::info!(template, sandbox = %sandbox.id(), took_ms = start.elapsed().as_millis() as u64, "pooled sandbox ready");
         Ok(Pooled {
             sandbox,
             warm_dir: warm_dir.to_path_buf(),
-            base: info.rootfs,
+            base: info.rootfs.clone(),
             vcpus: config.default_vcpus,
             memory_mib: config.default_memory_mib,
             internet,
@@ -333,7 +336,7 @@ impl Manager {
         // As any create: a crash from here on is rolled back at the next start.
         if let Err(err) = self.record_intent(&id, Some(pooled.sandbox.record())) {
             self.forget(&id);
-            let _ = pooled.sandbox.destroy().await;
+            destroy_pooled(pooled).await;
             return Err(err);
         }
         crate::crash::point("pool.taken");
@@ -343,9 +346,7 @@ impl Manager {
             tracing::warn!(sandbox = %id, %err, "a pooled sandbox did not take its env; restoring instead");
             self.forget(&id);
             self.inner.pools.count(template, false);
-            if let Err(err) = pooled.sandbox.destroy().await {
-                tracing::warn!(sandbox = %id, %err, "destroying the failed pooled sandbox");
-            }
+            destroy_pooled(pooled).await;
             return Ok(None);
         }
         info.state = State::Running;
@@ -386,12 +387,7 @@ impl Manager {
     /// Destroys pooled sandboxes in the background.
     fn discard_pooled(pooled: Vec<Pooled>) {
         for pooled in pooled {
-            tokio::spawn(async move {
-                let id = pooled.sandbox.id().to_string();
-                if let Err(err) = pooled.sandbox.destroy().await {
-                    tracing::warn!(sandbox = %id, %err, "destroying a pooled sandbox failed");
-                }
-            });
+            tokio::spawn(destroy_pooled(pooled));
         }
     }
 
@@ -405,11 +401,8 @@ impl Manager {
         let Some(pooled) = victim else {
             return false;
         };
-        let id = pooled.sandbox.id().to_string();
-        tracing::info!(sandbox = %id, "at capacity: a pooled sandbox makes room for a create");
-        if let Err(err) = pooled.sandbox.destroy().await {
-            tracing::warn!(sandbox = %id, %err, "destroying an evicted pooled sandbox failed");
-        }
+        tracing::info!(sandbox = %pooled.sandbox.id(), "at capacity: a pooled sandbox makes room for a create");
+        destroy_pooled(pooled).await;
         true
     }
 
@@ -424,10 +417,7 @@ impl Manager {
             }
         };
         for pooled in drained {
-            let id = pooled.sandbox.id().to_string();
-            if let Err(err) = pooled.sandbox.destroy().await {
-                tracing::warn!(sandbox = %id, %err, "destroying a pooled sandbox failed");
-            }
+            destroy_pooled(pooled).await;
         }
     }
 
@@ -438,5 +428,14 @@ impl Manager {
             .remove(template)
             .unwrap_or_default();
         Self::discard_pooled(drained);
+    }
+}
+
+/// Destroys a pooled sandbox, nobody's yet: a failure is logged (what is
+/// left is the orphan sweep's at the next start).
+async fn destroy_pooled(pooled: Pooled) {
+    let id = pooled.sandbox.id().to_string();
+    if let Err(err) = pooled.sandbox.destroy().await {
+        tracing::warn!(sandbox = %id, %err, "destroying a pooled sandbox failed");
     }
 }
