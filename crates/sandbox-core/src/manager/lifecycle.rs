@@ -78,25 +78,14 @@ impl Manager {
             self.evict_pooled().await;
         }
         let id = new_id()?;
-        let now = SystemTime::now();
-        let mut info = SandboxInfo {
-            id: id.clone(),
+        let mut info = starting_info(
+            id.clone(),
             template,
-            state: State::Starting,
-            vcpus,
-            memory_mib,
-            created_at: now,
-            end_at: now + timeout,
-            auto_pause: request.auto_pause,
+            (vcpus, memory_mib),
             internet,
-            metadata: request.metadata,
-            env_vars: request.env_vars.clone(),
-            envd_addr: None,
-            envd_access_token: String::new(),
-            error: None,
-            timings_ms: BTreeMap::new(),
-            paused_at: None,
-        };
+            &request,
+            timeout,
+        );
         let handle: Handle = Arc::new(tokio::sync::Mutex::new(None));
         let mut guard = handle.lock().await;
         {
@@ -421,4 +410,35 @@ fn boot_timings(t: BootTimings) -> BTreeMap<String, u64> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.as_millis() as u64))
     .collect()
+}
+
+/// The record of a sandbox a create is starting: `request`'s metadata,
+/// env and auto-pause, its TTL from now.
+pub(super) fn starting_info(
+    id: String,
+    template: String,
+    (vcpus, memory_mib): (u8, u32),
+    internet: bool,
+    request: &CreateSandbox,
+    timeout: Duration,
+) -> SandboxInfo {
+    let now = SystemTime::now();
+    SandboxInfo {
+        id,
+        template,
+        state: State::Starting,
+        vcpus,
+        memory_mib,
+        created_at: now,
+        end_at: now + timeout,
+        auto_pause: request.auto_pause,
+        internet,
+        metadata: request.metadata.clone(),
+        env_vars: request.env_vars.clone(),
+        envd_addr: None,
+        envd_access_token: String::new(),
+        error: None,
+        timings_ms: BTreeMap::new(),
+        paused_at: None,
+    }
 }

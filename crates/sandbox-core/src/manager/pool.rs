@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::{
     Arc, BTreeMap, CreateSandbox, Handle, Manager, ManagerError, Persisted, Sandbox, SandboxConfig,
@@ -296,7 +296,6 @@ impl Manager {
         let start = Instant::now();
         let handle: Handle = Arc::new(tokio::sync::Mutex::new(None));
         let mut guard = handle.lock().await;
-        let now = SystemTime::now();
         // Taken and entered under the table's lock: the VM slot moves from
         // the pool to the sandbox without a moment counted twice or not at all.
         let (mut pooled, mut info, stale) = {
@@ -308,24 +307,14 @@ impl Manager {
                 Self::discard_pooled(stale);
                 return Ok(None);
             };
-            let info = SandboxInfo {
-                id: pooled.sandbox.id().to_string(),
-                template: template.to_string(),
-                state: State::Starting,
-                vcpus: pooled.vcpus,
-                memory_mib: pooled.memory_mib,
-                created_at: now,
-                end_at: now + timeout,
-                auto_pause: request.auto_pause,
-                internet: pooled.internet,
-                metadata: request.metadata.clone(),
-                env_vars: request.env_vars.clone(),
-                envd_addr: None,
-                envd_access_token: String::new(),
-                error: None,
-                timings_ms: BTreeMap::new(),
-                paused_at: None,
-            };
+            let info = super::lifecycle::starting_info(
+                pooled.sandbox.id().to_string(),
+                template.to_string(),
+                (pooled.vcpus, pooled.memory_mib),
+                pooled.internet,
+                request,
+                timeout,
+            );
             infos.insert(info.id.clone(), info.clone());
             (pooled, info, stale)
         };
