@@ -47,6 +47,15 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "QEMU pid {pid} is still there {waited_ms} ms after SIGKILL (state {state}, waiting in {wchan}): the kernel holds it"
+    )]
+    Unkillable {
+        pid: u32,
+        waited_ms: u128,
+        state: String,
+        wchan: String,
+    },
     #[error("failed to signal QEMU pid {pid}: {source}")]
     Signal {
         pid: u32,

@@ -17,6 +17,10 @@ use crate::qmp::QmpClient;
 
 /// How long QEMU gets to create its QMP socket after the process started.
 const QMP_STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGKILLed QEMU gets to be gone. Past it the process is held
+/// in the kernel (a stuck device or accelerator call) and the kill fails,
+/// naming where it waits, instead of waiting forever.
+const KILL_WAIT: Duration = Duration::from_secs(30);
 
 /// A QEMU process we started (or adopted after an agent restart). Dropping
 /// it kills the process (by its pid) unless [`QemuVm::detach`] was called.
@@ -234,7 +238,22 @@ impl QemuVm {
                     source,
                 }
             })?;
-            self.wait_exit().await;
+            if tokio::time::timeout(KILL_WAIT, self.wait_exit())
+                .await
+                .is_err()
+            {
+                // Stays armed: dropping the handle signals it again.
+                return Err(QemuError::Unkillable {
+                    pid: self.pid,
+                    waited_ms: KILL_WAIT.as_millis(),
+                    state: proc_field(self.pid, "stat", |stat| {
+                        stat.rsplit_once(") ")
+                            .and_then(|(_, rest)| rest.split(' ').next())
+                            .map(str::to_string)
+                    }),
+                    wchan: proc_field(self.pid, "wchan", |w| Some(w.trim().to_string())),
+                });
+            }
         }
         self.armed = false;
         Ok(())
@@ -402,6 +421,14 @@ fn open_tap(request: &TapRequest) -> std::io::Result<i32> {
 }
 
 /// Whether `pid` runs (a zombie counts as gone).
+/// `parse` of `/proc/<pid>/<file>`, or `"?"`.
+fn proc_field(pid: u32, file: &str, parse: impl Fn(&str) -> Option<String>) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()
+        .and_then(|text| parse(&text))
+        .unwrap_or_else(|| "?".to_string())
+}
+
 fn pid_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         // The state letter follows the parenthesised command name.

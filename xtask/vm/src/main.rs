@@ -25,6 +25,7 @@ mod bench;
 mod bench_api;
 mod bench_kvm;
 mod demo;
+mod guest_job;
 mod images;
 mod nested_kvm;
 mod soak;

@@ -36,19 +36,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use envd_client::{ExecEvent, ExecRequest};
-use futures::StreamExt as _;
+use envd_client::ExecRequest;
 use qemu_vmm::Accel;
 use sandbox_core::{GuestImages, QemuBackend, Sandbox, SandboxConfig};
 
-use crate::{demo, env, images, nested_kvm};
+use crate::{demo, env, guest_job, images, nested_kvm};
 
 /// Where the test disk is mounted in the guest.
 const GUEST_DIR: &str = "/mnt/petrel-vmtest";
 /// Bound of one test binary's run (TCG is slow, nested TCG more so).
 const RUN_TIMEOUT: Duration = Duration::from_mins(45);
-/// How long a nested guest gets to answer on envd (`PETREL_BOOT_TIMEOUT_SECS`).
-const NESTED_BOOT_TIMEOUT_SECS: &str = "900";
 /// Free space on a nested test disk for the inner VMs' disks and RAM files.
 const NESTED_SCRATCH_BYTES: u64 = 6 << 30;
 /// Set for every job: the program runs in a vmtest guest (`bench
@@ -76,6 +73,33 @@ impl Nesting {
             (_, true) => Nesting::Kvm,
             (true, false) => Nesting::Tcg,
             (false, false) => Nesting::None,
+        }
+    }
+
+    /// How long a nested guest gets to answer on envd
+    /// (`PETREL_BOOT_TIMEOUT_SECS`): a TCG guest inside TCG boots in ~25 s
+    /// quiet and much slower under load; under nested KVM in ~3-8 s (the
+    /// backends suite there also boots TCG guests).
+    fn boot_timeout_secs(self) -> &'static str {
+        match self {
+            Nesting::Kvm => "300",
+            _ => "900",
+        }
+    }
+
+    /// Silence after which a job is taken as hung: well past the boot
+    /// timeout, so that a guest that never boots fails its test first.
+    /// `PETREL_VMTEST_STALL_SECS` overrides it.
+    fn stall(self) -> Duration {
+        if let Some(secs) = std::env::var("PETREL_VMTEST_STALL_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            return Duration::from_secs(secs);
+        }
+        match self {
+            Nesting::Kvm => Duration::from_mins(10),
+            _ => Duration::from_mins(20),
         }
     }
 
@@ -573,7 +597,7 @@ async fn run_jobs(
                 .env("PETREL_KERNEL", format!("{GUEST_DIR}/vmlinux"))
                 .env("PETREL_ROOTFS", format!("{GUEST_DIR}/rootfs.ext4"))
                 .env("PETREL_REQUIRE_VM", "1")
-                .env("PETREL_BOOT_TIMEOUT_SECS", NESTED_BOOT_TIMEOUT_SECS)
+                .env("PETREL_BOOT_TIMEOUT_SECS", vm.nesting.boot_timeout_secs())
                 // The nested QEMU is this host's binary run through a
                 // wrapper and a copied loader on the test disk, which the
                 // VMM jail (binds of /usr and the binary's prefix) does not
@@ -593,9 +617,10 @@ async fn run_jobs(
         for (key, value) in &job.env {
             request = request.env(key.as_str(), value.as_str());
         }
-        let (exit_code, stdout) = stream_job(sandbox, request, vm.echo_stdout)
-            .await
-            .with_context(|| format!("running {name} in the guest"))?;
+        let (exit_code, stdout) =
+            guest_job::stream(sandbox, request, vm.echo_stdout, vm.nesting.stall())
+                .await
+                .with_context(|| format!("running {name} in the guest"))?;
         eprintln!(
             "[vmtest] {name}: exit code {exit_code} in {}",
             demo::ms(start.elapsed())
@@ -607,36 +632,4 @@ async fn run_jobs(
         });
     }
     Ok(outputs)
-}
-
-/// Runs `request` in the guest, its stderr (and stdout when `echo_stdout`)
-/// shown as it comes; its exit code and stdout.
-async fn stream_job(
-    sandbox: &Sandbox,
-    request: ExecRequest,
-    echo_stdout: bool,
-) -> Result<(i32, Vec<u8>)> {
-    use std::io::Write as _;
-    let mut events = sandbox.envd().exec_stream(request).await?;
-    let mut stdout = Vec::new();
-    let mut exit_code = None;
-    while let Some(event) = events.next().await {
-        match event? {
-            ExecEvent::Stdout(data) => {
-                if echo_stdout {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&data)?;
-                    out.flush()?;
-                }
-                stdout.extend_from_slice(&data);
-            }
-            ExecEvent::Stderr(data) => std::io::stderr().lock().write_all(&data)?,
-            ExecEvent::Exited {
-                exit_code: code, ..
-            } => exit_code = Some(code),
-            ExecEvent::Started { .. } => {}
-        }
-    }
-    let exit_code = exit_code.context("the guest's process stream ended without an exit")?;
-    Ok((exit_code, stdout))
 }
