@@ -114,6 +114,9 @@ pub struct AgentConfig {
     pub net_max_connections: u32,
     pub net_new_connections_per_sec: u32,
     pub net_allow_smtp: bool,
+    /// Networks (namespaces only) made ahead of demand, so a create only
+    /// sets a made one's egress policy (0: none).
+    pub net_spares: usize,
     /// Keep a booted snapshot of the `base` template so creates restore it
     /// instead of cold-booting (made in the background at start).
     pub warm_templates: bool,
@@ -166,6 +169,7 @@ impl Default for AgentConfig {
                 sandbox_core::network::EgressPolicy::DEFAULT_NEW_CONNECTIONS_PER_SEC,
             net_allow_smtp: false,
             warm_templates: true,
+            net_spares: sandbox_core::network::DEFAULT_SPARES,
             pool_size: sandbox_core::DEFAULT_POOL_SIZE,
             template_pool_sizes: std::collections::BTreeMap::new(),
             rootfs_provider: None,

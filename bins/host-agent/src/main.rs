@@ -109,6 +109,10 @@ struct ServeArgs {
     net_slot_first: Option<u16>,
     #[arg(long, env = "PETREL_NET_SLOT_COUNT")]
     net_slot_count: Option<u16>,
+    /// Sandbox networks made ahead of demand (namespaces only; default 2;
+    /// 0: none).
+    #[arg(long, env = "PETREL_NET_SPARES")]
+    net_spares: Option<usize>,
     /// Keep a booted snapshot of the base template for fast creates
     /// (default true).
     #[arg(long, env = "PETREL_WARM_TEMPLATES")]
@@ -214,6 +218,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.net_slot_count {
             config.net_slot_count = v;
+        }
+        if let Some(v) = self.net_spares {
+            config.net_spares = v;
         }
         if let Some(v) = self.warm_templates {
             config.warm_templates = v;

@@ -123,6 +123,18 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         started_at: Instant::now(),
     };
     let mut tasks: Vec<JoinHandle<()>> = warming.into_iter().collect();
+    if let Some(network) = manager.config().network.clone() {
+        // After Manager::open removed what a crashed run left; the spares
+        // are removed when the agent stops (shutdown awaits this task).
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(async move {
+            network
+                .run_spares(async move {
+                    let _ = stopped.changed().await;
+                })
+                .await;
+        }));
+    }
     tasks.push(tokio::spawn({
         let reaper = manager.spawn_reaper(Duration::from_millis(500));
         let mut stopped = stopped.clone();
@@ -216,7 +228,8 @@ pub fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
     };
     let pool = NetworkPool::new(first..end)
         .with_context(|| format!("creating the network slot pool {first}..{end}"))?
-        .with_policy(policy);
+        .with_policy(policy)
+        .with_spares(config.net_spares);
     tracing::info!(slots = ?(first..end), "sandboxes get their own network namespaces");
     Ok(Some(Arc::new(pool)))
 }

@@ -4,8 +4,16 @@
 //! The guest's own address is the same in every slot (169.254.0.21), so a
 //! VM saved in one slot restores into any other; the host reaches a sandbox
 //! through its slot's host-reachable address.
+//!
+//! A pool can keep spare networks made ahead of demand
+//! ([`NetworkPool::with_spares`], kept full by [`NetworkPool::run_spares`]):
+//! a create takes one and only sets its egress policy, instead of making a
+//! namespace, links, routes and two nftables rulesets on its hot path.
 
 use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 pub use netns::EgressPolicy;
 use netns::{Network, NetworkOptions, Slot, SlotAllocator};
@@ -37,8 +45,17 @@ pub fn resolve_internet(requested: Option<bool>, namespaces: bool) -> Result<boo
     }
 }
 
+/// Spare networks an agent keeps by default (see
+/// [`NetworkPool::with_spares`]).
+pub const DEFAULT_SPARES: usize = 2;
+
 /// Slots the agent uses (the netns crate allows up to 32768).
 pub const DEFAULT_SLOTS: Range<u16> = 1..4096;
+
+/// Time between tries to make spares after one failed.
+const SPARE_BACKOFF: Duration = Duration::from_secs(5);
+/// Time between checks of a full set of spares (a take wakes it at once).
+const SPARE_RECHECK: Duration = Duration::from_secs(30);
 
 /// Allocates slots and creates, adopts and removes sandbox networks.
 #[derive(Debug)]
@@ -46,6 +63,14 @@ pub struct NetworkPool {
     slots: SlotAllocator,
     /// Limits and SMTP for every sandbox; `internet` is set per sandbox.
     policy: EgressPolicy,
+    /// How many spare networks to keep.
+    spare_target: usize,
+    /// Networks made ahead of demand, with internet on.
+    spares: Mutex<Vec<Network>>,
+    /// Spares handed to sandboxes since the pool was made (for metrics).
+    spares_taken: AtomicUsize,
+    /// Wakes [`NetworkPool::run_spares`] when a spare was taken.
+    wake: tokio::sync::Notify,
 }
 
 fn net_err(what: impl std::fmt::Display) -> SandboxError {
@@ -62,7 +87,20 @@ impl NetworkPool {
         Ok(Self {
             slots: SlotAllocator::new(slots).map_err(net_err)?,
             policy: EgressPolicy::default(),
+            spare_target: 0,
+            spares: Mutex::new(Vec::new()),
+            spares_taken: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Keeps `count` spare networks made ahead of demand once
+    /// [`NetworkPool::run_spares`] runs (0, the default: none). Each holds a
+    /// slot and a namespace, and keeps host forwarding on.
+    #[must_use]
+    pub fn with_spares(mut self, count: usize) -> Self {
+        self.spare_target = count;
+        self
     }
 
     /// Uses `policy`'s SMTP switch and connection limits for every sandbox
@@ -80,8 +118,107 @@ impl NetworkPool {
         }
     }
 
-    /// A new network in a free slot; nothing is left behind on failure.
+    /// A network for a new sandbox: a spare with its egress policy set to
+    /// `internet`, or else a new one in a free slot; nothing is left behind
+    /// on failure.
     pub async fn create(&self, internet: bool) -> Result<Network, SandboxError> {
+        if let Some(network) = self.take_spare(internet).await {
+            return Ok(network);
+        }
+        self.make(internet).await
+    }
+
+    /// A spare with `internet`'s policy, if one is ready (a spare whose
+    /// policy cannot be switched is removed, and `None` returned).
+    async fn take_spare(&self, internet: bool) -> Option<Network> {
+        let mut network = lock(&self.spares).pop()?;
+        self.spares_taken.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        if network.policy().internet == internet {
+            return Some(network);
+        }
+        match network
+            .set_policy(self.policy.with_internet(internet))
+            .await
+        {
+            Ok(()) => Some(network),
+            Err(err) => {
+                tracing::warn!(slot = %network.slot(), %err, "setting a spare network's policy failed; removing it");
+                if let Err(err) = self.remove(network).await {
+                    tracing::warn!(%err, "removing a spare network failed");
+                }
+                None
+            }
+        }
+    }
+
+    /// Spares ready now.
+    pub fn spares(&self) -> usize {
+        lock(&self.spares).len()
+    }
+
+    /// Spares handed to sandboxes since the pool was made.
+    pub fn spares_taken(&self) -> usize {
+        self.spares_taken.load(Ordering::Relaxed)
+    }
+
+    /// Makes spares until there are as many as [`NetworkPool::with_spares`]
+    /// asked for; the first failure ends it.
+    pub async fn fill_spares(&self) -> Result<(), SandboxError> {
+        while self.spares() < self.spare_target {
+            let network = self.make(true).await?;
+            lock(&self.spares).push(network);
+        }
+        Ok(())
+    }
+
+    /// Keeps the spares made until `stop` completes (checked between
+    /// networks: one under way is finished and kept), then removes them.
+    pub async fn run_spares(&self, stop: impl std::future::Future<Output = ()>) {
+        if self.spare_target == 0 {
+            return;
+        }
+        tokio::pin!(stop);
+        loop {
+            let pause = match self.fill_spares().await {
+                Ok(()) => SPARE_RECHECK,
+                Err(err) => {
+                    tracing::warn!(%err, "making spare networks failed; trying again later");
+                    SPARE_BACKOFF
+                }
+            };
+            tokio::select! {
+                () = &mut stop => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        if let Err(err) = self.drain_spares().await {
+            tracing::warn!(%err, "removing spare networks failed; the next start removes them");
+        }
+    }
+
+    /// Removes every spare; all are tried, their errors collected.
+    pub async fn drain_spares(&self) -> Result<(), SandboxError> {
+        let spares: Vec<Network> = lock(&self.spares).drain(..).collect();
+        let mut errors = Vec::new();
+        for network in spares {
+            if let Err(err) = self.remove(network).await {
+                errors.push(err.to_string());
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SandboxError::Teardown {
+                resource: "spare sandbox networks".to_string(),
+                errors,
+            })
+        }
+    }
+
+    /// A new network in a free slot; nothing is left behind on failure.
+    async fn make(&self, internet: bool) -> Result<Network, SandboxError> {
         let slot = self.slots.allocate().map_err(net_err)?;
         match netns::create_network(slot, &self.options(internet)).await {
             Ok(network) => Ok(network),
@@ -115,9 +252,13 @@ impl NetworkPool {
     }
 
     /// Removes networks of crashed runs: every `petrel-<slot>` namespace in
-    /// the pool's range whose slot is not in use.
+    /// the pool's range whose slot is neither in use nor a spare's.
     pub async fn cleanup_stale(&self, in_use: &[u16]) -> Result<usize, SandboxError> {
         let range = self.slots.range();
+        let spares: Vec<u16> = lock(&self.spares)
+            .iter()
+            .map(|n| n.slot().index())
+            .collect();
         let mut stale: Vec<u16> = std::fs::read_dir(netns::NETNS_DIR)
             .map(|entries| {
                 entries
@@ -129,7 +270,9 @@ impl NetworkPool {
                             .parse()
                             .ok()
                     })
-                    .filter(|slot| range.contains(slot) && !in_use.contains(slot))
+                    .filter(|slot| {
+                        range.contains(slot) && !in_use.contains(slot) && !spares.contains(slot)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -149,6 +292,14 @@ impl NetworkPool {
             })
         }
     }
+}
+
+/// The guard of `mutex`, also when a holder panicked (the spares list
+/// stays consistent: every change is one push or pop).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -216,6 +216,47 @@ async fn internet_off_blocks_outside_while_envd_works() {
     assert_eq!(envd_works.stdout, b"still-here\n");
 }
 
+/// The `petrel-<slot>` namespaces of `slots` that exist now.
+fn namespaces_in(slots: std::ops::Range<u16>) -> Vec<String> {
+    slots
+        .map(|slot| format!("petrel-{slot}"))
+        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
+        .collect()
+}
+
+#[tokio::test]
+async fn sandboxes_on_spare_networks_get_their_own_egress_policy() {
+    let Some(_) = images() else { return };
+    let _serial = SERIAL.lock().await;
+    let outside = Outside::new("spare");
+    let dir = TestDir::new("spare");
+    let slots = 3060..3070;
+    let pool = Arc::new(NetworkPool::new(slots.clone()).unwrap().with_spares(1));
+    pool.fill_spares().await.unwrap();
+    let made_ahead = namespaces_in(slots.clone());
+    // The spare was made with internet on; this sandbox asks for none.
+    let off = boot("spare-off", &dir, &pool, false).await;
+    let taken_by_off = pool.spares_taken();
+    pool.fill_spares().await.unwrap();
+    let on = boot("spare-on", &dir, &pool, true).await;
+    let url = format!("http://{OUTSIDE_IP}:8080/hello.txt");
+
+    let off_fetched = guest_curl(&off, &url).await;
+    let on_fetched = guest_curl(&on, &url).await;
+    off.destroy().await.unwrap();
+    on.destroy().await.unwrap();
+    pool.drain_spares().await.unwrap();
+    let left = namespaces_in(slots);
+    drop(outside);
+
+    assert_eq!(made_ahead.len(), 1, "{made_ahead:?}");
+    assert_eq!(taken_by_off, 1);
+    assert_eq!(off_fetched, "FAILED\n");
+    assert_eq!(on_fetched, "hello from outside\n");
+    assert_eq!(pool.spares_taken(), 2);
+    assert!(left.is_empty(), "{left:?}");
+}
+
 #[tokio::test]
 async fn paused_sandbox_releases_its_namespace_and_resumes_in_a_new_one() {
     let Some(_) = images() else { return };

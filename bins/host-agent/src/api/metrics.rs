@@ -10,6 +10,9 @@
 //!   each pooling template's configured and ready warm-pool sandboxes;
 //!   `petrel_pool_hits_total{template}`, `petrel_pool_misses_total{template}`:
 //!   counters of creates that took a pooled sandbox / found none;
+//! - `petrel_network_spares`: gauge, networks made ahead of demand and
+//!   ready now; `petrel_network_spares_taken_total`: counter of sandboxes
+//!   that got one (namespaces only);
 //! - `petrel_api_request_duration_seconds{operation}`: histogram of the
 //!   handlers' latency (to the response head; for the SSE stream that is
 //!   the start of the process);
@@ -254,6 +257,18 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
                 value(pool)
             );
         }
+    }
+    if let Some(network) = &manager.config().network {
+        let _ = writeln!(
+            out,
+            "# HELP petrel_network_spares Sandbox networks made ahead of demand, ready now.\n# TYPE petrel_network_spares gauge\npetrel_network_spares {}",
+            network.spares()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP petrel_network_spares_taken_total Sandboxes that got a network made ahead of demand.\n# TYPE petrel_network_spares_taken_total counter\npetrel_network_spares_taken_total {}",
+            network.spares_taken()
+        );
     }
     let _ = writeln!(
         out,

@@ -166,6 +166,7 @@ mod tests {
             net_max_connections,
             net_new_connections_per_sec,
             net_allow_smtp,
+            net_spares,
             warm_templates,
             pool_size,
             template_pool_sizes: _,
@@ -194,6 +195,7 @@ mod tests {
         assert_eq!(parsed.network, network);
         assert_eq!(parsed.net_slot_first, net_slot_first);
         assert_eq!(parsed.net_slot_count, net_slot_count);
+        assert_eq!(parsed.net_spares, net_spares);
         assert_eq!(parsed.net_max_connections, net_max_connections);
         assert_eq!(
             parsed.net_new_connections_per_sec,
