@@ -743,6 +743,97 @@ fn pool_metric(metrics: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The value of the unlabelled metric `name`.
+fn metric(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The `petrel-<slot>` namespaces of the agent's slot range.
+fn agent_namespaces(agent: &common::TestAgent) -> Vec<String> {
+    let config = &agent.agent.state.config;
+    (config.net_slot_first..config.net_slot_first + config.net_slot_count)
+        .map(|slot| format!("petrel-{slot}"))
+        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
+        .collect()
+}
+
+#[tokio::test]
+async fn spare_networks_serve_creates_and_go_when_the_agent_stops() {
+    // Arrange: an agent (as root: namespaces) keeping one network made ahead.
+    let Some(agent) = common::start_agent_with(|config| config.net_spares = 1).await else {
+        return;
+    };
+    if !agent.agent.state.config.network.namespaces() {
+        eprintln!("skipped: sandboxes get no namespaces here (not root)");
+        return;
+    }
+    let api = Client::new(agent.url());
+    let wait_for_a_spare = || async {
+        let start = std::time::Instant::now();
+        loop {
+            let metrics = api.get("/metrics").await.text();
+            if metric(&metrics, "petrel_network_spares") == Some(1) {
+                return metrics;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "no spare network was made: {metrics}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    let before = wait_for_a_spare().await;
+    let made_ahead = agent_namespaces(&agent);
+
+    // Act: a create without internet takes the spare (made with internet
+    // on); the agent makes another; then it stops.
+    let created = api
+        .post(
+            "/v1/sandboxes",
+            &json!({"template": "base", "internet": false}),
+        )
+        .await;
+    let id = id_of(&created);
+    let out = api
+        .post(
+            &format!("/v1/sandboxes/{id}/exec"),
+            &json!({"cmd": "echo hi"}),
+        )
+        .await;
+    let refilled = wait_for_a_spare().await;
+    let while_running = agent_namespaces(&agent);
+    let slots = {
+        let config = &agent.agent.state.config;
+        config.net_slot_first..config.net_slot_first + config.net_slot_count
+    };
+    agent.stop().await;
+    let after_stop: Vec<String> = slots
+        .map(|slot| format!("petrel-{slot}"))
+        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
+        .collect();
+
+    // Assert: the sandbox ran on the spare's namespace, a new spare came,
+    // and stopping the agent removed every namespace.
+    assert_eq!(made_ahead.len(), 1, "{made_ahead:?}");
+    assert_eq!(created.status, 201, "{}", created.text());
+    assert_eq!(out.json()["stdout"], json!("hi\n"));
+    assert_eq!(created.json()["internet"], json!(false));
+    assert_eq!(
+        metric(&before, "petrel_network_spares_taken_total"),
+        Some(0)
+    );
+    assert_eq!(
+        metric(&refilled, "petrel_network_spares_taken_total"),
+        Some(1)
+    );
+    assert!(while_running.contains(&made_ahead[0]), "{while_running:?}");
+    assert_eq!(while_running.len(), 2, "{while_running:?}");
+    assert!(after_stop.is_empty(), "{after_stop:?}");
+}
+
 #[tokio::test]
 async fn a_warm_pool_serves_creates_and_metrics_count_it() {
     // Arrange: an agent warming base and pooling one sandbox of it.

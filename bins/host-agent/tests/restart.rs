@@ -314,3 +314,54 @@ async fn snapshots_outlive_an_image_rebuild_and_a_parent_with_children_is_not_de
     assert_eq!(bases_at_end.len(), 1, "{bases_at_end:?}");
     assert!(!bases_at_end.contains(&old_bases[0]));
 }
+
+/// Network namespaces of slots `first..first + 32`.
+fn namespaces(first: u16) -> Vec<String> {
+    (first..first + 32)
+        .map(|slot| format!("petrel-{slot}"))
+        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
+        .collect()
+}
+
+#[tokio::test]
+async fn spare_networks_of_a_killed_agent_are_removed_by_the_next_start() {
+    // Arrange: an agent (as root: namespaces) that made two networks ahead.
+    let Some((kernel, rootfs)) = common::images() else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let slot_first = 30_096;
+    let mut first = Agent::spawn(&Spawn {
+        data_dir: data.path(),
+        port,
+        kernel: &kernel,
+        rootfs: &rootfs,
+        slot_first,
+        warm_templates: false,
+        env: vec![("PETREL_NET_SPARES", "2".to_string())],
+    });
+    wait_ready(port).await;
+    let start = std::time::Instant::now();
+    while namespaces(slot_first).len() < 2 && start.elapsed().as_secs() < 60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let made = namespaces(slot_first);
+
+    // Act: the agent dies with its spares; another starts on its data.
+    first.kill_9();
+    let left_by_the_crash = namespaces(slot_first);
+    let mut second = spawn_agent(data.path(), port, &kernel, &rootfs, slot_first);
+    wait_ready(port).await;
+    let after_restart = namespaces(slot_first);
+    second.kill_9();
+
+    // Assert
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert_eq!(left_by_the_crash, made);
+    assert!(after_restart.is_empty(), "{after_restart:?}");
+}

@@ -53,6 +53,8 @@ impl Agent {
                 "--net-slot-count",
                 "32",
             ])
+            // No networks made ahead unless a test asks (`env`).
+            .env("PETREL_NET_SPARES", "0")
             .envs(how.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -119,6 +119,7 @@ pub async fn start_agent_without_vms() -> TestAgent {
         net_slot_first: next_slot_range(),
         net_slot_count: SLOTS_PER_AGENT,
         warm_templates: false,
+        net_spares: 0,
         ..AgentConfig::default()
     };
     let agent = host_agent::start(config).await.unwrap();
@@ -156,8 +157,11 @@ pub fn config_with_base(
         // Agents of parallel tests need disjoint network slots.
         net_slot_first: next_slot_range(),
         net_slot_count: SLOTS_PER_AGENT,
-        // Tests create few sandboxes per agent: a warm-up boot would cost more.
+        // Tests create few sandboxes per agent: a warm-up boot would cost
+        // more, and so would networks made ahead (which tests counting
+        // namespaces would see).
         warm_templates: false,
+        net_spares: 0,
         kernel: Some(kernel),
         rootfs: Some(rootfs),
         ..AgentConfig::default()
