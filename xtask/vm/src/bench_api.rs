@@ -7,6 +7,7 @@
 //! Everything it creates it destroys, also when a step fails; the agent is
 //! stopped by its pid and its data dir removed.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -169,9 +170,16 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         "{runs} creates (pool miss: a warm-snapshot restore), first exec, kill"
     ));
     let (mut create, mut first_exec, mut kill) = (Vec::new(), Vec::new(), Vec::new());
+    let mut steps: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     for _ in 0..runs {
         let (id, took) = timed(create_sandbox(api)).await?;
         create.push(took);
+        for (step, ms) in create_steps(api, &id).await? {
+            steps
+                .entry(step)
+                .or_default()
+                .push(Duration::from_millis(ms));
+        }
         first_exec.push(timed(exec(api, &id, "echo hi")).await?.1);
         kill.push(timed(destroy(api, &id)).await?.1);
     }
@@ -268,6 +276,10 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         "accel": accel.to_string(),
         "runs": runs,
         "create_pool_miss": stats(&create),
+        "create_pool_miss_steps": steps
+            .iter()
+            .map(|(step, samples)| (step.clone(), stats(samples)))
+            .collect::<serde_json::Map<_, _>>(),
         "first_exec": stats(&first_exec),
         "exec_echo": stats(&exec_echo),
         "exec_bash_login": stats(&exec_bash),
@@ -317,6 +329,25 @@ async fn create_sandbox(api: &Client) -> Result<String> {
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("create replied without an id: {}", reply.text))
+}
+
+/// The agent's own timings of a create (`timings_ms`: prepare, VM
+/// started, envd ready, init, total), in ms.
+async fn create_steps(api: &Client, id: &str) -> Result<Vec<(String, u64)>> {
+    let path = format!("/v1/sandboxes/{}", segment(id));
+    let reply = api
+        .get(&path)
+        .await
+        .with_context(|| format!("GET {path}"))?;
+    Ok(reply.value["timings_ms"]
+        .as_object()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 async fn exec(api: &Client, id: &str, command: &str) -> Result<String> {

@@ -241,10 +241,51 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// A fresh directory under the system temp dir (removed by the caller).
+/// Directories of the same kind left by a run that was killed (its pid is
+/// gone and no live process names the directory) are removed first: a
+/// nested test disk takes gigabytes.
 pub fn tempdir(prefix: &str) -> Result<std::path::PathBuf> {
+    remove_dead_runs(prefix);
     let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+/// Removes `<temp>/<prefix>-<pid>` directories whose pid is not running
+/// and which no live process's command line names.
+fn remove_dead_runs(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| {
+            n.strip_prefix(prefix)?
+                .strip_prefix('-')?
+                .parse::<u32>()
+                .ok()
+        }) else {
+            continue;
+        };
+        let path = entry.path();
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() || named_by_a_process(&path) {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => eprintln!("[xtask] removed {} (left by a killed run)", path.display()),
+            Err(err) => eprintln!("[xtask] could not remove {}: {err}", path.display()),
+        }
+    }
+}
+
+fn named_by_a_process(path: &std::path::Path) -> bool {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").is_ok_and(|procs| {
+        procs.flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+    })
 }
 
 pub fn ms(d: Duration) -> String {
