@@ -229,7 +229,8 @@ pub fn network_pool(config: &AgentConfig) -> Result<Option<Arc<NetworkPool>>> {
     let pool = NetworkPool::new(first..end)
         .with_context(|| format!("creating the network slot pool {first}..{end}"))?
         .with_policy(policy)
-        .with_spares(config.net_spares);
+        .with_spares(config.net_spares)
+        .with_background_release();
     tracing::info!(slots = ?(first..end), "sandboxes get their own network namespaces");
     Ok(Some(Arc::new(pool)))
 }

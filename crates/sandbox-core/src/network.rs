@@ -9,10 +9,13 @@
 //! ([`NetworkPool::with_spares`], kept full by [`NetworkPool::run_spares`]):
 //! a create takes one and only sets its egress policy, instead of making a
 //! namespace, links, routes and two nftables rulesets on its hot path.
+//! Likewise a pause can leave the removal of its network (~60 ms of link
+//! deletions and an `nft` run) to the background
+//! ([`NetworkPool::with_background_release`], [`NetworkPool::release`]).
 
 use std::ops::Range;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use netns::EgressPolicy;
@@ -71,6 +74,10 @@ pub struct NetworkPool {
     spares_taken: AtomicUsize,
     /// Wakes [`NetworkPool::run_spares`] when a spare was taken.
     wake: tokio::sync::Notify,
+    /// Whether [`NetworkPool::release`] removes in the background.
+    background_release: bool,
+    /// Background removals under way.
+    releasing: AtomicUsize,
 }
 
 fn net_err(what: impl std::fmt::Display) -> SandboxError {
@@ -91,7 +98,19 @@ impl NetworkPool {
             spares: Mutex::new(Vec::new()),
             spares_taken: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
+            background_release: false,
+            releasing: AtomicUsize::new(0),
         })
+    }
+
+    /// Makes [`NetworkPool::release`] return at once and remove the network
+    /// in the background (a failure is logged; the slot stays taken until
+    /// the removal ends; what a crash leaves, the next start removes).
+    /// [`NetworkPool::settle`] waits for removals under way.
+    #[must_use]
+    pub fn with_background_release(mut self) -> Self {
+        self.background_release = true;
+        self
     }
 
     /// Keeps `count` spare networks made ahead of demand once
@@ -236,6 +255,33 @@ impl NetworkPool {
         let removed = netns::remove_network(network).await;
         let _ = self.slots.release(slot);
         removed.map_err(net_err)
+    }
+
+    /// Gives back the network of a sandbox that no longer runs on it (a
+    /// pause): removed now, or, with
+    /// [`NetworkPool::with_background_release`], in the background.
+    pub async fn release(self: &Arc<Self>, network: Network) -> Result<(), SandboxError> {
+        if !self.background_release {
+            return self.remove(network).await;
+        }
+        self.releasing.fetch_add(1, Ordering::SeqCst);
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let slot = network.slot();
+            if let Err(err) = pool.remove(network).await {
+                tracing::warn!(%slot, %err, "removing a released network failed; the next start removes it");
+            }
+            pool.releasing.fetch_sub(1, Ordering::SeqCst);
+        });
+        Ok(())
+    }
+
+    /// Waits until no network released in the background is still being
+    /// removed.
+    pub async fn settle(&self) {
+        while self.releasing.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Takes over the network of `slot` made by an earlier agent run.

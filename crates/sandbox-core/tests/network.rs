@@ -286,6 +286,33 @@ async fn paused_sandbox_releases_its_namespace_and_resumes_in_a_new_one() {
 }
 
 #[tokio::test]
+async fn a_pause_can_leave_its_namespace_to_the_background_and_settle_waits_for_it() {
+    let Some(_) = images() else { return };
+    let _serial = SERIAL.lock().await;
+    let dir = TestDir::new("bgnet");
+    let slots = 3070..3080;
+    let pool = Arc::new(
+        NetworkPool::new(slots.clone())
+            .unwrap()
+            .with_background_release(),
+    );
+    let mut sandbox = boot("bgnet", &dir, &pool, true).await;
+    sandbox.exec_shell("echo kept > /tmp/k").await.unwrap();
+
+    sandbox.pause().await.unwrap();
+    pool.settle().await;
+    let left_after_settle = namespaces_in(slots.clone());
+    sandbox.resume().await.unwrap();
+    let kept = sandbox.exec_shell("cat /tmp/k").await.unwrap();
+    sandbox.destroy().await.unwrap();
+    let left = namespaces_in(slots);
+
+    assert!(left_after_settle.is_empty(), "{left_after_settle:?}");
+    assert_eq!(kept.stdout, b"kept\n");
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
 async fn guest_cannot_reach_special_ranges_or_smtp_while_a_public_port_works() {
     let Some(_) = images() else { return };
     let _serial = SERIAL.lock().await;

@@ -200,9 +200,13 @@ impl Manager {
 
     /// Leaves every sandbox as it is (running VMs keep running) and records
     /// them for the next [`Manager::open`]; pooled sandboxes, nobody's yet,
-    /// are destroyed (the next start refills the pools).
+    /// are destroyed (the next start refills the pools), and networks being
+    /// removed in the background are waited for.
     pub async fn shutdown(&self) -> Result<(), ManagerError> {
         self.drain_pools(None).await;
+        if let Some(network) = &self.inner.config.network {
+            network.settle().await;
+        }
         let handles: Vec<(String, Handle)> = lock(&self.inner.handles).drain().collect();
         for (id, handle) in handles {
             let mut guard = handle.lock().await;

@@ -62,7 +62,7 @@ impl Sandbox {
         }
         // A paused sandbox holds no network slot.
         if let (Some(pool), Some(net)) = (&self.pool, self.net.take())
-            && let Err(err) = pool.remove(net).await
+            && let Err(err) = pool.release(net).await
         {
             tracing::error!(sandbox = %self.id, %err, "removing the paused sandbox's network failed");
         }
