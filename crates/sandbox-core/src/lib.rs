@@ -48,6 +48,7 @@ mod images;
 pub mod manager;
 pub mod network;
 pub mod qemu;
+mod refill;
 mod rollback;
 pub mod sandbox;
 pub mod snapshot;

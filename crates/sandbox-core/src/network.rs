@@ -197,21 +197,14 @@ impl NetworkPool {
         if self.spare_target == 0 {
             return;
         }
-        tokio::pin!(stop);
-        loop {
-            let pause = match self.fill_spares().await {
-                Ok(()) => SPARE_RECHECK,
-                Err(err) => {
-                    tracing::warn!(%err, "making spare networks failed; trying again later");
-                    SPARE_BACKOFF
-                }
-            };
-            tokio::select! {
-                () = &mut stop => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
+        let cadence = crate::refill::Cadence {
+            idle: SPARE_RECHECK,
+            backoff: SPARE_BACKOFF,
+        };
+        crate::refill::keep_filled("making spare networks", cadence, &self.wake, stop, || {
+            self.fill_spares()
+        })
+        .await;
         if let Err(err) = self.drain_spares().await {
             tracing::warn!(%err, "removing spare networks failed; the next start removes them");
         }

@@ -166,21 +166,18 @@ impl Manager {
     /// (checked between fills: a restore under way finishes, so nothing is
     /// left half made).
     pub async fn run_pool_filler(&self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        loop {
-            let pause = match self.fill_pools().await {
-                Ok(()) => FILL_INTERVAL,
-                Err(err) => {
-                    tracing::warn!(%err, "filling the warm pools failed; trying again later");
-                    FILL_BACKOFF
-                }
-            };
-            tokio::select! {
-                () = &mut stop => return,
-                () = self.inner.pools.wake.notified() => {}
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
+        let cadence = crate::refill::Cadence {
+            idle: FILL_INTERVAL,
+            backoff: FILL_BACKOFF,
+        };
+        crate::refill::keep_filled(
+            "filling the warm pools",
+            cadence,
+            &self.inner.pools.wake,
+            stop,
+            || self.fill_pools(),
+        )
+        .await;
     }
 
     /// Restores sandboxes into every warm template's pool until each is
