@@ -188,10 +188,19 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
     let id = create_sandbox(api).await?;
     let mut exec_echo = Vec::new();
     let mut exec_bash = Vec::new();
+    let mut exec_bash_direct = Vec::new();
     let mut in_guest_bash = Vec::new();
     for _ in 0..runs {
         exec_echo.push(timed(exec(api, &id, "echo hi")).await?.1);
+        // `cmd` alone runs in `bash -l -c` (E2B's semantics): two login
+        // shells; with `args` the program runs by itself, the very process
+        // the in-guest baseline times.
         exec_bash.push(timed(exec(api, &id, "bash -l -c true")).await?.1);
+        exec_bash_direct.push(
+            timed(exec_program(api, &id, "/bin/bash", &["-l", "-c", "true"]))
+                .await?
+                .1,
+        );
         let out = exec(
             api,
             &id,
@@ -283,6 +292,7 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         "first_exec": stats(&first_exec),
         "exec_echo": stats(&exec_echo),
         "exec_bash_login": stats(&exec_bash),
+        "exec_bash_login_direct": stats(&exec_bash_direct),
         "files": files,
         "pause": stats(&pause),
         "resume": stats(&resume),
@@ -297,6 +307,7 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         "ratios": {
             "create_miss_to_raw_restore": ratio(p50(&create), p50(&raw_restore)),
             "exec_bash_login_to_in_guest": ratio(p50(&exec_bash), p50(&in_guest_bash)),
+            "exec_bash_login_direct_to_in_guest": ratio(p50(&exec_bash_direct), p50(&in_guest_bash)),
         },
         "sdk": sdk,
         "targets": {
@@ -348,6 +359,19 @@ async fn create_steps(api: &Client, id: &str) -> Result<Vec<(String, u64)>> {
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// `program args...` run by itself (no shell), checked to exit 0.
+async fn exec_program(api: &Client, id: &str, program: &str, args: &[&str]) -> Result<()> {
+    let path = format!("/v1/sandboxes/{}/exec", segment(id));
+    let reply = api
+        .post(&path, &json!({"cmd": program, "args": args}))
+        .await
+        .with_context(|| format!("POST {path} {program} {args:?}"))?;
+    if reply.value["exit_code"] != 0 {
+        bail!("{program} {args:?} in {id} failed: {}", reply.text);
+    }
+    Ok(())
 }
 
 async fn exec(api: &Client, id: &str, command: &str) -> Result<String> {
