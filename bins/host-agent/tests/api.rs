@@ -751,13 +751,10 @@ fn metric(metrics: &str, name: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The `petrel-<slot>` namespaces of the agent's slot range.
-fn agent_namespaces(agent: &common::TestAgent) -> Vec<String> {
+/// The agent's network slot range.
+fn agent_slots(agent: &common::TestAgent) -> std::ops::Range<u16> {
     let config = &agent.agent.state.config;
-    (config.net_slot_first..config.net_slot_first + config.net_slot_count)
-        .map(|slot| format!("petrel-{slot}"))
-        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
-        .collect()
+    config.net_slot_first..config.net_slot_first + config.net_slot_count
 }
 
 #[tokio::test]
@@ -786,7 +783,7 @@ async fn spare_networks_serve_creates_and_go_when_the_agent_stops() {
         }
     };
     let before = wait_for_a_spare().await;
-    let made_ahead = agent_namespaces(&agent);
+    let made_ahead = common::binary::namespaces(agent_slots(&agent));
 
     // Act: a create without internet takes the spare (made with internet
     // on); the agent makes another; then it stops.
@@ -804,16 +801,10 @@ async fn spare_networks_serve_creates_and_go_when_the_agent_stops() {
         )
         .await;
     let refilled = wait_for_a_spare().await;
-    let while_running = agent_namespaces(&agent);
-    let slots = {
-        let config = &agent.agent.state.config;
-        config.net_slot_first..config.net_slot_first + config.net_slot_count
-    };
+    let while_running = common::binary::namespaces(agent_slots(&agent));
+    let slots = agent_slots(&agent);
     agent.stop().await;
-    let after_stop: Vec<String> = slots
-        .map(|slot| format!("petrel-{slot}"))
-        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
-        .collect();
+    let after_stop = common::binary::namespaces(slots);
 
     // Assert: the sandbox ran on the spare's namespace, a new spare came,
     // and stopping the agent removed every namespace.

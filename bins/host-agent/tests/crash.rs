@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use client::Client;
-use common::binary::{Agent, Spawn, free_port, processes_naming, wait_ready};
+use common::binary::{Agent, Spawn, free_port, namespaces, processes_naming, wait_ready};
 use hyper::Method;
 use serde_json::{Value, json};
 
@@ -69,23 +69,6 @@ fn leftovers(data: &Path) -> Vec<PathBuf> {
         }
     }
     found
-}
-
-/// Network namespaces of slots `first..first + 32`.
-fn namespaces(first: u16) -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| {
-                    name.strip_prefix("petrel-")
-                        .and_then(|n| n.parse::<u16>().ok())
-                        .is_some_and(|slot| (first..first + 32).contains(&slot))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Kills, when the test ends (a failed one included), every process left
@@ -294,7 +277,7 @@ async fn crash_at(point: &str, index: u16) {
         .filter(|pid| u32::try_from(*pid).ok() != Some(second.pid()))
         .collect();
     let files = leftovers(data.path());
-    let nets = namespaces(slot_first);
+    let nets = namespaces(slot_first..slot_first + 32);
     second.kill_9();
     assert!(vmms.is_empty(), "{point}: processes left: {vmms:?}");
     assert!(files.is_empty(), "{point}: files left: {files:?}");

@@ -10,7 +10,7 @@ mod common;
 use std::process::{Command, Stdio};
 
 use client::Client;
-use common::binary::{Agent, Spawn, free_port, wait_ready};
+use common::binary::{Agent, Spawn, free_port, namespaces, wait_ready};
 use serde_json::{Value, json};
 
 /// The agent binary serving `data_dir` (no warm-up, no crash point).
@@ -315,14 +315,6 @@ async fn snapshots_outlive_an_image_rebuild_and_a_parent_with_children_is_not_de
     assert!(!bases_at_end.contains(&old_bases[0]));
 }
 
-/// Network namespaces of slots `first..first + 32`.
-fn namespaces(first: u16) -> Vec<String> {
-    (first..first + 32)
-        .map(|slot| format!("petrel-{slot}"))
-        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
-        .collect()
-}
-
 #[tokio::test]
 async fn spare_networks_of_a_killed_agent_are_removed_by_the_next_start() {
     // Arrange: an agent (as root: namespaces) that made two networks ahead.
@@ -347,17 +339,17 @@ async fn spare_networks_of_a_killed_agent_are_removed_by_the_next_start() {
     });
     wait_ready(port).await;
     let start = std::time::Instant::now();
-    while namespaces(slot_first).len() < 2 && start.elapsed().as_secs() < 60 {
+    while namespaces(slot_first..slot_first + 32).len() < 2 && start.elapsed().as_secs() < 60 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let made = namespaces(slot_first);
+    let made = namespaces(slot_first..slot_first + 32);
 
     // Act: the agent dies with its spares; another starts on its data.
     first.kill_9();
-    let left_by_the_crash = namespaces(slot_first);
+    let left_by_the_crash = namespaces(slot_first..slot_first + 32);
     let mut second = spawn_agent(data.path(), port, &kernel, &rootfs, slot_first);
     wait_ready(port).await;
-    let after_restart = namespaces(slot_first);
+    let after_restart = namespaces(slot_first..slot_first + 32);
     second.kill_9();
 
     // Assert

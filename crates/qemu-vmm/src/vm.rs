@@ -246,12 +246,9 @@ impl QemuVm {
                 return Err(QemuError::Unkillable {
                     pid: self.pid,
                     waited_ms: KILL_WAIT.as_millis(),
-                    state: proc_field(self.pid, "stat", |stat| {
-                        stat.rsplit_once(") ")
-                            .and_then(|(_, rest)| rest.split(' ').next())
-                            .map(str::to_string)
-                    }),
-                    wchan: proc_field(self.pid, "wchan", |w| Some(w.trim().to_string())),
+                    state: proc_state(self.pid).map_or_else(|| "?".to_string(), String::from),
+                    wchan: std::fs::read_to_string(format!("/proc/{}/wchan", self.pid))
+                        .map_or_else(|_| "?".to_string(), |w| w.trim().to_string()),
                 });
             }
         }
@@ -421,20 +418,16 @@ fn open_tap(request: &TapRequest) -> std::io::Result<i32> {
 }
 
 /// Whether `pid` runs (a zombie counts as gone).
-/// `parse` of `/proc/<pid>/<file>`, or `"?"`.
-fn proc_field(pid: u32, file: &str, parse: impl Fn(&str) -> Option<String>) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .ok()
-        .and_then(|text| parse(&text))
-        .unwrap_or_else(|| "?".to_string())
+/// The state letter of `pid` (`R`, `S`, `D`, `Z`, ...), `None` when it is
+/// gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state letter follows the parenthesised command name.
+    stat.rsplit_once(") ")?.1.chars().next()
 }
 
 fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // The state letter follows the parenthesised command name.
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
+    proc_state(pid).is_some_and(|state| state != 'Z')
 }
 
 async fn wait_for_qmp(config: &VmConfig, child: &mut Child) -> Result<QmpClient, QemuError> {

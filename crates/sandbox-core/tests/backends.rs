@@ -92,10 +92,7 @@ impl Case {
 
     /// The pool's `petrel-<slot>` namespaces that exist.
     fn namespaces(&self) -> Vec<String> {
-        (self.slot..self.slot + 10)
-            .map(|slot| format!("petrel-{slot}"))
-            .filter(|name| Path::new("/run/netns").join(name).exists())
-            .collect()
+        common::namespaces_in(self.slot..self.slot + 10)
     }
 }
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{TestDir, backend, images};
+use common::{TestDir, backend, images, namespaces_in};
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -214,14 +214,6 @@ async fn internet_off_blocks_outside_while_envd_works() {
 
     assert_eq!(fetched, "FAILED\n");
     assert_eq!(envd_works.stdout, b"still-here\n");
-}
-
-/// The `petrel-<slot>` namespaces of `slots` that exist now.
-fn namespaces_in(slots: std::ops::Range<u16>) -> Vec<String> {
-    slots
-        .map(|slot| format!("petrel-{slot}"))
-        .filter(|name| std::path::Path::new("/run/netns").join(name).exists())
-        .collect()
 }
 
 #[tokio::test]

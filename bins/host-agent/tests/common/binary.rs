@@ -109,6 +109,14 @@ pub async fn wait_ready(port: u16) {
     panic!("the agent did not listen on port {port} within 120 s");
 }
 
+/// The `petrel-<slot>` network namespaces of `slots` that exist now.
+pub fn namespaces(slots: std::ops::Range<u16>) -> Vec<String> {
+    slots
+        .map(|slot| format!("petrel-{slot}"))
+        .filter(|name| Path::new("/run/netns").join(name).exists())
+        .collect()
+}
+
 /// Live (not zombie) processes whose command line names `dir`.
 pub fn processes_naming(dir: &Path) -> Vec<i32> {
     let needle = dir.to_string_lossy().into_owned();

@@ -88,6 +88,14 @@ pub fn alive(pid: u32) -> bool {
     })
 }
 
+/// The `petrel-<slot>` network namespaces of `slots` that exist now.
+pub fn namespaces_in(slots: std::ops::Range<u16>) -> Vec<String> {
+    slots
+        .map(|slot| format!("petrel-{slot}"))
+        .filter(|name| Path::new("/run/netns").join(name).exists())
+        .collect()
+}
+
 /// Live (not zombie) processes whose command line names `path` (a VMM of
 /// a sandbox's run dir or socket).
 pub fn processes_naming(path: &Path) -> Vec<u32> {
