@@ -541,3 +541,31 @@ async fn started_processes_run_with_the_default_oom_score_not_envds() {
     assert_eq!(as_user.stdout, "0\n");
     assert_eq!(as_root.stdout, "0\n");
 }
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_holds_the_process_back_and_loses_nothing() {
+    // 64 MiB is far more than the queues between the process and the
+    // reader hold (pipe, envd's per-stream queue, both sockets).
+    const SIZE: usize = 64 << 20;
+    let envd = Envd::start().await;
+    let marker = envd.path("all-written");
+    let script = format!("head -c {SIZE} /dev/zero; touch {}", marker.display());
+    let mut reader = envd.run(&script, json!({}), &[]).await;
+    let started = reader.next_event().await;
+
+    // The reader stops reading for a while: the process must wait for it
+    // (before, envd queued all of its output in memory).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let written_while_stalled = common::exists(&marker);
+    let run = finish(reader).await;
+
+    assert!(started["event"]["start"]["pid"].as_u64().is_some());
+    assert!(
+        !written_while_stalled,
+        "the process wrote all its output while nobody read it"
+    );
+    assert_eq!(run.stdout.len(), SIZE);
+    assert!(run.stdout.bytes().all(|b| b == 0));
+    assert_eq!(run.exit_code(), 0);
+    assert!(common::exists(&marker));
+}

@@ -28,6 +28,13 @@ use serde_json::{Value, json};
 /// How much the agent's memory may grow while a guest floods it: 256 MiB.
 const RSS_BOUND: u64 = 256 << 20;
 
+/// Peak RSS envd in the guest may reach while floods pass through it: its
+/// per-stream queues are ~0.5 MiB; what a reader does not take waits in
+/// the process's pipe.
+const ENVD_PEAK_BOUND_KIB: u64 = 64 << 10;
+/// Prints envd's peak RSS (KiB) in the guest.
+const ENVD_PEAK_KIB: &str = "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = envd ] && awk '/VmHWM/{print $2}' $p/status; done";
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`).
@@ -137,12 +144,12 @@ async fn output_floods_and_huge_files_keep_the_agent_memory_bounded() {
     let stream_status = streamed.status();
     let read = drain(streamed, 4 << 20, Duration::from_secs(1), 48 << 20).await;
     let after_stream = peak.growth();
-    // The dropped stream's connection to envd is torn down; a connection
-    // opened in the same instant was seen reset by the guest's side
-    // (rarely; a follow-up of issue 12), so give the teardown a moment.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Right after the drop, the sandbox answers (envd once queued the
+    // unread flood in guest memory until the guest ran out of it).
     // A 768 MiB guest file, read as a stream.
     let made = exec(&api, &id, json!({"cmd": "truncate -s 768M /home/user/big"})).await;
+    // envd's own peak memory in the guest, floods included.
+    let envd_peak = exec(&api, &id, json!({"cmd": ENVD_PEAK_KIB, "user": "root"})).await;
     let download = api
         .open(
             Method::GET,
@@ -213,6 +220,16 @@ async fn output_floods_and_huge_files_keep_the_agent_memory_bounded() {
     assert_eq!(stream_status, 200);
     assert!(read >= 48 << 20, "{read}");
     assert_eq!(made.json()["exit_code"], 0, "{}", made.text());
+    let envd_peak_kib: u64 = envd_peak.json()["stdout"]
+        .as_str()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("envd peak: {}", envd_peak.text()));
+    eprintln!("envd in the guest: peak RSS {} MiB", envd_peak_kib >> 10);
+    assert!(
+        envd_peak_kib < ENVD_PEAK_BOUND_KIB,
+        "envd in the guest peaked at {} MiB: it queued the unread flood",
+        envd_peak_kib >> 10
+    );
     assert_eq!(
         download_len.as_ref().and_then(|v| v.to_str().ok()),
         Some("805306368")

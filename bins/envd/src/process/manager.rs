@@ -1,5 +1,13 @@
 //! The process table: running processes by pid and tag, and the fan-out of
 //! their output to every attached stream (`Start` and `Connect`).
+//!
+//! Each attached stream has a small bounded queue ([`LISTENER_QUEUE`]
+//! events). When a stream's reader falls behind, publishing waits for it,
+//! so the output pipe fills and the process blocks in `write`: a process
+//! that prints faster than its reader reads (`head -c 2G /dev/zero` read
+//! over a slow link) costs envd at most a queue per stream, not the guest's
+//! memory. A stream that goes away (its connection closed) stops holding
+//! the process back at once; with no stream attached, output is dropped.
 
 use crate::error::EnvdError;
 use crate::process::pty::PtyMaster;
@@ -8,6 +16,7 @@ use envd_proto::process::{ProcessConfig, ProcessInfo, ProcessSelector, process_s
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::io::AsyncWriteExt as _;
 use tokio::process::ChildStdin;
@@ -22,9 +31,13 @@ pub enum Event {
     End(EndEvent),
 }
 
+/// Events queued for one attached stream before publishing waits for it
+/// (each data event holds at most one 32 KiB read: ~0.5 MiB per stream).
+pub const LISTENER_QUEUE: usize = 16;
+
 #[derive(Debug, Default)]
 struct Subscribers {
-    senders: Vec<mpsc::UnboundedSender<Event>>,
+    senders: Vec<mpsc::Sender<Event>>,
     end: Option<EndEvent>,
 }
 
@@ -85,38 +98,79 @@ impl ProcessHandle {
 
     /// Attaches a new listener: it gets all further output and the end
     /// event (immediately, if the process already ended).
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn subscribe(&self) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(LISTENER_QUEUE);
         let mut subs = self.subscribers();
         match &subs.end {
             Some(end) => {
-                // The receiver is alive: it is returned below.
-                let _ = tx.send(Event::End(end.clone()));
+                // The queue is empty and its receiver is returned below.
+                let _ = tx.try_send(Event::End(end.clone()));
             }
             None => subs.senders.push(tx),
         }
         rx
     }
 
-    /// Delivers output to every listener (dropped after the end).
-    pub fn publish(&self, output: data_event::Output) {
-        let mut subs = self.subscribers();
-        if subs.end.is_some() {
-            return;
+    /// The listeners to deliver output to, or `None` after the end.
+    fn listeners(&self, output: data_event::Output) -> Option<(Vec<mpsc::Sender<Event>>, Event)> {
+        let subs = self.subscribers();
+        if subs.end.is_some() || subs.senders.is_empty() {
+            return None;
         }
         let event = Event::Data(DataEvent {
             output: Some(output),
         });
-        subs.senders.retain(|tx| tx.send(event.clone()).is_ok());
+        Some((subs.senders.clone(), event))
     }
 
-    /// Records the end and delivers it to every listener, detaching them.
-    pub fn finish(&self, end: EndEvent) {
-        let mut subs = self.subscribers();
-        for tx in subs.senders.drain(..) {
-            let _ = tx.send(Event::End(end.clone()));
+    /// Forgets listeners whose stream went away.
+    fn prune(&self) {
+        self.subscribers().senders.retain(|tx| !tx.is_closed());
+    }
+
+    /// Delivers output to every listener, waiting while a listener's queue
+    /// is full (dropped after the end, and when nobody listens).
+    pub async fn publish(&self, output: data_event::Output) {
+        let Some((senders, event)) = self.listeners(output) else {
+            return;
+        };
+        let mut gone = false;
+        for tx in &senders {
+            gone |= tx.send(event.clone()).await.is_err();
         }
-        subs.end = Some(end);
+        if gone {
+            self.prune();
+        }
+    }
+
+    /// [`publish`](Self::publish) for a reader on a plain thread (the pty).
+    pub fn publish_blocking(&self, output: data_event::Output) {
+        let Some((senders, event)) = self.listeners(output) else {
+            return;
+        };
+        let mut gone = false;
+        for tx in &senders {
+            gone |= tx.blocking_send(event.clone()).is_err();
+        }
+        if gone {
+            self.prune();
+        }
+    }
+
+    /// Records the end and detaches every listener; the returned future
+    /// delivers the end event to them, after the output queued before it
+    /// (it waits for slow readers, so the process can be forgotten first).
+    pub fn finish(&self, end: EndEvent) -> impl Future<Output = ()> + Send + 'static {
+        let senders = {
+            let mut subs = self.subscribers();
+            subs.end = Some(end.clone());
+            std::mem::take(&mut subs.senders)
+        };
+        async move {
+            for tx in senders {
+                let _ = tx.send(Event::End(end.clone())).await;
+            }
+        }
     }
 
     /// Whether the process has ended.
@@ -263,26 +317,84 @@ mod tests {
         }
     }
 
-    #[test]
-    fn late_subscriber_gets_the_end_event() {
+    fn stdout(data: &[u8]) -> data_event::Output {
+        data_event::Output::Stdout(data.to_vec())
+    }
+
+    #[tokio::test]
+    async fn late_subscriber_gets_the_end_event() {
         let handle = handle();
-        handle.finish(end());
+        handle.finish(end()).await;
 
         let mut rx = handle.subscribe();
 
         assert_eq!(rx.try_recv().unwrap(), Event::End(end()));
     }
 
-    #[test]
-    fn output_after_the_end_is_dropped() {
+    #[tokio::test]
+    async fn output_after_the_end_is_dropped() {
         let handle = handle();
         let mut rx = handle.subscribe();
-        handle.finish(end());
+        handle.finish(end()).await;
 
-        handle.publish(data_event::Output::Stdout(b"late".to_vec()));
+        handle.publish(stdout(b"late")).await;
 
         assert_eq!(rx.try_recv().unwrap(), Event::End(end()));
         assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn publish_waits_for_a_full_queue_and_the_end_comes_after_the_data() {
+        let handle = Arc::new(handle());
+        let mut rx = handle.subscribe();
+        for _ in 0..LISTENER_QUEUE {
+            handle.publish(stdout(b"x")).await;
+        }
+
+        let mut blocked = tokio::spawn({
+            let handle = Arc::clone(&handle);
+            async move { handle.publish(stdout(b"last")).await }
+        });
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(100), &mut blocked).await;
+        let first = rx.recv().await;
+        blocked.await.unwrap();
+        // The queue is full again: the end waits behind the data.
+        let ending = tokio::spawn(handle.finish(end()));
+        let mut rest = Vec::new();
+        while let Some(event) = rx.recv().await {
+            rest.push(event);
+        }
+        ending.await.unwrap();
+
+        assert!(waited.is_err(), "publish did not wait for the full queue");
+        assert_eq!(
+            first,
+            Some(Event::Data(DataEvent {
+                output: Some(stdout(b"x"))
+            }))
+        );
+        assert_eq!(rest.len(), LISTENER_QUEUE + 1);
+        assert_eq!(
+            rest[LISTENER_QUEUE - 1],
+            Event::Data(DataEvent {
+                output: Some(stdout(b"last"))
+            })
+        );
+        assert_eq!(rest[LISTENER_QUEUE], Event::End(end()));
+    }
+
+    #[tokio::test]
+    async fn a_closed_listener_neither_blocks_nor_stays_attached() {
+        let handle = handle();
+        let rx = handle.subscribe();
+        drop(rx);
+
+        for _ in 0..LISTENER_QUEUE * 4 {
+            handle.publish(stdout(b"x")).await;
+        }
+
+        assert!(handle.subscribers().senders.is_empty());
     }
 
     #[test]

@@ -14,13 +14,17 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// How long output readers may keep going after the process exited (a
-/// background grandchild may hold the pipes open forever).
+/// After the process exited, a pipe reader stops once the pipe stays empty
+/// this long (a background grandchild may hold the pipes open forever).
 const OUTPUT_GRACE: Duration = Duration::from_millis(250);
+/// After the process exited, a pipe reader stops reading this long after
+/// the exit even if output keeps coming (a grandchild printing forever);
+/// output already read is still delivered, however slow its reader.
+const OUTPUT_TAIL: Duration = Duration::from_secs(2);
 
 /// Size of one read from stdout/stderr/pty, hence the largest data event.
 const CHUNK: usize = 32 * 1024;
@@ -43,7 +47,7 @@ pub struct StartOptions {
 pub fn start(
     manager: &ProcessManager,
     options: StartOptions,
-) -> Result<(Arc<ProcessHandle>, mpsc::UnboundedReceiver<Event>), EnvdError> {
+) -> Result<(Arc<ProcessHandle>, mpsc::Receiver<Event>), EnvdError> {
     let spawned = spawn(&options.spec)?;
     let mut child = spawned.child;
     let pid = child
@@ -61,6 +65,7 @@ pub fn start(
     manager.insert(Arc::clone(&handle));
     tracing::info!(pid, cmd = %options.spec.cmd, user = %options.spec.user.name, "process started");
 
+    let (exited_tx, exited) = watch::channel(None);
     let mut readers: Vec<JoinHandle<()>> = Vec::new();
     let mut pty_done = None;
     if let Some(stdout) = child.stdout.take() {
@@ -68,6 +73,7 @@ pub fn start(
             stdout,
             Arc::clone(&handle),
             data_event::Output::Stdout,
+            exited.clone(),
         )));
     }
     if let Some(stderr) = child.stderr.take() {
@@ -75,6 +81,7 @@ pub fn start(
             stderr,
             Arc::clone(&handle),
             data_event::Output::Stderr,
+            exited,
         )));
     }
     if let Some(pty) = &pty {
@@ -86,11 +93,13 @@ pub fn start(
     tokio::spawn(async move {
         let handle = supervised;
         let status = wait_with_deadline(&mut child, pid, options.deadline).await;
+        exited_tx.send_replace(Some(Instant::now()));
         drain_readers(readers, pty_done).await;
         let end = end_event(&status);
         tracing::info!(pid, status = %end.status, "process ended");
-        handle.finish(end);
+        let deliver = handle.finish(end);
         manager.remove(pid);
+        deliver.await;
     });
     Ok((handle, events))
 }
@@ -118,38 +127,60 @@ async fn wait_with_deadline(
     }
 }
 
+/// Waits for the pipe readers (they stop on their own after the exit) and
+/// gives the pty reader, a thread, [`OUTPUT_GRACE`] to finish.
 async fn drain_readers(readers: Vec<JoinHandle<()>>, pty_done: Option<oneshot::Receiver<()>>) {
-    let aborts: Vec<_> = readers.iter().map(JoinHandle::abort_handle).collect();
-    let all = async {
-        for reader in readers {
-            let _ = reader.await;
-        }
-        if let Some(done) = pty_done {
-            let _ = done.await;
-        }
-    };
-    if tokio::time::timeout(OUTPUT_GRACE, all).await.is_err() {
-        for abort in aborts {
-            abort.abort();
-        }
+    for reader in readers {
+        let _ = reader.await;
+    }
+    if let Some(done) = pty_done {
+        let _ = tokio::time::timeout(OUTPUT_GRACE, done).await;
     }
 }
 
-/// Copies a pipe into data events until EOF.
-async fn pump<R>(mut reader: R, handle: Arc<ProcessHandle>, wrap: fn(Vec<u8>) -> data_event::Output)
-where
+/// Resolves once the process has exited and `quiet` more has passed.
+async fn exited_and(exited: &mut watch::Receiver<Option<Instant>>, quiet: Duration) {
+    // A dropped sender means the supervisor is gone: as good as exited.
+    let _ = exited.wait_for(Option::is_some).await;
+    tokio::time::sleep(quiet).await;
+}
+
+/// Copies a pipe into data events until EOF, or, after the process exited
+/// (`exited`), until the pipe stays empty for [`OUTPUT_GRACE`] or
+/// [`OUTPUT_TAIL`] has passed. Publishing waits for slow listeners, so a
+/// process that prints faster than it is read blocks on its full pipe.
+async fn pump<R>(
+    mut reader: R,
+    handle: Arc<ProcessHandle>,
+    wrap: fn(Vec<u8>) -> data_event::Output,
+    mut exited: watch::Receiver<Option<Instant>>,
+) where
     R: AsyncRead + Unpin,
 {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        match reader.read(&mut buf).await {
+        let read = tokio::select! {
+            // Output already in the pipe wins over the grace timer.
+            biased;
+            read = reader.read(&mut buf) => read,
+            () = exited_and(&mut exited, OUTPUT_GRACE) => break,
+        };
+        match read {
             Ok(0) => break,
-            Ok(n) => handle.publish(wrap(buf[..n].to_vec())),
+            Ok(n) => handle.publish(wrap(buf[..n].to_vec())).await,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::debug!(pid = handle.pid(), error = %e, "output pipe read failed");
                 break;
             }
+        }
+        let exited_at = *exited.borrow();
+        if exited_at.is_some_and(|at| at.elapsed() >= OUTPUT_TAIL) {
+            tracing::debug!(
+                pid = handle.pid(),
+                "output still coming after the exit; stopped"
+            );
+            break;
         }
     }
 }
@@ -165,7 +196,7 @@ fn pump_pty(mut master: std::fs::File, handle: Arc<ProcessHandle>) -> oneshot::R
             loop {
                 match master.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => handle.publish(data_event::Output::Pty(buf[..n].to_vec())),
+                    Ok(n) => handle.publish_blocking(data_event::Output::Pty(buf[..n].to_vec())),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     // EIO: every slave descriptor is closed.
                     Err(_) => break,

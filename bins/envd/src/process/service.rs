@@ -47,10 +47,7 @@ fn keepalive_event() -> ProcessEvent {
 }
 
 /// `start{pid}`, then the subscription's events up to and including `end`.
-fn process_events(
-    pid: u32,
-    mut events: mpsc::UnboundedReceiver<Event>,
-) -> EventStream<ProcessEvent> {
+fn process_events(pid: u32, mut events: mpsc::Receiver<Event>) -> EventStream<ProcessEvent> {
     let stream = async_stream::stream! {
         yield Ok(ProcessEvent {
             event: Some(process_event::Event::Start(process_event::StartEvent { pid })),
