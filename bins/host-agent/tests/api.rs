@@ -163,6 +163,17 @@ async fn sandbox_lifecycle_create_get_list_pause_resume_timeout_delete() {
         (resumed.status.as_u16(), &resumed.json()["state"]),
         (200, &json!("running"))
     );
+    let steps = &resumed.json()["timings_ms"];
+    for step in [
+        "resume_disk",
+        "resume_network",
+        "resume_vm_restore",
+        "resume_envd_ready",
+        "resume_init",
+        "resume",
+    ] {
+        assert!(steps[step].as_u64().is_some(), "{step}: {steps}");
+    }
     assert_eq!(resumed_again.status_code(), (409, "invalid_state".into()));
     assert_eq!(exec_resumed.json()["stdout"], json!("back\n"));
     assert_eq!(timeout.status, 200);

@@ -65,6 +65,7 @@ pub use manager::{
 pub use network::NetworkPool;
 pub use qemu::{QemuBackend, default_boot_timeout};
 pub use sandbox::{
-    BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxRecordConfig, SandboxState,
+    BootTimings, ResumeTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxRecordConfig,
+    SandboxState,
 };
 pub use vmm::{BackendKind, Hypervisor, PauseStats, Vm, VmNetwork, VmSpec};

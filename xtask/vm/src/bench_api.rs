@@ -174,7 +174,7 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
     for _ in 0..runs {
         let (id, took) = timed(create_sandbox(api)).await?;
         create.push(took);
-        for (step, ms) in create_steps(api, &id).await? {
+        for (step, ms) in agent_steps(api, &id).await? {
             steps
                 .entry(step)
                 .or_default()
@@ -249,9 +249,18 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         files.insert(format!("read_{name}"), stats(&read));
     }
     let (mut pause, mut resume, mut exec_after_resume) = (Vec::new(), Vec::new(), Vec::new());
+    let mut resume_steps: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     for _ in 0..runs {
         pause.push(timed(transition(api, &id, "pause")).await?.1);
         resume.push(timed(transition(api, &id, "resume")).await?.1);
+        for (step, ms) in agent_steps(api, &id).await? {
+            if let Some(step) = step.strip_prefix("resume_") {
+                resume_steps
+                    .entry(step.to_owned())
+                    .or_default()
+                    .push(Duration::from_millis(ms));
+            }
+        }
         exec_after_resume.push(timed(exec(api, &id, "echo hi")).await?.1);
     }
     destroy(api, &id).await?;
@@ -285,10 +294,7 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         "accel": accel.to_string(),
         "runs": runs,
         "create_pool_miss": stats(&create),
-        "create_pool_miss_steps": steps
-            .iter()
-            .map(|(step, samples)| (step.clone(), stats(samples)))
-            .collect::<serde_json::Map<_, _>>(),
+        "create_pool_miss_steps": steps_report(&steps),
         "first_exec": stats(&first_exec),
         "exec_echo": stats(&exec_echo),
         "exec_bash_login": stats(&exec_bash),
@@ -296,6 +302,7 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
         "files": files,
         "pause": stats(&pause),
         "resume": stats(&resume),
+        "resume_steps": steps_report(&resume_steps),
         "first_exec_after_resume": stats(&exec_after_resume),
         "kill": stats(&kill),
         "concurrent_creates": bursts,
@@ -316,6 +323,14 @@ async fn measure(agent: &Agent, images: &GuestImages, runs: usize) -> Result<Val
             "burst_8_wall_ms_unpooled": 4000, "idle_rss_mib": 48,
         },
     }))
+}
+
+/// p50/p95 of each step.
+fn steps_report(steps: &BTreeMap<String, Vec<Duration>>) -> serde_json::Map<String, Value> {
+    steps
+        .iter()
+        .map(|(step, samples)| (step.clone(), stats(samples)))
+        .collect()
 }
 
 async fn timed<T>(work: impl Future<Output = Result<T>>) -> Result<(T, Duration)> {
@@ -342,9 +357,10 @@ async fn create_sandbox(api: &Client) -> Result<String> {
         .with_context(|| format!("create replied without an id: {}", reply.text))
 }
 
-/// The agent's own timings of a create (`timings_ms`: prepare, VM
-/// started, envd ready, init, total), in ms.
-async fn create_steps(api: &Client, id: &str) -> Result<Vec<(String, u64)>> {
+/// The agent's own timings of a sandbox's last create or resume
+/// (`timings_ms`: prepare, VM started, envd ready, init, total; or
+/// `resume_` disk, network, VM restore, envd ready, init), in ms.
+async fn agent_steps(api: &Client, id: &str) -> Result<Vec<(String, u64)>> {
     let path = format!("/v1/sandboxes/{}", segment(id));
     let reply = api
         .get(&path)

@@ -3,9 +3,9 @@
 
 use super::{
     Arc, BTreeMap, BootTimings, CreateSandbox, Duration, EnvdClient, ExecOutput, ExecRequest,
-    GuestImages, Handle, Instant, ListFilter, Manager, ManagerError, PathBuf, Persisted, SafeName,
-    Sandbox, SandboxConfig, SandboxInfo, SnapshotInfo, State, SystemTime, Table, TemplateInfo,
-    lock, new_id,
+    GuestImages, Handle, Instant, ListFilter, Manager, ManagerError, PathBuf, Persisted,
+    ResumeTimings, SafeName, Sandbox, SandboxConfig, SandboxInfo, SnapshotInfo, State, SystemTime,
+    Table, TemplateInfo, lock, new_id,
 };
 
 impl Manager {
@@ -309,15 +309,14 @@ impl Manager {
                 })
         };
         match sandbox.resume_with(&on_running).await {
-            Ok(took) => {
+            Ok(timings) => {
                 crate::crash::point("resume.ready");
                 let addr = sandbox.envd().addr();
                 self.finish(id, sandbox, State::Running, |info| {
                     info.envd_addr = Some(addr);
                     info.paused_at = None;
                     info.end_at = SystemTime::now() + ttl;
-                    info.timings_ms
-                        .insert("resume".into(), took.as_millis() as u64);
+                    info.timings_ms.extend(resume_timings(timings));
                 })
             }
             Err(err) => self.fail(id, sandbox, err),
@@ -397,6 +396,20 @@ impl Manager {
         self.save_info(&info)?;
         Ok(info)
     }
+}
+
+/// A resume's steps as `resume_<step>` (and `resume`, the whole).
+fn resume_timings(t: ResumeTimings) -> impl Iterator<Item = (String, u64)> {
+    [
+        ("resume_disk", t.disk),
+        ("resume_network", t.network),
+        ("resume_vm_restore", t.vm_restore),
+        ("resume_envd_ready", t.envd_ready),
+        ("resume_init", t.init),
+        ("resume", t.total),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.as_millis() as u64))
 }
 
 fn boot_timings(t: BootTimings) -> BTreeMap<String, u64> {

@@ -40,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use crate::disk::RootfsProvider;
 use crate::error::SandboxError;
 use crate::images::GuestImages;
-use crate::sandbox::{BootTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxState};
+use crate::sandbox::{
+    BootTimings, ResumeTimings, Sandbox, SandboxConfig, SandboxRecord, SandboxState,
+};
 use crate::vmm::Hypervisor;
 pub use pool::PoolStats;
 use store::{Store, Table};

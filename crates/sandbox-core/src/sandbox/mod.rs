@@ -105,6 +105,23 @@ pub struct BootTimings {
     pub total: Duration,
 }
 
+/// How long each step of a resume took (each from the previous step's end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResumeTimings {
+    /// The rootfs provider restored the disk.
+    pub disk: Duration,
+    /// A network namespace taken (a spare) or made.
+    pub network: Duration,
+    /// The new VMM loaded the saved state (vCPUs not yet running).
+    pub vm_restore: Duration,
+    /// From `cont` until envd answered `/health`: under TCG mostly the
+    /// fresh translation of the guest code that answers.
+    pub envd_ready: Duration,
+    /// `/init` (token, env, clock).
+    pub init: Duration,
+    pub total: Duration,
+}
+
 /// What a later agent run needs to take a sandbox over (see
 /// [`Sandbox::reattach`]); the lifecycle manager persists it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

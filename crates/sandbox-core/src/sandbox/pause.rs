@@ -1,7 +1,8 @@
 //! Pause, resume and snapshots of a running sandbox.
 
 use super::{
-    Attach, Sandbox, SandboxRecord, SandboxState, free_local_port, init_request, wait_for_envd,
+    Attach, ResumeTimings, Sandbox, SandboxRecord, SandboxState, free_local_port, init_request,
+    wait_for_envd,
 };
 use crate::error::SandboxError;
 use crate::rollback::Rollback;
@@ -74,7 +75,7 @@ impl Sandbox {
     /// Continues a paused sandbox in a new VMM process: memory, processes
     /// and files as they were; the guest clock is set to now. See
     /// [`Sandbox::resume_with`] for what a failure leaves.
-    pub async fn resume(&mut self) -> Result<Duration, SandboxError> {
+    pub async fn resume(&mut self) -> Result<ResumeTimings, SandboxError> {
         self.resume_with(&|_| Ok(())).await
     }
 
@@ -86,13 +87,21 @@ impl Sandbox {
     pub async fn resume_with(
         &mut self,
         on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
-    ) -> Result<Duration, SandboxError> {
+    ) -> Result<ResumeTimings, SandboxError> {
         self.require(SandboxState::Paused, "resume")?;
         let start = Instant::now();
+        let mut step = Instant::now();
+        let mut lap = move || {
+            let now = Instant::now();
+            let took = now - step;
+            step = now;
+            took
+        };
         let mut undo = Rollback::new(format!("resume of sandbox {}", self.id));
         self.provider
             .restore(&self.id, &self.root_base.0, &self.run_dir)
             .await?;
+        let disk = lap();
         undo.push("release the root disk", |s: &mut Sandbox| {
             Box::pin(s.release_disk())
         });
@@ -112,6 +121,7 @@ impl Sandbox {
             },
         };
         let (network, envd_addr) = (attach.vm_network(), attach.envd_addr());
+        let network_took = lap();
         // Until the guest runs, the saved state holds: stopping the new VMM
         // is all it takes.
         undo.push("stop the VMM", |s: &mut Sandbox| {
@@ -120,10 +130,10 @@ impl Sandbox {
                 s.vm.stop().await
             })
         });
-        let vm_took = match self.vm.resume(&self.run_dir.join("state"), network).await {
-            Ok(took) => took,
-            Err(err) => return Err(undo.unwind(self, err).await),
-        };
+        if let Err(err) = self.vm.resume(&self.run_dir.join("state"), network).await {
+            return Err(undo.unwind(self, err).await);
+        }
+        let vm_restore = lap();
         self.state = SandboxState::Running;
         self.envd = EnvdClient::new(envd_addr).with_access_token(self.token.clone());
         if let Err(err) = on_running(&self.record()) {
@@ -140,7 +150,7 @@ impl Sandbox {
             Ok(_) => self.resume_guest(envd_addr).await,
             Err(err) => Err(err),
         };
-        let ready = match ready {
+        let (envd_ready, init) = match ready {
             Ok(ready) => ready,
             Err(err) => {
                 let err = undo.unwind(self, err).await;
@@ -161,19 +171,33 @@ impl Sandbox {
         if let Err(err) = std::fs::remove_dir_all(&state_dir) {
             tracing::warn!(sandbox = %self.id, %err, "cannot remove the stale saved state");
         }
-        let took = start.elapsed();
+        let timings = ResumeTimings {
+            disk,
+            network: network_took,
+            vm_restore,
+            envd_ready,
+            init,
+            total: start.elapsed(),
+        };
         tracing::info!(
             sandbox = %self.id,
-            vm_restore_ms = vm_took.as_millis() as u64,
-            envd_ready_ms = ready.as_millis() as u64,
-            took_ms = took.as_millis() as u64,
+            disk_ms = timings.disk.as_millis() as u64,
+            network_ms = timings.network.as_millis() as u64,
+            vm_restore_ms = timings.vm_restore.as_millis() as u64,
+            envd_ready_ms = timings.envd_ready.as_millis() as u64,
+            init_ms = timings.init.as_millis() as u64,
+            took_ms = timings.total.as_millis() as u64,
             "sandbox resumed"
         );
-        Ok(took)
+        Ok(timings)
     }
 
-    /// The guest side of a resume: envd answers, `/init` (token, env, clock).
-    async fn resume_guest(&mut self, envd_addr: SocketAddr) -> Result<Duration, SandboxError> {
+    /// The guest side of a resume: envd answers, `/init` (token, env,
+    /// clock); how long each took.
+    async fn resume_guest(
+        &mut self,
+        envd_addr: SocketAddr,
+    ) -> Result<(Duration, Duration), SandboxError> {
         let envd = EnvdClient::new(envd_addr);
         let ready = wait_for_envd(&envd, self.boot_timeout, self.vm.pid())
             .await
@@ -182,6 +206,7 @@ impl Sandbox {
                 message,
                 console: qemu_vmm::log_tail(&self.vm.console_log(), 30),
             })?;
+        let init_start = Instant::now();
         let envd = envd.with_access_token(self.token.clone());
         let init = init_request(&self.token, &self.env_vars);
         envd.init(&init)
@@ -191,7 +216,7 @@ impl Sandbox {
                 source: Box::new(source),
             })?;
         self.envd = envd;
-        Ok(ready)
+        Ok((ready, init_start.elapsed()))
     }
 
     /// Saves a guest whose resume failed after it ran (its saved state is
