@@ -271,9 +271,37 @@ fn remove_dead_runs(prefix: &str) {
         if std::path::Path::new(&format!("/proc/{pid}")).exists() || named_by_a_process(&path) {
             continue;
         }
+        remove_dead_cgroups(&path);
         match std::fs::remove_dir_all(&path) {
             Ok(()) => eprintln!("[xtask] removed {} (left by a killed run)", path.display()),
             Err(err) => eprintln!("[xtask] could not remove {}: {err}", path.display()),
+        }
+    }
+}
+
+/// Removes the VMM cgroups of the sandboxes a killed run left in `dir`
+/// (`<dir>/sandboxes/<id>`): named after the id and run dir, they are
+/// outside `dir` and would stay behind, empty, for good.
+fn remove_dead_cgroups(dir: &std::path::Path) {
+    let Ok(sandboxes) = std::fs::read_dir(dir.join("sandboxes")) else {
+        return;
+    };
+    let Ok(confinement) = sandbox_core::confine::VmmConfinement::for_host(BackendKind::Qemu) else {
+        return;
+    };
+    for sandbox in sandboxes.flatten() {
+        let Some(id) = sandbox.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some(cgroup) = confinement.cgroup(&id, &sandbox.path()) else {
+            continue;
+        };
+        if !cgroup.dirs().iter().any(|d| d.exists()) {
+            continue;
+        }
+        match cgroup.remove() {
+            Ok(()) => eprintln!("[xtask] removed the cgroup of {id} (left by a killed run)"),
+            Err(err) => eprintln!("[xtask] could not remove the cgroup of {id}: {err}"),
         }
     }
 }
@@ -290,4 +318,41 @@ fn named_by_a_process(path: &std::path::Path) -> bool {
 
 pub fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_run_sweep_removes_the_cgroups_of_its_sandboxes() {
+        let Ok(confinement) = sandbox_core::confine::VmmConfinement::for_host(BackendKind::Qemu)
+        else {
+            eprintln!("skipped: VMM confinement (root) is not available here");
+            return;
+        };
+        // Arrange: a run dir of a process that is gone (pid beyond
+        // pid_max) holding a sandbox whose cgroup exists.
+        let prefix = format!("petrel-test-sweep-{}", std::process::id());
+        let dead = std::env::temp_dir().join(format!("{prefix}-{}", u32::MAX - 1));
+        let run_dir = dead.join("sandboxes").join("sweep-sb");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let Some(cgroup) = confinement.cgroup("sweep-sb", &run_dir) else {
+            let _ = std::fs::remove_dir_all(&dead);
+            eprintln!("skipped: no cgroup hierarchy here");
+            return;
+        };
+        cgroup.create(confinement.limits(1, 64)).unwrap();
+        let made = cgroup.dirs().iter().all(|d| d.exists());
+
+        // Act
+        remove_dead_runs(&prefix);
+
+        // Assert
+        let left: Vec<_> = cgroup.dirs().iter().filter(|d| d.exists()).collect();
+        let _ = cgroup.remove();
+        assert!(made);
+        assert!(left.is_empty(), "cgroups left: {left:?}");
+        assert!(!dead.exists());
+    }
 }
