@@ -313,6 +313,32 @@ async fn errors_and_routing() {
         )
         .await;
     assert_eq!(status, 404);
+
+    // Template aliases (the SDKs' Template.exists): JSON either way.
+    let (status, _, body) = http
+        .send("GET", &format!("{api}/templates/aliases/base"), &key, None)
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"templateID": "base", "public": false}))
+    );
+    let (status, _, body) = http
+        .send(
+            "GET",
+            &format!("{api}/templates/aliases/no-such"),
+            &key,
+            None,
+        )
+        .await;
+    assert_eq!((status, &body["code"]), (404, &json!(404)), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("no-such"),
+        "{body}"
+    );
+    let (status, _, body) = http
+        .send("GET", &format!("{api}/templates/aliases/a%20b"), &key, None)
+        .await;
+    assert_eq!((status, &body["code"]), (400, &json!(400)), "{body}");
     for bad in [
         json!({}),
         json!({"templateID": "base", "timeout": -1}),

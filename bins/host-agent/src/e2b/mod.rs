@@ -5,6 +5,8 @@
 //! - [`sandboxes`]: create (v2 and legacy), connect/resume, kill, list with
 //!   filters and `x-next-token` pagination, detail, timeout, pause, metrics.
 //! - [`snapshots`]: create, list, delete (`DELETE /templates/{id}`).
+//! - [`templates`]: whether a template name exists
+//!   (`GET /templates/aliases/{alias}`, the SDKs' `Template.exists`).
 //! - [`proxy`]: routes envd traffic to the sandbox's guest agent by
 //!   `E2b-Sandbox-Id`/`E2b-Sandbox-Port`, `{port}-{id}.` host names or signed
 //!   `/files` URLs, streaming both ways.
@@ -27,6 +29,7 @@ pub mod query;
 pub mod sandboxes;
 pub mod signature;
 pub mod snapshots;
+pub mod templates;
 pub mod time;
 
 use std::time::Duration;
@@ -56,7 +59,7 @@ pub struct Control {
 }
 
 /// E2B's control-plane routes (`/sandboxes`, `/v2/sandboxes`, `/snapshots`,
-/// `/templates/{id}`); the listener's [`crate::auth`] guard checks their
+/// `/templates/{id}`, `/templates/aliases/{alias}`); the listener's [`crate::auth`] guard checks their
 /// `X-API-KEY`.
 pub fn control_router(state: AppState) -> Router {
     let control = Control {
@@ -66,6 +69,7 @@ pub fn control_router(state: AppState) -> Router {
     Router::new()
         .merge(sandboxes::routes())
         .merge(snapshots::routes())
+        .merge(templates::routes())
         .with_state(control)
 }
 

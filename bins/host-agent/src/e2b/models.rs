@@ -23,6 +23,15 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `TemplateAliasResponse` (`GET /templates/aliases/{alias}`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateAlias {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    pub public: bool,
+}
+
 /// `NewSandboxV2` (`POST /v2/sandboxes`) and the legacy `NewSandbox`
 /// (`POST /sandboxes`, which also has `secure`).
 #[derive(Debug, Default, Deserialize)]

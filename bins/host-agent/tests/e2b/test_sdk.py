@@ -28,6 +28,7 @@ from e2b import (
     Sandbox,
     SandboxQuery,
     SandboxState,
+    Template,
 )
 
 HOME = "/home/user"
@@ -444,6 +445,17 @@ def test_snapshot_create_list_create_from_delete_and_timeout(sbx):
     ]
     assert snapshot.snapshot_id not in listed
     assert Sandbox.delete_snapshot(snapshot.snapshot_id) is False
+
+
+def test_template_exists_for_templates_and_snapshots(sbx):
+    assert Template.exists("base") is True
+    assert Template.exists("no-such-template") is False
+    snapshot = sbx.create_snapshot()
+    try:
+        assert Template.exists(snapshot.snapshot_id) is True
+    finally:
+        Sandbox.delete_snapshot(snapshot.snapshot_id)
+    assert Template.exists(snapshot.snapshot_id) is False
 
 
 def test_fork_copies_a_running_sandbox(sbx):
