@@ -19,8 +19,15 @@
 //! listens on, get E2B's 502 "port is not open" answer. Unknown, paused or
 //! gone sandboxes get E2B's 502 "sandbox was not found" body, which the
 //! SDK's `is_running()` reads as `False`. WebSocket upgrades are not relayed.
+//!
+//! A response still streaming when its sandbox's VM goes away (killed,
+//! timed out, paused) is cut off within [`GONE_POLL`]: a guest that is gone
+//! sends no FIN, so without it a `commands.run` would wait for its request
+//! timeout. The SDK then asks the API, finds the sandbox not running and
+//! says it "was killed or reached its end of life".
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -34,6 +41,9 @@ use serde_json::json;
 use super::signature::{constant_time_eq, file_signature};
 use super::{ENVD_PORT, HttpClient};
 use crate::state::AppState;
+
+/// How often a streaming response checks that its sandbox still runs.
+pub const GONE_POLL: Duration = Duration::from_millis(250);
 
 /// The SDKs' routing headers.
 pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
@@ -291,7 +301,8 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
+            let body = until_gone(proxy.app.clone(), target.sandbox_id, body);
+            Response::from_parts(parts, body)
         }
         Err(err) => {
             if target.port == ENVD_PORT {
@@ -308,6 +319,52 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             }
         }
     }
+}
+
+/// Resolves once sandbox `id`'s VM is gone: paused, stopping, stopped,
+/// failed or forgotten (not while it is being paused or snapshotted: its
+/// connections may survive that).
+async fn sandbox_gone(app: AppState, id: String) {
+    loop {
+        tokio::time::sleep(GONE_POLL).await;
+        let gone = match app.manager.get(&id) {
+            Ok(info) => matches!(
+                info.state,
+                Phase::Paused | Phase::Stopping | Phase::Stopped | Phase::Error
+            ),
+            Err(_) => true,
+        };
+        if gone {
+            return;
+        }
+    }
+}
+
+/// `body`, ended with an error once sandbox `id`'s VM is gone.
+fn until_gone(app: AppState, id: String, body: hyper::body::Incoming) -> Body {
+    use futures::StreamExt as _;
+    let frames = http_body_util::BodyStream::new(body);
+    let gone = Box::pin(sandbox_gone(app, id.clone()));
+    let stream = futures::stream::unfold(Some((frames, gone)), move |state| {
+        let id = id.clone();
+        async move {
+            let (mut frames, mut gone) = state?;
+            tokio::select! {
+                frame = frames.next() => {
+                    let frame = frame?.map_err(axum::Error::new);
+                    Some((frame, Some((frames, gone))))
+                }
+                () = &mut gone => {
+                    tracing::info!(sandbox = %id, "e2b proxy: the sandbox went away; its response is cut off");
+                    let cut = std::io::Error::other(format!(
+                        "sandbox {id} was not found (it went away while the response streamed)"
+                    ));
+                    Some((Err(axum::Error::new(cut)), None))
+                }
+            }
+        }
+    });
+    Body::new(http_body_util::StreamBody::new(stream))
 }
 
 /// Where guest `port` answers from the host, if it does. In a sandbox with

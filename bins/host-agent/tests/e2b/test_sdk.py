@@ -26,6 +26,7 @@ from e2b import (
     FileType,
     PtySize,
     Sandbox,
+    SandboxNotRunningException,
     SandboxQuery,
     SandboxState,
     Template,
@@ -475,6 +476,38 @@ def test_fork_copies_a_running_sandbox(sbx):
 
 
 # ---- kill (last: it ends the shared sandbox) -------------------------------------
+
+
+def test_kill_during_a_command_ends_it_with_sandbox_not_running(run_id):
+    sandbox = Sandbox.create(metadata={"suite": run_id, "role": "killed"}, timeout=300)
+    outcome = {}
+
+    def run():
+        try:
+            # No command timeout: only the kill can end it.
+            sandbox.commands.run("echo started; sleep 600", timeout=0, request_timeout=0)
+            outcome["result"] = "finished"
+        except Exception as err:  # noqa: BLE001 - the type is what is checked
+            outcome["error"] = err
+        outcome["ended"] = time.monotonic()
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    wait_for(
+        lambda: any(p.cmd == "/bin/bash" and "sleep 600" in " ".join(p.args)
+                    for p in sandbox.commands.list()),
+        what="the command to run",
+    )
+    killed = time.monotonic()
+    Sandbox.kill(sandbox.sandbox_id)
+    runner.join(timeout=60)
+
+    assert not runner.is_alive(), "the command did not end when its sandbox was killed"
+    assert isinstance(outcome.get("error"), SandboxNotRunningException), outcome
+    assert "killed" in str(outcome["error"])
+    # Not left to TCP keepalive, which notices a vanished guest only after
+    # 25 s (10 s idle, then 3 probes 5 s apart): the proxy cuts it off.
+    assert outcome["ended"] - killed < 10, outcome["ended"] - killed
 
 
 def test_kill(sbx):
