@@ -328,6 +328,73 @@ async fn exec_stream_and_files_work_in_a_running_sandbox() {
 }
 
 #[tokio::test]
+async fn a_delete_during_an_exec_ends_it_at_once() {
+    let Some(agent) = common::start_agent().await else {
+        return;
+    };
+    let api = Client::new(agent.url());
+    let created = api
+        .post("/v1/sandboxes", &sandbox_request(&json!({})))
+        .await;
+    let sandbox = format!("/v1/sandboxes/{}", id_of(&created));
+    let long = |path: &str, marker: &str| {
+        let (api, path) = (api.clone(), format!("{sandbox}/{path}"));
+        let cmd = format!("touch /tmp/{marker}; sleep 600");
+        tokio::spawn(async move {
+            let reply = api
+                .post(&path, &json!({"cmd": cmd, "timeout_s": 3600}))
+                .await;
+            (reply, std::time::Instant::now())
+        })
+    };
+    let exec = long("exec", "exec-started");
+    let stream = long("exec/stream", "stream-started");
+    let mut started = false;
+    for _ in 0..100 {
+        let probe = api
+            .post(
+                &format!("{sandbox}/exec"),
+                &json!({"cmd": "test -e /tmp/exec-started && test -e /tmp/stream-started"}),
+            )
+            .await;
+        if probe.json()["exit_code"] == 0 {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let deleted_at = std::time::Instant::now();
+    let deleted = api.delete(&sandbox).await;
+    let (exec, exec_ended) = exec.await.unwrap();
+    let (stream, stream_ended) = stream.await.unwrap();
+    agent.stop().await;
+
+    assert!(started, "the commands never started");
+    assert_eq!(deleted.status.as_u16(), 204, "{}", deleted.text());
+    assert_eq!(
+        exec.status_code(),
+        (409, "invalid_state".into()),
+        "{}",
+        exec.text()
+    );
+    assert!(
+        exec.text().contains("cannot finish the command"),
+        "{}",
+        exec.text()
+    );
+    let events = stream.events();
+    let (last, data) = events.last().expect("no events");
+    assert_eq!(last, "error", "{events:?}");
+    assert_eq!(data["code"], "invalid_state", "{data}");
+    // Not left to TCP keepalive (~25 s for a guest that vanished).
+    for ended in [exec_ended, stream_ended] {
+        let after = ended.saturating_duration_since(deleted_at);
+        assert!(after.as_secs() < 10, "ended {after:?} after the delete");
+    }
+}
+
+#[tokio::test]
 async fn snapshots_and_templates_follow_their_users() {
     let Some(agent) = common::start_agent().await else {
         return;

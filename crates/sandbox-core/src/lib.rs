@@ -59,8 +59,9 @@ pub use error::SandboxError;
 pub use firecracker::FirecrackerBackend;
 pub use images::GuestImages;
 pub use manager::{
-    CreateSandbox, DEFAULT_PAUSED_TTL, DEFAULT_POOL_SIZE, ListFilter, Manager, ManagerConfig,
-    ManagerError, PoolStats, SandboxInfo, SnapshotInfo, StandsOn, State, TemplateInfo,
+    CreateSandbox, DEFAULT_PAUSED_TTL, DEFAULT_POOL_SIZE, GONE_POLL, ListFilter, Manager,
+    ManagerConfig, ManagerError, PoolStats, SandboxInfo, SnapshotInfo, StandsOn, State,
+    TemplateInfo,
 };
 pub use network::NetworkPool;
 pub use qemu::{QemuBackend, default_boot_timeout};

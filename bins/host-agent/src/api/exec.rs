@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use envd_client::{ExecEvent, ExecRequest};
 use futures::{Stream, StreamExt as _};
+use sandbox_core::ManagerError;
 use serde::{Deserialize, Serialize};
 
 use super::ApiState;
@@ -109,13 +110,34 @@ pub async fn stream(
     let request = body.into_request()?;
     let envd = state.app.manager.envd(&id).await?;
     let events = envd.exec_stream(request).await.map_err(ApiError::from)?;
+    // A VM that goes away sends nothing more: end the stream at once.
+    let gone = {
+        let (manager, id) = (state.app.manager.clone(), id.clone());
+        async move {
+            let state = manager.gone(&id).await;
+            Err(ManagerError::InvalidState {
+                id,
+                state,
+                operation: "finish the command",
+            })
+        }
+    };
+    let end = || futures::stream::once(async { None });
+    let events = events
+        .map(|event| Some(event.map_err(ApiError::from)))
+        .chain(end());
+    let cut = futures::stream::once(gone)
+        .map(|gone| Some(gone.map_err(ApiError::from)))
+        .chain(end());
+    let events = futures::stream::select(events, cut)
+        .take_while(|item| std::future::ready(item.is_some()))
+        .filter_map(std::future::ready);
     let sandbox = id.clone();
     let events = events.map(move |event| {
         Ok(match event {
             Ok(event) => sse_event(&event),
             Err(err) => {
                 tracing::warn!(%sandbox, %err, "exec stream failed");
-                let err = ApiError::from(err);
                 json_event(
                     "error",
                     &serde_json::json!({"code": err.code, "message": err.message}),

@@ -21,13 +21,12 @@
 //! SDK's `is_running()` reads as `False`. WebSocket upgrades are not relayed.
 //!
 //! A response still streaming when its sandbox's VM goes away (killed,
-//! timed out, paused) is cut off within [`GONE_POLL`]: a guest that is gone
+//! timed out, paused) is cut off within [`sandbox_core::GONE_POLL`]: a guest that is gone
 //! sends no FIN, so without it a `commands.run` would wait for its request
 //! timeout. The SDK then asks the API, finds the sandbox not running and
 //! says it "was killed or reached its end of life".
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -41,9 +40,6 @@ use serde_json::json;
 use super::signature::{constant_time_eq, file_signature};
 use super::{ENVD_PORT, HttpClient};
 use crate::state::AppState;
-
-/// How often a streaming response checks that its sandbox still runs.
-pub const GONE_POLL: Duration = Duration::from_millis(250);
 
 /// The SDKs' routing headers.
 pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
@@ -301,7 +297,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            let body = until_gone(proxy.app.clone(), target.sandbox_id, body);
+            let body = until_gone(proxy.app.manager.clone(), target.sandbox_id, body);
             Response::from_parts(parts, body)
         }
         Err(err) => {
@@ -321,30 +317,14 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     }
 }
 
-/// Resolves once sandbox `id`'s VM is gone: paused, stopping, stopped,
-/// failed or forgotten (not while it is being paused or snapshotted: its
-/// connections may survive that).
-async fn sandbox_gone(app: AppState, id: String) {
-    loop {
-        tokio::time::sleep(GONE_POLL).await;
-        let gone = match app.manager.get(&id) {
-            Ok(info) => matches!(
-                info.state,
-                Phase::Paused | Phase::Stopping | Phase::Stopped | Phase::Error
-            ),
-            Err(_) => true,
-        };
-        if gone {
-            return;
-        }
-    }
-}
-
 /// `body`, ended with an error once sandbox `id`'s VM is gone.
-fn until_gone(app: AppState, id: String, body: hyper::body::Incoming) -> Body {
+fn until_gone(manager: sandbox_core::Manager, id: String, body: hyper::body::Incoming) -> Body {
     use futures::StreamExt as _;
     let frames = http_body_util::BodyStream::new(body);
-    let gone = Box::pin(sandbox_gone(app, id.clone()));
+    let gone = Box::pin({
+        let id = id.clone();
+        async move { manager.gone(&id).await }
+    });
     let stream = futures::stream::unfold(Some((frames, gone)), move |state| {
         let id = id.clone();
         async move {
@@ -354,7 +334,7 @@ fn until_gone(app: AppState, id: String, body: hyper::body::Incoming) -> Body {
                     let frame = frame?.map_err(axum::Error::new);
                     Some((frame, Some((frames, gone))))
                 }
-                () = &mut gone => {
+                _ = &mut gone => {
                     tracing::info!(sandbox = %id, "e2b proxy: the sandbox went away; its response is cut off");
                     let cut = std::io::Error::other(format!(
                         "sandbox {id} was not found (it went away while the response streamed)"

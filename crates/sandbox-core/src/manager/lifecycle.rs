@@ -8,6 +8,9 @@ use super::{
     Table, TemplateInfo, lock, new_id,
 };
 
+/// How often [`Manager::gone`] looks at a sandbox's state.
+pub const GONE_POLL: Duration = Duration::from_millis(250);
+
 impl Manager {
     /// Creates and boots a sandbox from a template (cold boot, or a restore
     /// of its warm snapshot; a ready one from its pool when there is one)
@@ -234,15 +237,48 @@ impl Manager {
         out
     }
 
-    /// Runs a command in a running sandbox.
+    /// Runs a command in a running sandbox. Ends with
+    /// [`ManagerError::InvalidState`] as soon as the sandbox's VM goes away
+    /// (see [`Manager::gone`]).
     pub async fn exec(&self, id: &str, request: ExecRequest) -> Result<ExecOutput, ManagerError> {
         let envd = self.envd(id).await?;
-        envd.exec(request).await.map_err(|source| {
-            ManagerError::from(crate::SandboxError::Envd {
-                sandbox: id.to_string(),
-                source: Box::new(source),
-            })
-        })
+        tokio::select! {
+            output = envd.exec(request) => output.map_err(|source| {
+                ManagerError::from(crate::SandboxError::Envd {
+                    sandbox: id.to_string(),
+                    source: Box::new(source),
+                })
+            }),
+            state = self.gone(id) => Err(ManagerError::InvalidState {
+                id: id.to_string(),
+                state,
+                operation: "finish the command",
+            }),
+        }
+    }
+
+    /// Resolves, with the state it found, once sandbox `id`'s VM is gone:
+    /// paused, stopping, stopped, failed or forgotten (then `stopped`);
+    /// not while it is being paused or snapshotted, which its connections
+    /// may survive. Looks every [`GONE_POLL`]. A guest that vanishes sends
+    /// no FIN, so a request to it would otherwise wait for TCP keepalive
+    /// (~25 s).
+    pub async fn gone(&self, id: &str) -> State {
+        loop {
+            tokio::time::sleep(GONE_POLL).await;
+            match self.get(id) {
+                Ok(info)
+                    if matches!(
+                        info.state,
+                        State::Paused | State::Stopping | State::Stopped | State::Error
+                    ) =>
+                {
+                    return info.state;
+                }
+                Ok(_) => {}
+                Err(_) => return State::Stopped,
+            }
+        }
     }
 
     /// The envd client of a running sandbox (files, streams, proxying).

@@ -14,6 +14,7 @@
 
 mod cancel;
 mod lifecycle;
+pub use lifecycle::GONE_POLL;
 mod limits;
 mod lineage;
 mod names;
