@@ -106,6 +106,7 @@ pub async fn create(
         metadata: body.metadata,
         auto_pause: body.auto_pause,
         internet: body.internet,
+        host_mask: None,
     };
     let info = state.app.manager.create(request).await?;
     tracing::info!(sandbox = %info.id, template = %info.template, "sandbox created over the API");

@@ -15,8 +15,10 @@
 //! The lifecycle itself is [`sandbox_core::Manager`]'s; this module maps
 //! E2B's requests and states onto it (`running`/`paused` only).
 //!
-//! Refused rather than silently ignored (400): `autoResume`,
-//! network egress rules, `allowPublicTraffic: false`, volume mounts, MCP,
+//! `network.maskRequestHost` is honoured (the `Host` the proxy sends to
+//! the sandbox's ports). Refused rather than silently ignored (400):
+//! `autoResume`, network egress rules, `dnsServers`, `egressProxy`,
+//! `httpsPorts`, `allowPublicTraffic: false`, volume mounts, MCP,
 //! IAM, filesystem-only pauses and snapshots (`memory: false`), connect with
 //! `memory: false` (reboot). Not implemented: `Idempotency-Key` on
 //! create, WebSocket upgrades through the proxy, guest ports other than

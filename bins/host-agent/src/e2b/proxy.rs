@@ -20,6 +20,10 @@
 //! gone sandboxes get E2B's 502 "sandbox was not found" body, which the
 //! SDK's `is_running()` reads as `False`. WebSocket upgrades are not relayed.
 //!
+//! Requests to a sandbox's own ports (not envd's) carry its
+//! `maskRequestHost` as `Host` when it was created with one (`${PORT}`
+//! replaced by the port), else the caller's `Host`.
+//!
 //! A response still streaming when its sandbox's VM goes away (killed,
 //! timed out, paused) is cut off within [`sandbox_core::GONE_POLL`]: a guest that is gone
 //! sends no FIN, so without it a `commands.run` would wait for its request
@@ -291,7 +295,14 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     parts.headers.remove(SANDBOX_ID_HEADER);
     parts.headers.remove(SANDBOX_PORT_HEADER);
     // The Host header stays as the client sent it (apps in the guest may
-    // check it); hyper sets the upstream address only when there is none.
+    // check it), or is the sandbox's `maskRequestHost`; hyper sets the
+    // upstream address only when there is none.
+    if target.port != ENVD_PORT
+        && let Some(mask) = &info.host_mask
+        && let Ok(host) = http::HeaderValue::from_str(&masked_host(mask, target.port))
+    {
+        parts.headers.insert(header::HOST, host);
+    }
     let upstream = Request::from_parts(parts, body);
     match proxy.client.request(upstream).await {
         Ok(response) => {
@@ -315,6 +326,11 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             }
         }
     }
+}
+
+/// A sandbox's `maskRequestHost` for guest `port`: `${PORT}` replaced.
+pub(super) fn masked_host(mask: &str, port: u16) -> String {
+    mask.replace("${PORT}", &port.to_string())
 }
 
 /// `body`, ended with an error once sandbox `id`'s VM is gone.

@@ -41,7 +41,7 @@ use super::models::{
 };
 use super::query::{Cursor, decode_metadata_filter, paginate};
 use super::time::{format_rfc3339, parse_rfc3339};
-use super::{Control, parse_body, parse_required};
+use super::{Control, ENVD_PORT, parse_body, parse_required};
 use crate::policy::{settled, ttl};
 
 /// Why `memory: false` (a filesystem-only pause or snapshot, which later
@@ -213,14 +213,52 @@ fn check_supported(request: &NewSandbox) -> Result<(), ApiError> {
                 "network egress rules (allowOut, denyOut, rules) are not supported yet",
             ));
         }
+        for key in ["dnsServers", "egressProxy", "httpsPorts"] {
+            if network.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(ApiError::bad_request(format!(
+                    "network.{key} is not supported yet"
+                )));
+            }
+        }
     }
     Ok(())
+}
+
+/// Longest `network.maskRequestHost`.
+const MAX_HOST_MASK: usize = 255;
+
+/// `network.maskRequestHost`: the `Host` header of requests the proxy
+/// sends to the sandbox's ports, `${PORT}` replaced by the port.
+fn host_mask(request: &NewSandbox) -> Result<Option<String>, ApiError> {
+    let Some(mask) = request
+        .network
+        .as_ref()
+        .and_then(|n| n.get("maskRequestHost"))
+        .filter(|v| !v.is_null())
+    else {
+        return Ok(None);
+    };
+    let mask = mask
+        .as_str()
+        .ok_or_else(|| ApiError::bad_request("network.maskRequestHost must be a string"))?;
+    let example = super::proxy::masked_host(mask, ENVD_PORT);
+    if mask.is_empty()
+        || mask.len() > MAX_HOST_MASK
+        || example.contains(['/', ' ', '@', '?', '#'])
+        || http::HeaderValue::from_str(&example).is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "network.maskRequestHost must be a host name (1..={MAX_HOST_MASK} characters, `${{PORT}}` allowed), got {mask:?}"
+        )));
+    }
+    Ok(Some(mask.to_owned()))
 }
 
 /// `POST /v2/sandboxes` and the legacy `POST /sandboxes`.
 async fn create(State(control): State<Control>, body: Bytes) -> Result<Response, ApiError> {
     let request: NewSandbox = parse_required(&body)?;
     check_supported(&request)?;
+    let host_mask = host_mask(&request)?;
     let template = request
         .template_id
         .clone()
@@ -237,6 +275,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
             metadata: request.metadata.unwrap_or_default(),
             auto_pause: request.auto_pause.unwrap_or(false),
             internet: request.allow_internet_access,
+            host_mask,
             ..CreateSandbox::default()
         })
         .await?;
@@ -750,9 +789,41 @@ mod tests {
             r#"{"templateID":"base","mcp":{"x":{}}}"#,
             r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#,
             r#"{"templateID":"base","network":{"allowPublicTraffic":false}}"#,
+            r#"{"templateID":"base","network":{"dnsServers":["1.1.1.1"]}}"#,
+            r#"{"templateID":"base","network":{"egressProxy":{"address":"x:1"}}}"#,
+            r#"{"templateID":"base","network":{"httpsPorts":[8443]}}"#,
         ] {
             assert!(check_supported(&parse(json)).is_err(), "{json}");
         }
+    }
+
+    #[test]
+    fn host_mask_takes_host_names_with_a_port_placeholder() {
+        let parse = |json: &str| -> NewSandbox { serde_json::from_str(json).unwrap() };
+        let mask = |m: serde_json::Value| {
+            host_mask(&parse(
+                &serde_json::json!({"templateID": "base", "network": {"maskRequestHost": m}})
+                    .to_string(),
+            ))
+        };
+
+        let plain = host_mask(&parse(r#"{"templateID":"base"}"#));
+        let placeholder = mask(serde_json::json!("${PORT}-app.example.test"));
+        let refused: Vec<_> = ["", "a b", "x/y", "u@h", "\n"]
+            .into_iter()
+            .map(|m| mask(serde_json::json!(m)))
+            .chain([
+                mask(serde_json::json!(3)),
+                mask(serde_json::json!("h".repeat(256))),
+            ])
+            .collect();
+
+        assert_eq!(plain.unwrap(), None);
+        assert_eq!(
+            placeholder.unwrap().as_deref(),
+            Some("${PORT}-app.example.test")
+        );
+        assert!(refused.iter().all(Result::is_err), "{refused:?}");
     }
 
     #[test]

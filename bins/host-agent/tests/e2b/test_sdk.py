@@ -12,6 +12,7 @@ costs seconds, so most share the session's sandbox `sbx`.
 
 import asyncio
 import datetime
+import os
 import threading
 import time
 
@@ -26,6 +27,7 @@ from e2b import (
     FileType,
     PtySize,
     Sandbox,
+    SandboxException,
     SandboxNotRunningException,
     SandboxQuery,
     SandboxState,
@@ -476,6 +478,51 @@ def test_fork_copies_a_running_sandbox(sbx):
 
 
 # ---- kill (last: it ends the shared sandbox) -------------------------------------
+
+
+ECHO_HOST = """
+import http.server as h
+class H(h.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = self.headers["Host"].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+h.HTTPServer(("0.0.0.0", 8001), H).serve_forever()
+"""
+
+
+def test_mask_request_host_is_the_host_guest_servers_see(run_id):
+    if os.geteuid() != 0:
+        pytest.skip("guest ports other than envd's need the agent's namespaces (root)")
+    sandbox = Sandbox.create(
+        metadata={"suite": run_id, "role": "mask"},
+        timeout=120,
+        network={"mask_request_host": "${PORT}-masked.example.test"},
+    )
+    try:
+        sandbox.files.write("/tmp/echo_host.py", ECHO_HOST)
+        sandbox.commands.run("python3 /tmp/echo_host.py", background=True)
+        proxy = os.environ["E2B_SANDBOX_URL"]
+        headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8001"}
+
+        def fetch():
+            response = httpx.get(proxy, headers=headers)
+            return response if response.status_code == 200 else None
+
+        seen = wait_for(fetch, what="the guest server on port 8001").text
+    finally:
+        sandbox.kill()
+
+    assert seen == "8001-masked.example.test"
+
+
+def test_mask_request_host_must_be_a_host_name():
+    with pytest.raises(SandboxException) as refused:
+        Sandbox.create(network={"mask_request_host": "not a/host"})
+
+    assert "maskRequestHost" in str(refused.value)
 
 
 def test_kill_during_a_command_ends_it_with_sandbox_not_running(run_id):

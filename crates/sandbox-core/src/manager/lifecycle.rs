@@ -489,5 +489,6 @@ pub(super) fn starting_info(
         error: None,
         timings_ms: BTreeMap::new(),
         paused_at: None,
+        host_mask: request.host_mask.clone(),
     }
 }

@@ -108,6 +108,7 @@ impl Manager {
                 metadata: source.metadata.clone(),
                 auto_pause: source.auto_pause,
                 internet: Some(source.internet),
+                host_mask: source.host_mask.clone(),
             };
             forks.push(self.create(request).await);
         }

@@ -85,6 +85,9 @@ pub struct CreateSandbox {
     /// namespace; user-mode networking is always isolated and refuses
     /// `Some(true)`: see [`crate::network::resolve_internet`]).
     pub internet: Option<bool>,
+    /// The `Host` header requests proxied to the sandbox's ports carry
+    /// (`${PORT}` is replaced by the port); `None`: the caller's.
+    pub host_mask: Option<String>,
 }
 
 /// A managed sandbox as callers see it.
@@ -113,6 +116,9 @@ pub struct SandboxInfo {
     /// (`ManagerConfig`) after.
     #[serde(default)]
     pub paused_at: Option<SystemTime>,
+    /// See [`CreateSandbox::host_mask`].
+    #[serde(default)]
+    pub host_mask: Option<String>,
 }
 
 /// A saved snapshot.
