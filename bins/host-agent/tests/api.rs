@@ -328,6 +328,63 @@ async fn exec_stream_and_files_work_in_a_running_sandbox() {
 }
 
 #[tokio::test]
+async fn a_sandbox_sees_the_vcpus_and_memory_it_asked_for() {
+    // A warm template (the default): its snapshot's shape restores, any
+    // other shape boots cold; either way the guest has what was asked.
+    let Some(agent) = common::start_agent_with(|config| config.warm_templates = true).await else {
+        return;
+    };
+    let api = Client::new(agent.url());
+    let start = std::time::Instant::now();
+    while api.get("/v1/templates/base").await.json()["warm"] != json!(true) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "base never became warm"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut seen = Vec::new();
+    for (vcpus, memory_mb) in [(1_u32, 512_u64), (2, 384), (1, 256)] {
+        let created = api
+            .post(
+                "/v1/sandboxes",
+                &sandbox_request(&json!({"vcpus": vcpus, "memory_mb": memory_mb})),
+            )
+            .await;
+        let sandbox = format!("/v1/sandboxes/{}", id_of(&created));
+        let probe = api
+            .post(
+                &format!("{sandbox}/exec"),
+                &json!({"cmd": "nproc; awk '/MemTotal/{print $2}' /proc/meminfo"}),
+            )
+            .await;
+        let deleted = api.delete(&sandbox).await;
+        seen.push((vcpus, memory_mb, created, probe, deleted));
+    }
+    agent.stop().await;
+
+    for (vcpus, memory_mb, created, probe, deleted) in seen {
+        assert_eq!(created.status.as_u16(), 201, "{}", created.text());
+        assert_eq!(created.json()["vcpus"], vcpus, "{}", created.text());
+        let out = probe.json()["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut lines = out.lines();
+        let nproc: u32 = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        let mem_kib: u64 = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+        assert_eq!(nproc, vcpus, "{out}");
+        // The guest kernel keeps a few MiB for itself.
+        let asked = memory_mb << 10;
+        assert!(
+            mem_kib <= asked && mem_kib > asked * 8 / 10,
+            "asked for {memory_mb} MiB, the guest has {mem_kib} KiB"
+        );
+        assert_eq!(deleted.status.as_u16(), 204);
+    }
+}
+
+#[tokio::test]
 async fn a_delete_during_an_exec_ends_it_at_once() {
     let Some(agent) = common::start_agent().await else {
         return;
