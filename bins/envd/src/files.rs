@@ -5,7 +5,7 @@ use crate::error::EnvdError;
 use crate::filesystem::ops::{chown_to, create_dirs};
 use crate::state::SharedState;
 use crate::user::UserInfo;
-use crate::xattr::write_metadata;
+use crate::xattr::{clear_metadata, write_metadata};
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest as _, Multipart, Query, Request, State};
@@ -39,6 +39,9 @@ pub struct WrittenFile {
     #[serde(rename = "type")]
     kind: &'static str,
     path: String,
+    /// The metadata stored with the upload (keys lowercased), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn now_unix() -> i64 {
@@ -209,6 +212,12 @@ where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
 {
+    let stored = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()
+    });
     let mut body = std::pin::pin!(body);
     let (tx, mut rx) = mpsc::channel::<Bytes>(8);
     let target = path.clone();
@@ -237,6 +246,9 @@ where
         sink.flush()
             .map_err(|e| EnvdError::io(format!("writing {shown}"), &e))?;
         drop(sink);
+        // An overwritten file keeps its old attributes: the upload's
+        // metadata replaces them, none clears them.
+        clear_metadata(&target)?;
         if !metadata.is_empty() {
             write_metadata(
                 &target,
@@ -274,6 +286,7 @@ where
         name,
         kind: "file",
         path: path.display().to_string(),
+        metadata: stored,
     })
 }
 

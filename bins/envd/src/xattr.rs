@@ -102,3 +102,40 @@ pub fn write_metadata<'a>(
     }
     Ok(())
 }
+
+/// Removes every metadata attribute of `path` (an overwritten file keeps
+/// its extended attributes otherwise). A filesystem without xattr support
+/// has none to remove.
+pub fn clear_metadata(path: &Path) -> Result<(), EnvdError> {
+    let cpath = c_path(path).map_err(|e| EnvdError::io(path.display(), &e))?;
+    let names = match list_names(&cpath) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+        Err(e) => {
+            return Err(EnvdError::io(
+                format!("listing metadata of {}", path.display()),
+                &e,
+            ));
+        }
+    };
+    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !raw.starts_with(PREFIX.as_bytes()) {
+            continue;
+        }
+        let Ok(name) = CString::new(raw) else {
+            continue;
+        };
+        // SAFETY: both pointers are valid NUL-terminated strings for the call.
+        let rc = unsafe { libc::lremovexattr(cpath.as_ptr(), name.as_ptr()) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::ENODATA) {
+                return Err(EnvdError::io(
+                    format!("clearing metadata of {}", path.display()),
+                    &err,
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -148,6 +148,41 @@ async fn upload_metadata_headers_show_up_in_stat() {
 }
 
 #[tokio::test]
+async fn upload_returns_its_metadata_and_an_overwrite_clears_it() {
+    let envd = Envd::start().await;
+    let path = envd.path("retagged").display().to_string();
+    let upload = |metadata: Option<(&'static str, &'static str)>| {
+        let mut request = envd
+            .http
+            .post(envd.url("/files"))
+            .query(&[("path", path.as_str())])
+            .header("content-type", "application/octet-stream")
+            .body("x");
+        if let Some((name, value)) = metadata {
+            request = request.header(name, value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+
+    let first = upload(Some(("X-Metadata-Stage", "One"))).await;
+    let second = upload(None).await;
+    let (_, stat) = envd
+        .unary("filesystem.Filesystem/Stat", json!({"path": path}), &[])
+        .await;
+
+    assert_eq!(first[0]["metadata"], json!({"stage": "One"}), "{first}");
+    assert!(second[0].get("metadata").is_none(), "{second}");
+    let left = &stat["entry"]["metadata"];
+    assert!(
+        left.is_null() || left == &json!({}),
+        "stale metadata after an overwrite: {stat}"
+    );
+}
+
+#[tokio::test]
 async fn download_of_missing_file_is_404_json() {
     let envd = Envd::start().await;
 

@@ -214,6 +214,32 @@ def test_files_write_read_list_and_manage(sbx):
         sbx.files.read(f"{base}/newdir/moved.txt")
 
 
+def test_file_metadata_is_kept_returned_and_cleared_on_overwrite(sbx):
+    path = f"{HOME}/with-metadata.txt"
+    written = sbx.files.write(path, "v1", metadata={"Owner": "suite", "stage": "one"})
+    info = sbx.files.get_info(path)
+    listed = [e for e in sbx.files.list(HOME) if e.path == path]
+    rewritten = sbx.files.write(path, "v2")
+    after = sbx.files.get_info(path)
+
+    assert written.metadata == {"owner": "suite", "stage": "one"}
+    assert info.metadata == {"owner": "suite", "stage": "one"}
+    assert listed and listed[0].metadata == {"owner": "suite", "stage": "one"}
+    assert not rewritten.metadata
+    assert not after.metadata
+    assert sbx.files.read(path) == "v2"
+
+
+def test_get_info_of_a_symlink_names_its_target(sbx):
+    sbx.commands.run(f"echo target > {HOME}/link-target.txt && ln -sf {HOME}/link-target.txt {HOME}/a-link")
+
+    info = sbx.files.get_info(f"{HOME}/a-link")
+
+    assert info.type == FileType.SYMLINK
+    assert info.symlink_target == f"{HOME}/link-target.txt"
+    assert info.path == f"{HOME}/a-link"
+
+
 def test_watch_dir_polling(sbx):
     watched = f"{HOME}/watched-sync"
     sbx.files.make_dir(watched)
