@@ -46,6 +46,13 @@ fn get_value(path: &CString, name: &CString) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The metadata attribute names (with [`PREFIX`]) in a `listxattr` buffer.
+fn metadata_names(names: &[u8]) -> impl Iterator<Item = &[u8]> {
+    names
+        .split(|b| *b == 0)
+        .filter(|n| n.starts_with(PREFIX.as_bytes()))
+}
+
 /// The metadata of `path` (keys without the prefix). Filesystems without
 /// xattr support simply have none.
 pub fn read_metadata(path: &Path) -> HashMap<String, String> {
@@ -56,7 +63,7 @@ pub fn read_metadata(path: &Path) -> HashMap<String, String> {
     let Ok(names) = list_names(&cpath) else {
         return metadata;
     };
-    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for raw in metadata_names(&names) {
         let Some(key) = std::str::from_utf8(raw)
             .ok()
             .and_then(|n| n.strip_prefix(PREFIX))
@@ -118,10 +125,7 @@ pub fn clear_metadata(path: &Path) -> Result<(), EnvdError> {
             ));
         }
     };
-    for raw in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if !raw.starts_with(PREFIX.as_bytes()) {
-            continue;
-        }
+    for raw in metadata_names(&names) {
         let Ok(name) = CString::new(raw) else {
             continue;
         };

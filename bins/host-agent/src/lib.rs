@@ -21,6 +21,7 @@ pub mod backend;
 pub mod config;
 pub mod doctor;
 pub mod e2b;
+mod gone;
 pub mod policy;
 pub mod server;
 pub mod state;

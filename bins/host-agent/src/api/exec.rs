@@ -111,27 +111,17 @@ pub async fn stream(
     let envd = state.app.manager.envd(&id).await?;
     let events = envd.exec_stream(request).await.map_err(ApiError::from)?;
     // A VM that goes away sends nothing more: end the stream at once.
-    let gone = {
-        let (manager, id) = (state.app.manager.clone(), id.clone());
-        async move {
-            let state = manager.gone(&id).await;
-            Err(ManagerError::InvalidState {
-                id,
+    let events = crate::gone::until_gone(state.app.manager.clone(), id.clone(), events).map({
+        let id = id.clone();
+        move |item| match item {
+            Ok(event) => event.map_err(ApiError::from),
+            Err(state) => Err(ApiError::from(ManagerError::InvalidState {
+                id: id.clone(),
                 state,
                 operation: "finish the command",
-            })
+            })),
         }
-    };
-    let end = || futures::stream::once(async { None });
-    let events = events
-        .map(|event| Some(event.map_err(ApiError::from)))
-        .chain(end());
-    let cut = futures::stream::once(gone)
-        .map(|gone| Some(gone.map_err(ApiError::from)))
-        .chain(end());
-    let events = futures::stream::select(events, cut)
-        .take_while(|item| std::future::ready(item.is_some()))
-        .filter_map(std::future::ready);
+    });
     let sandbox = id.clone();
     let events = events.map(move |event| {
         Ok(match event {

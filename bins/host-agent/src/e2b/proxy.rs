@@ -337,30 +337,16 @@ pub(super) fn masked_host(mask: &str, port: u16) -> String {
 fn until_gone(manager: sandbox_core::Manager, id: String, body: hyper::body::Incoming) -> Body {
     use futures::StreamExt as _;
     let frames = http_body_util::BodyStream::new(body);
-    let gone = Box::pin({
-        let id = id.clone();
-        async move { manager.gone(&id).await }
+    let frames = crate::gone::until_gone(manager, id.clone(), frames).map(move |item| {
+        let Ok(frame) = item else {
+            tracing::info!(sandbox = %id, "e2b proxy: the sandbox went away; its response is cut off");
+            return Err(axum::Error::new(std::io::Error::other(format!(
+                "sandbox {id} was not found (it went away while the response streamed)"
+            ))));
+        };
+        frame.map_err(axum::Error::new)
     });
-    let stream = futures::stream::unfold(Some((frames, gone)), move |state| {
-        let id = id.clone();
-        async move {
-            let (mut frames, mut gone) = state?;
-            tokio::select! {
-                frame = frames.next() => {
-                    let frame = frame?.map_err(axum::Error::new);
-                    Some((frame, Some((frames, gone))))
-                }
-                _ = &mut gone => {
-                    tracing::info!(sandbox = %id, "e2b proxy: the sandbox went away; its response is cut off");
-                    let cut = std::io::Error::other(format!(
-                        "sandbox {id} was not found (it went away while the response streamed)"
-                    ));
-                    Some((Err(axum::Error::new(cut)), None))
-                }
-            }
-        }
-    });
-    Body::new(http_body_util::StreamBody::new(stream))
+    Body::new(http_body_util::StreamBody::new(frames))
 }
 
 /// Where guest `port` answers from the host, if it does. In a sandbox with

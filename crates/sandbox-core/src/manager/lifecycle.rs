@@ -434,30 +434,35 @@ impl Manager {
     }
 }
 
+/// `(step, duration)` pairs as `timings_ms` entries.
+fn millis<'a>(
+    steps: impl IntoIterator<Item = (&'a str, Duration)>,
+) -> impl Iterator<Item = (String, u64)> {
+    steps
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.as_millis() as u64))
+}
+
 /// A resume's steps as `resume_<step>` (and `resume`, the whole).
 fn resume_timings(t: ResumeTimings) -> impl Iterator<Item = (String, u64)> {
-    [
+    millis([
         ("resume_disk", t.disk),
         ("resume_network", t.network),
         ("resume_vm_restore", t.vm_restore),
         ("resume_envd_ready", t.envd_ready),
         ("resume_init", t.init),
         ("resume", t.total),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.as_millis() as u64))
+    ])
 }
 
 fn boot_timings(t: BootTimings) -> BTreeMap<String, u64> {
-    [
+    millis([
         ("prepare", t.prepare),
         ("vm_start", t.vm_started),
         ("envd_ready", t.envd_ready),
         ("init", t.init),
         ("create", t.total),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.as_millis() as u64))
+    ])
     .collect()
 }
 
