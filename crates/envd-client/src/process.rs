@@ -1,6 +1,7 @@
 //! Processes in the guest over the `process.Process` service: run to
 //! completion ([`EnvdClient::exec`]), stream events
-//! ([`EnvdClient::exec_stream`]), stdin, signals, listing.
+//! ([`EnvdClient::exec_stream`]), re-attach to a running process
+//! ([`EnvdClient::attach`]), stdin, signals, listing.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -16,6 +17,7 @@ use tracing::debug;
 use crate::{EnvdClient, EnvdError, transport::MessageStream};
 
 pub(crate) const START: &str = "process.Process/Start";
+const CONNECT: &str = "process.Process/Connect";
 const LIST: &str = "process.Process/List";
 pub(crate) const SEND_INPUT: &str = "process.Process/SendInput";
 const CLOSE_STDIN: &str = "process.Process/CloseStdin";
@@ -331,6 +333,54 @@ impl EnvdClient {
         Ok(stream::unfold(state, ExecState::next).boxed())
     }
 
+    /// Attaches to the running process `pid` (`Process/Connect`), e.g. after
+    /// the stream of [`EnvdClient::exec_stream`] broke: its events from now
+    /// on, first [`ExecEvent::Started`] (already received when this
+    /// returns), then output, then [`ExecEvent::Exited`]. Output the
+    /// process wrote while no stream was attached is not replayed.
+    ///
+    /// Fails with code `not_found` when no process `pid` runs (any more).
+    pub async fn attach(
+        &self,
+        pid: u32,
+        timeout: Option<Duration>,
+    ) -> Result<ExecStream, EnvdError> {
+        let request = pb::ConnectRequest {
+            process: Some(selector(pid)),
+        };
+        let raw: MessageStream<pb::ConnectResponse> = self
+            .transport
+            .server_stream(CONNECT, &request, None, timeout)
+            .await?;
+        let client = self.clone();
+        let mut events = raw
+            .filter_map(move |item| {
+                let event = item
+                    .and_then(|response| client.process_event(CONNECT, response.event))
+                    .transpose();
+                async move { event }
+            })
+            .boxed();
+        match events.next().await {
+            Some(Ok(ExecEvent::Started { pid: started })) if started == pid => {}
+            Some(Ok(event)) => {
+                return Err(self.protocol(
+                    CONNECT,
+                    &format!("first event for pid {pid} is {event:?}, not its start event"),
+                ));
+            }
+            Some(Err(err)) => return Err(err),
+            None => return Err(self.protocol(CONNECT, "stream closed before the start event")),
+        }
+        debug!(addr = %self.addr(), pid, "attached to envd process");
+        let state = ExecState {
+            first: Some(ExecEvent::Started { pid }),
+            events,
+            feed: None,
+        };
+        Ok(stream::unfold(state, ExecState::next).boxed())
+    }
+
     /// Writes `data` to the stdin of `pid` (`Process/SendInput`); the process
     /// must have been started with stdin open.
     pub async fn send_stdin(&self, pid: u32, data: &[u8]) -> Result<(), EnvdError> {
@@ -421,11 +471,20 @@ impl EnvdClient {
     }
 
     fn exec_event(&self, response: pb::StartResponse) -> Result<Option<ExecEvent>, EnvdError> {
+        self.process_event(START, response.event)
+    }
+
+    /// The [`ExecEvent`] of one message of `endpoint` (`Start` or
+    /// `Connect`); `None` for keepalives.
+    fn process_event(
+        &self,
+        endpoint: &str,
+        event: Option<pb::ProcessEvent>,
+    ) -> Result<Option<ExecEvent>, EnvdError> {
         use pb::process_event::{Event, data_event::Output};
-        let event = response
-            .event
+        let event = event
             .and_then(|event| event.event)
-            .ok_or_else(|| self.protocol(START, "message without an event"))?;
+            .ok_or_else(|| self.protocol(endpoint, "message without an event"))?;
         Ok(match event {
             Event::Start(start) => Some(ExecEvent::Started { pid: start.pid }),
             Event::Data(data) => match data.output {

@@ -201,6 +201,51 @@ async fn exec_stream_yields_start_output_and_exit_in_order() {
 }
 
 #[tokio::test]
+async fn attach_after_a_dropped_stream_gets_later_output_and_the_exit() {
+    let envd = start_envd().await;
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!(
+        "until [ -e {go} ]; do sleep 0.05; done; echo late; exit 5",
+        go = go.display()
+    );
+    let mut first = envd.client.exec_stream(as_root(&script)).await.unwrap();
+    let Some(Ok(ExecEvent::Started { pid })) = first.next().await else {
+        panic!("no start event");
+    };
+    drop(first);
+
+    let attached = envd.client.attach(pid, None).await.unwrap();
+    std::fs::write(&go, b"").unwrap();
+    let events: Vec<ExecEvent> = attached.map(Result::unwrap).collect().await;
+
+    assert_eq!(
+        events.first(),
+        Some(&ExecEvent::Started { pid }),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&ExecEvent::Stdout("late\n".into())),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(ExecEvent::Exited { exit_code: 5, .. })),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn attach_to_an_unknown_pid_is_not_found() {
+    let envd = start_envd().await;
+
+    let Err(error) = envd.client.attach(999_999, None).await else {
+        panic!("attached to a pid that does not run");
+    };
+
+    assert!(error.is_not_found(), "{error}");
+}
+
+#[tokio::test]
 async fn exec_past_its_timeout_fails_with_deadline_exceeded() {
     let envd = start_envd().await;
 
