@@ -83,6 +83,12 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// The E2B envd proxy (`E2B_SANDBOX_URL`); `None`: not served.
     pub sandbox_listen: Option<SocketAddr>,
+    /// The base domain of sandbox host names, `{port}-{sandboxID}.{domain}`,
+    /// which the proxy routes: returned as `domain` by the E2B API, so the
+    /// SDKs' `get_host(port)` names the proxy. May end with `:port` (the
+    /// proxy's, when it does not listen on 80). `None`: no `domain` is
+    /// returned and the SDKs fall back to `E2B_DOMAIN`.
+    pub sandbox_domain: Option<String>,
     pub data_dir: PathBuf,
     pub vmm: VmmChoice,
     pub accel: AccelChoice,
@@ -149,6 +155,7 @@ impl Default for AgentConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             sandbox_listen: None,
+            sandbox_domain: None,
             data_dir: PathBuf::from("/var/lib/petrel"),
             vmm: VmmChoice::Auto,
             accel: AccelChoice::Auto,
@@ -180,5 +187,83 @@ impl Default for AgentConfig {
             kernel: None,
             rootfs: None,
         }
+    }
+}
+
+/// Why `domain` is not a usable sandbox domain (`--sandbox-domain`): DNS
+/// labels of letters, digits and hyphens, at least two of them, then an
+/// optional `:port`; `None` when it is.
+pub fn sandbox_domain_problem(domain: &str) -> Option<String> {
+    let (host, port) = match domain.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (domain, None),
+    };
+    if let Some(port) = port
+        && port.parse::<u16>().map_or(true, |p| p == 0)
+    {
+        return Some(format!("{port:?} is not a TCP port (1..=65535)"));
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let bad_label = labels.iter().find(|label| {
+        label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if let Some(label) = bad_label {
+        return Some(format!(
+            "label {label:?} is not a DNS label (1..=63 letters, digits or inner hyphens)"
+        ));
+    }
+    if labels.len() < 2 || host.len() > 200 {
+        return Some(
+            "it must be a host name of at least two labels and at most 200 characters, \
+             e.g. petrel.localhost"
+                .to_string(),
+        );
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_domain_takes_host_names_with_an_optional_port() {
+        let ok = ["petrel.localhost", "sbx.example.test:8081", "a-b.c0"];
+
+        let problems: Vec<_> = ok
+            .iter()
+            .filter_map(|d| sandbox_domain_problem(d))
+            .collect();
+
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn sandbox_domain_rejects_what_is_no_host_name() {
+        let bad = [
+            "localhost",
+            "",
+            "petrel..localhost",
+            "-x.test",
+            "x_y.test",
+            "x.test:0",
+            "x.test:99999",
+            "x.test:",
+            "http://x.test",
+            "x.test/path",
+        ];
+
+        let accepted: Vec<_> = bad
+            .iter()
+            .filter(|d| sandbox_domain_problem(d).is_none())
+            .collect();
+
+        assert!(accepted.is_empty(), "{accepted:?}");
     }
 }

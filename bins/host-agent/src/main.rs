@@ -70,6 +70,10 @@ struct ServeArgs {
     /// The E2B envd proxy (E2B_SANDBOX_URL).
     #[arg(long, env = "PETREL_SANDBOX_LISTEN")]
     sandbox_listen: Option<SocketAddr>,
+    /// The base domain of sandbox host names, `{port}-{sandboxID}.{domain}`
+    /// (optionally `:port`), returned to the E2B SDKs for `get_host`.
+    #[arg(long, env = "PETREL_SANDBOX_DOMAIN")]
+    sandbox_domain: Option<String>,
     #[arg(long, env = "PETREL_DATA_DIR")]
     data_dir: Option<PathBuf>,
     #[arg(long, env = "PETREL_VMM", value_enum)]
@@ -173,6 +177,9 @@ impl ServeArgs {
         }
         if self.sandbox_listen.is_some() {
             config.sandbox_listen = self.sandbox_listen;
+        }
+        if self.sandbox_domain.is_some() {
+            config.sandbox_domain = self.sandbox_domain;
         }
         if let Some(v) = self.data_dir {
             config.data_dir = v;

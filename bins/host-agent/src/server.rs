@@ -69,6 +69,11 @@ pub async fn start(config: AgentConfig) -> Result<RunningAgent> {
         "no API key is configured: every request would be refused; pass --api-key e2b_<32 hex> \
          (or PETREL_API_KEYS, or api_key_sha256 in the config file)"
     );
+    if let Some(domain) = &config.sandbox_domain
+        && let Some(problem) = crate::config::sandbox_domain_problem(domain)
+    {
+        anyhow::bail!("the sandbox domain {domain:?} is not usable: {problem}");
+    }
     create_private_dir(&config.data_dir)?;
     let images = base_images(&config)?;
     let network = network_pool(&config)?;

@@ -33,6 +33,11 @@ use tokio::process::Command;
 /// The npm `e2b` version of the smoke test (the newest the spec checked).
 const NPM_E2B_PIN: &str = "2.51.0";
 
+/// The `--sandbox-domain` of the Python suite's agent (never resolved: the
+/// suite connects to the proxy and sends the host name, as a hosts-file or
+/// wildcard DNS entry would make a client do).
+const SANDBOX_DOMAIN: &str = "sbx.petrel.test";
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn suite_dir() -> PathBuf {
@@ -135,7 +140,9 @@ fn e2b_env<'a>(command: &'a mut Command, agent: &common::TestAgent) -> &'a mut C
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_suite() {
     let _turn = SERIAL.lock().await;
-    let Some(agent) = common::start_agent().await else {
+    let Some(agent) =
+        common::start_agent_with(|c| c.sandbox_domain = Some(SANDBOX_DOMAIN.to_string())).await
+    else {
         return;
     };
     let python = python_env().await;
@@ -145,6 +152,7 @@ async fn python_sdk_suite() {
         .arg(suite_dir())
         .current_dir(suite_dir())
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PETREL_SANDBOX_DOMAIN", SANDBOX_DOMAIN)
         .kill_on_drop(true);
     e2b_env(&mut pytest, &agent);
     let output = tokio::time::timeout(Duration::from_secs(900), pytest.output()).await;

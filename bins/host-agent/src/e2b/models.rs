@@ -3,7 +3,8 @@
 //!
 //! Requests accept what the SDKs send and ignore fields we do not use;
 //! optional response fields are omitted when absent (the SDK treats a
-//! missing `domain` as "use `E2B_SANDBOX_URL`").
+//! missing `domain` as "use `E2B_DOMAIN`"; with `E2B_SANDBOX_URL` set it
+//! reaches envd there either way, and `domain` only names sandbox hosts).
 
 use std::collections::BTreeMap;
 
@@ -79,6 +80,9 @@ pub struct Sandbox {
     pub alias: Option<String>,
     #[serde(rename = "envdAccessToken", skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
+    /// The agent's `--sandbox-domain`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// `lifecycle` of a sandbox's detail.
@@ -115,6 +119,9 @@ pub struct SandboxDetail {
     pub metadata: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
+    /// The agent's `--sandbox-domain`, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     pub allow_internet_access: bool,
     pub lifecycle: Lifecycle,
 }

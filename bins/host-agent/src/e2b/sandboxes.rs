@@ -75,8 +75,9 @@ pub fn e2b_state(state: Phase) -> Option<&'static str> {
     }
 }
 
-/// The `Sandbox` answer for `info`.
-pub fn sandbox_of(info: &SandboxInfo) -> models::Sandbox {
+/// The `Sandbox` answer for `info`; `domain` is the agent's
+/// `--sandbox-domain`.
+pub fn sandbox_of(info: &SandboxInfo, domain: Option<&str>) -> models::Sandbox {
     models::Sandbox {
         template_id: info.template.clone(),
         sandbox_id: info.id.clone(),
@@ -84,6 +85,7 @@ pub fn sandbox_of(info: &SandboxInfo) -> models::Sandbox {
         envd_version: ENVD_VERSION.to_string(),
         alias: Some(info.template.clone()),
         envd_access_token: Some(info.envd_access_token.clone()).filter(|t| !t.is_empty()),
+        domain: domain.map(str::to_owned),
     }
 }
 
@@ -114,6 +116,7 @@ fn detail_of(
     info: &SandboxInfo,
     state: &'static str,
     sizes: &BTreeMap<String, u64>,
+    domain: Option<&str>,
 ) -> SandboxDetail {
     SandboxDetail {
         template_id: info.template.clone(),
@@ -129,6 +132,7 @@ fn detail_of(
         alias: Some(info.template.clone()),
         metadata: info.metadata.clone(),
         envd_access_token: Some(info.envd_access_token.clone()).filter(|t| !t.is_empty()),
+        domain: domain.map(str::to_owned),
         allow_internet_access: info.internet,
         lifecycle: lifecycle_of(info),
     }
@@ -166,8 +170,13 @@ fn visible(manager: &Manager, id: &str) -> Result<(SandboxInfo, &'static str), A
     }
 }
 
-fn created(info: &SandboxInfo) -> Response {
-    (StatusCode::CREATED, Json(sandbox_of(info))).into_response()
+fn created(info: &SandboxInfo, domain: Option<&str>) -> Response {
+    (StatusCode::CREATED, Json(sandbox_of(info, domain))).into_response()
+}
+
+/// The agent's `--sandbox-domain`, returned as `domain`.
+fn domain(control: &Control) -> Option<&str> {
+    control.app.config.sandbox_domain.as_deref()
 }
 
 /// Refuses what a create request asks for that we cannot honour, rather
@@ -280,7 +289,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
         })
         .await?;
     tracing::info!(sandbox = %info.id, template = %info.template, "e2b: sandbox created");
-    Ok(created(&info))
+    Ok(created(&info, domain(&control)))
 }
 
 /// The parsed query of a list request.
@@ -437,7 +446,12 @@ async fn detail(
 ) -> Result<Json<SandboxDetail>, ApiError> {
     let manager = &control.app.manager;
     let (info, state) = visible(manager, &id)?;
-    Ok(Json(detail_of(&info, state, &disk_sizes(manager))))
+    Ok(Json(detail_of(
+        &info,
+        state,
+        &disk_sizes(manager),
+        domain(&control),
+    )))
 }
 
 /// `DELETE /sandboxes/{id}`: 204, or 404 when unknown.
@@ -480,7 +494,9 @@ async fn connect(
         let resumed = match info.state {
             Phase::Running => {
                 let info = manager.extend_timeout(&id, timeout)?;
-                return Ok((StatusCode::OK, Json(sandbox_of(&info))).into_response());
+                return Ok(
+                    (StatusCode::OK, Json(sandbox_of(&info, domain(&control)))).into_response()
+                );
             }
             Phase::Paused => manager.resume(&id, Some(timeout)).await,
             _ => return Err(ApiError::sandbox_not_found(&id)),
@@ -488,7 +504,7 @@ async fn connect(
         match resumed {
             Ok(info) => {
                 tracing::info!(sandbox = %id, "e2b: sandbox resumed by connect");
-                return Ok(created(&info));
+                return Ok(created(&info, domain(&control)));
             }
             Err(ManagerError::InvalidState { .. }) => {}
             Err(err) => return Err(err.into()),
@@ -521,7 +537,10 @@ async fn resume(
     };
     let info = settled(manager, &id).await?;
     match info.state {
-        Phase::Paused => Ok(created(&manager.resume(&id, Some(timeout)).await?)),
+        Phase::Paused => Ok(created(
+            &manager.resume(&id, Some(timeout)).await?,
+            domain(&control),
+        )),
         Phase::Running => Err(ApiError::conflict(format!(
             "sandbox {id} is already running"
         ))),
@@ -696,7 +715,7 @@ async fn fork(
         .into_iter()
         .map(|fork| match fork {
             Ok(info) => ForkResult {
-                sandbox: Some(sandbox_of(&info)),
+                sandbox: Some(sandbox_of(&info, domain(&control))),
                 error: None,
             },
             Err(err) => {

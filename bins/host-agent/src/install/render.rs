@@ -148,6 +148,7 @@ mod tests {
         let AgentConfig {
             listen,
             sandbox_listen: _,
+            sandbox_domain: _,
             data_dir,
             vmm,
             accel,

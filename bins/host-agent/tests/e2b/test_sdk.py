@@ -544,6 +544,34 @@ def test_mask_request_host_is_the_host_guest_servers_see(run_id):
     assert seen == "8001-masked.example.test"
 
 
+def test_get_host_names_the_proxy_through_the_sandbox_domain(run_id):
+    if os.geteuid() != 0:
+        pytest.skip("guest ports other than envd's need the agent's namespaces (root)")
+    domain = os.environ["PETREL_SANDBOX_DOMAIN"]
+    sandbox = Sandbox.create(metadata={"suite": run_id, "role": "domain"}, timeout=120)
+    try:
+        sandbox.files.write("/tmp/echo_host.py", ECHO_HOST)
+        sandbox.commands.run("python3 /tmp/echo_host.py", background=True)
+        host = sandbox.get_host(8001)
+        connected = Sandbox.connect(sandbox.sandbox_id)
+        proxy = os.environ["E2B_SANDBOX_URL"]
+
+        # What a `*.{domain}` DNS entry (or a hosts-file line) pointing at
+        # the proxy does: connect there, ask for the sandbox's host name.
+        def fetch():
+            response = httpx.get(proxy, headers={"Host": host})
+            return response if response.status_code == 200 else None
+
+        seen = wait_for(fetch, what="the guest server through its host name").text
+    finally:
+        sandbox.kill()
+
+    assert sandbox.sandbox_domain == domain
+    assert connected.sandbox_domain == domain
+    assert host == f"8001-{sandbox.sandbox_id}.{domain}"
+    assert seen == host
+
+
 def test_mask_request_host_must_be_a_host_name():
     with pytest.raises(SandboxException) as refused:
         Sandbox.create(network={"mask_request_host": "not a/host"})
