@@ -109,5 +109,5 @@ pub use network::{
     remove_network,
 };
 pub use nft::HOST_LOCK;
-pub use policy::{DENIED_V4, DENIED_V6, EgressPolicy, FILTER_TABLE, NAT_TABLE, SMTP_PORT};
+pub use policy::{DENIED_V4, DENIED_V6, EgressPolicy, FILTER_TABLE, Ipv4Net, NAT_TABLE, SMTP_PORT};
 pub use slot::{Slot, SlotAllocator};

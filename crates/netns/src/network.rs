@@ -131,15 +131,15 @@ impl Network {
         &self.guest
     }
 
-    pub fn policy(&self) -> EgressPolicy {
-        self.policy
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
     }
 
     /// Switches the egress policy; takes effect at once, for connections
     /// already open too.
     pub async fn set_policy(&mut self, policy: EgressPolicy) -> Result<(), NetError> {
         let start = Instant::now();
-        let rules = egress_replacement(&self.plan, policy, &self.guest.dns);
+        let rules = egress_replacement(&self.plan, &policy, &self.guest.dns);
         let what = format!("egress chain of slot {}", self.plan.slot);
         nft::apply(
             Some((&self.netns_path, &self.plan.namespace)),
@@ -147,8 +147,8 @@ impl Network {
             &rules,
         )
         .await?;
+        tracing::info!(slot = %self.plan.slot, internet = policy.internet, allow = policy.allow.len(), deny = policy.deny.len(), took_us = start.elapsed().as_micros() as u64, "egress policy set");
         self.policy = policy;
-        tracing::info!(slot = %self.plan.slot, internet = policy.internet, took_us = start.elapsed().as_micros() as u64, "egress policy set");
         Ok(())
     }
 
@@ -196,7 +196,7 @@ impl Builder<'_> {
     async fn step(
         &mut self,
         step: Step,
-        policy: EgressPolicy,
+        policy: &EgressPolicy,
         dns: &[Ipv4Addr],
     ) -> Result<(), NetError> {
         let start = Instant::now();
@@ -375,7 +375,7 @@ pub async fn create_network(slot: Slot, options: &NetworkOptions) -> Result<Netw
     };
     let mut outcome = Ok(());
     for step in Step::ALL {
-        outcome = b.step(step, options.policy, &dns).await;
+        outcome = b.step(step, &options.policy, &dns).await;
         if outcome.is_err() {
             break;
         }
@@ -394,7 +394,7 @@ pub async fn create_network(slot: Slot, options: &NetworkOptions) -> Result<Netw
     Ok(Network {
         netns_path: plan.netns_path(),
         guest: GuestNetConfig::new(dns),
-        policy: options.policy,
+        policy: options.policy.clone(),
         plan,
         resources,
     })
@@ -416,7 +416,7 @@ pub async fn adopt_network(slot: Slot, options: &NetworkOptions) -> Result<Netwo
     let mut net = Network {
         netns_path: path.clone(),
         guest: GuestNetConfig::new(options.dns.clone().unwrap_or_else(host_dns)),
-        policy: options.policy,
+        policy: options.policy.clone(),
         resources: vec![
             Resource::Namespace(path),
             Resource::HostVeth(plan.host_veth.clone()),
@@ -429,7 +429,7 @@ pub async fn adopt_network(slot: Slot, options: &NetworkOptions) -> Result<Netwo
         ],
         plan,
     };
-    net.set_policy(options.policy).await?;
+    net.set_policy(options.policy.clone()).await?;
     tracing::info!(slot = %slot, "network adopted");
     Ok(net)
 }

@@ -9,12 +9,14 @@
 //!   change also cuts connections already open; replies to the guest pass;
 //! - `egress`: new connections beyond the sandbox's concurrent-connection
 //!   limit (`ct count`) or its new-connection rate (`limit rate`) are
-//!   dropped; then DNS to the sandbox's resolvers is accepted (internet on
-//!   only); then the special-purpose IPv4 ranges ([`DENIED_V4`]: private,
-//!   shared, loopback, link-local, documentation, benchmarking, multicast,
-//!   reserved...) and TCP port 25 (unless the policy allows SMTP) are
-//!   rejected, all IPv6 is rejected (fc00::/7 and fe80::/10 included), and
-//!   the rest is accepted (internet on) or rejected (internet off);
+//!   dropped; then DNS to the sandbox's resolvers is accepted (where the
+//!   policy reaches them); then the special-purpose IPv4 ranges
+//!   ([`DENIED_V4`]: private, shared, loopback, link-local, documentation,
+//!   benchmarking, multicast, reserved...) and TCP port 25 (unless the
+//!   policy allows SMTP) are rejected, all IPv6 is rejected (fc00::/7 and
+//!   fe80::/10 included); then the sandbox's `allow` ranges are accepted,
+//!   its `deny` ranges rejected, and the rest is accepted (internet on) or
+//!   rejected (internet off);
 //! - `input`: the guest may ping its gateway and nothing else on the
 //!   namespace's own addresses.
 //!
@@ -27,6 +29,8 @@
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+
+pub use ipnet::Ipv4Net;
 
 use crate::addressing::{GATEWAY_IP, GUEST_IP, SlotPlan, TAP_NAME};
 
@@ -73,7 +77,7 @@ pub const SMTP_PORT: u16 = 25;
 const REJECT: &str = "reject with icmpx admin-prohibited";
 
 /// What a sandbox's guest may reach, and how hard it may hit the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressPolicy {
     /// Public internet (and the sandbox's DNS resolvers). Private ranges,
     /// the host and other sandboxes are denied either way.
@@ -89,6 +93,14 @@ pub struct EgressPolicy {
     /// twice this); the first packets of new ones beyond it are dropped.
     /// 0: no limit.
     pub new_connections_per_sec: u32,
+    /// IPv4 ranges the guest may reach even where `internet` is off or a
+    /// `deny` range covers them (allow wins, as in E2B's `allowOut`). The
+    /// special-purpose ranges ([`DENIED_V4`]) stay unreachable: no rule
+    /// opens the host, private networks or other sandboxes.
+    pub allow: Vec<Ipv4Net>,
+    /// IPv4 ranges the guest may not reach (E2B's `denyOut`; `0.0.0.0/0`:
+    /// everything but `allow`), the sandbox's DNS resolvers included.
+    pub deny: Vec<Ipv4Net>,
 }
 
 impl EgressPolicy {
@@ -102,10 +114,16 @@ impl EgressPolicy {
         smtp: false,
         max_connections: Self::DEFAULT_MAX_CONNECTIONS,
         new_connections_per_sec: Self::DEFAULT_NEW_CONNECTIONS_PER_SEC,
+        allow: Vec::new(),
+        deny: Vec::new(),
     };
     pub const INTERNET_OFF: Self = Self {
         internet: false,
-        ..Self::INTERNET_ON
+        smtp: false,
+        max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+        new_connections_per_sec: Self::DEFAULT_NEW_CONNECTIONS_PER_SEC,
+        allow: Vec::new(),
+        deny: Vec::new(),
     };
 
     /// This policy with internet on or off (limits and SMTP as they are).
@@ -113,6 +131,33 @@ impl EgressPolicy {
     pub fn with_internet(self, internet: bool) -> Self {
         Self { internet, ..self }
     }
+
+    /// This policy with the given allow and deny ranges.
+    #[must_use]
+    pub fn with_ranges(self, allow: Vec<Ipv4Net>, deny: Vec<Ipv4Net>) -> Self {
+        Self {
+            allow,
+            deny,
+            ..self
+        }
+    }
+
+    /// Whether the guest may reach `ip` as far as `allow`, `deny` and
+    /// `internet` go (the special-purpose ranges aside).
+    pub fn reaches(&self, ip: Ipv4Addr) -> bool {
+        let covers = |nets: &[Ipv4Net]| nets.iter().any(|net| net.contains(&ip));
+        covers(&self.allow) || (self.internet && !covers(&self.deny))
+    }
+}
+
+/// `nets` as an nft set body (`a/8, b/16`): host bits cleared, overlapping
+/// and adjacent ranges merged (an interval set refuses overlaps).
+fn set_elements(nets: &[Ipv4Net]) -> String {
+    Ipv4Net::aggregate(&nets.to_vec())
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Default for EgressPolicy {
@@ -127,7 +172,7 @@ impl Default for EgressPolicy {
 /// rejected: a flood costs the host nothing (no ICMP or RST back, which the
 /// kernel would rate-limit anyway), and a well-behaved client's
 /// retransmission gets through once it is under the limit again.
-fn egress_rules(out: &mut String, plan: &SlotPlan, policy: EgressPolicy, dns: &[Ipv4Addr]) {
+fn egress_rules(out: &mut String, plan: &SlotPlan, policy: &EgressPolicy, dns: &[Ipv4Addr]) {
     let tag = plan.rule_tag();
     let mut rule = |body: &str| {
         let _ = writeln!(
@@ -148,12 +193,13 @@ fn egress_rules(out: &mut String, plan: &SlotPlan, policy: EgressPolicy, dns: &[
             rate.saturating_mul(2)
         ));
     }
-    if policy.internet {
-        for server in dns {
-            rule(&format!(
-                "ip daddr {server} meta l4proto {{ tcp, udp }} th dport 53 accept"
-            ));
-        }
+    // The resolvers may be private addresses (the host's own), so they are
+    // accepted before the special-purpose ranges are rejected; a sandbox's
+    // own rules decide whether it reaches them at all.
+    for server in dns.iter().filter(|server| policy.reaches(**server)) {
+        rule(&format!(
+            "ip daddr {server} meta l4proto {{ tcp, udp }} th dport 53 accept"
+        ));
     }
     rule(&format!("ip daddr {{ {} }} {REJECT}", DENIED_V4.join(", ")));
     if !policy.smtp {
@@ -164,11 +210,27 @@ fn egress_rules(out: &mut String, plan: &SlotPlan, policy: EgressPolicy, dns: &[
         DENIED_V6.join(", ")
     ));
     rule(&format!("meta nfproto ipv6 {REJECT}"));
+    if !policy.allow.is_empty() {
+        rule(&format!(
+            "ip daddr {{ {} }} accept",
+            set_elements(&policy.allow)
+        ));
+    }
+    if policy.internet && !policy.deny.is_empty() {
+        rule(&format!(
+            "ip daddr {{ {} }} {REJECT}",
+            set_elements(&policy.deny)
+        ));
+    }
     rule(if policy.internet { "accept" } else { REJECT });
 }
 
 /// The whole ruleset of a fresh sandbox namespace.
-pub(crate) fn namespace_ruleset(plan: &SlotPlan, policy: EgressPolicy, dns: &[Ipv4Addr]) -> String {
+pub(crate) fn namespace_ruleset(
+    plan: &SlotPlan,
+    policy: &EgressPolicy,
+    dns: &[Ipv4Addr],
+) -> String {
     let tag = plan.rule_tag();
     let (p, tap) = (&plan.ns_veth, TAP_NAME);
     let mut out = String::new();
@@ -232,7 +294,7 @@ pub(crate) fn namespace_ruleset(plan: &SlotPlan, policy: EgressPolicy, dns: &[Ip
 /// Replaces the namespace's `egress` chain atomically.
 pub(crate) fn egress_replacement(
     plan: &SlotPlan,
-    policy: EgressPolicy,
+    policy: &EgressPolicy,
     dns: &[Ipv4Addr],
 ) -> String {
     let mut out = format!("flush chain inet {FILTER_TABLE} egress\n");
@@ -301,7 +363,7 @@ mod tests {
 
     #[test]
     fn namespace_ruleset_nats_both_ways() {
-        let text = namespace_ruleset(&plan(), EgressPolicy::default(), &[]);
+        let text = namespace_ruleset(&plan(), &EgressPolicy::default(), &[]);
 
         assert!(
             text.contains("iifname \"ptl7p\" ip daddr 10.13.0.7 dnat to 169.254.0.21"),
@@ -323,7 +385,7 @@ mod tests {
     fn internet_on_limits_then_allows_dns_then_rejects_special_ranges_and_smtp_then_accepts() {
         let dns = [Ipv4Addr::new(10, 255, 255, 53)];
 
-        let text = namespace_ruleset(&plan(), EgressPolicy::INTERNET_ON, &dns);
+        let text = namespace_ruleset(&plan(), &EgressPolicy::INTERNET_ON, &dns);
         let egress = egress_lines(&text);
 
         assert_eq!(egress.len(), 8, "{egress:#?}");
@@ -368,18 +430,71 @@ mod tests {
             ..EgressPolicy::INTERNET_ON
         };
 
-        let text = egress_replacement(&plan(), policy, &[]);
+        let text = egress_replacement(&plan(), &policy, &[]);
 
         assert!(!text.contains("dport 25"), "{text}");
         assert!(!text.contains("ct count"), "{text}");
         assert!(!text.contains("limit rate"), "{text}");
     }
 
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn allow_is_accepted_before_deny_is_rejected_and_special_ranges_come_first() {
+        let policy = EgressPolicy::INTERNET_ON
+            .with_ranges(vec![net("198.20.0.2/32")], vec![net("0.0.0.0/0")]);
+
+        let text = egress_replacement(&plan(), &policy, &[]);
+        let egress = egress_lines(&text);
+        let position = |needle: &str| egress.iter().position(|l| l.contains(needle)).unwrap();
+
+        assert!(position("192.168.0.0/16") < position("{ 198.20.0.2/32 } accept"));
+        assert!(
+            position("{ 198.20.0.2/32 } accept")
+                < position("{ 0.0.0.0/0 } reject with icmpx admin-prohibited")
+        );
+        assert!(
+            egress.last().unwrap().contains("egress accept"),
+            "{egress:#?}"
+        );
+    }
+
+    #[test]
+    fn ranges_are_merged_and_host_bits_cleared_for_the_interval_set() {
+        let policy = EgressPolicy::INTERNET_OFF.with_ranges(
+            vec![net("8.8.8.8/8"), net("8.1.0.0/16"), net("9.0.0.0/8")],
+            Vec::new(),
+        );
+
+        let text = egress_replacement(&plan(), &policy, &[]);
+
+        assert!(text.contains("ip daddr { 8.0.0.0/7 } accept"), "{text}");
+    }
+
+    #[test]
+    fn a_denied_resolver_gets_no_dns_rule_unless_allowed() {
+        let dns = [Ipv4Addr::new(10, 255, 255, 53)];
+        let deny_all = EgressPolicy::INTERNET_ON.with_ranges(Vec::new(), vec![net("0.0.0.0/0")]);
+        let allowed = EgressPolicy::INTERNET_OFF
+            .with_ranges(vec![net("10.255.255.53/32")], vec![net("0.0.0.0/0")]);
+
+        let denied_text = egress_replacement(&plan(), &deny_all, &dns);
+        let allowed_text = egress_replacement(&plan(), &allowed, &dns);
+
+        assert!(!denied_text.contains("dport 53"), "{denied_text}");
+        assert!(
+            allowed_text.contains("ip daddr 10.255.255.53 "),
+            "{allowed_text}"
+        );
+    }
+
     #[test]
     fn internet_off_rejects_everything_including_dns() {
         let dns = [Ipv4Addr::new(10, 255, 255, 53)];
 
-        let text = egress_replacement(&plan(), EgressPolicy::INTERNET_OFF, &dns);
+        let text = egress_replacement(&plan(), &EgressPolicy::INTERNET_OFF, &dns);
 
         assert!(text.starts_with("flush chain inet petrel_filter egress\n"));
         assert!(!text.contains("dport 53"), "{text}");

@@ -2,7 +2,8 @@
 //! (needs root): special-purpose ranges and SMTP are unreachable while a
 //! public address works, and the per-sandbox connection and
 //! new-connection-rate limits hold while the host still reaches the guest.
-//! Slots 270..280, one test at a time (`serial`).
+//! The sandbox's own allow and deny ranges hold, allow winning, and change
+//! on a live network. Slots 270..280, one test at a time (`serial`).
 
 #![allow(clippy::unwrap_used)]
 
@@ -174,4 +175,62 @@ async fn a_connection_flood_hits_the_rate_limit_while_the_host_reaches_the_guest
     );
     assert!(succeeded < 100);
     assert!(host_to_guest.is_ok(), "{host_to_guest:?}");
+}
+
+/// A second public address on the outside namespace.
+const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(198, 21, 0, 1);
+const OTHER: Ipv4Addr = Ipv4Addr::new(198, 21, 0, 2);
+
+fn net(text: &str) -> netns::Ipv4Net {
+    text.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_wins_over_deny_and_rules_change_on_a_live_network() {
+    let _serial = serial().await;
+    let _guard = SlotGuard(274..275);
+    let outside = Outside::new("pterule", PUBLIC_HOST, PUBLIC);
+    outside.add_address(OTHER_HOST, OTHER);
+    // 198.18.0.0/15 (benchmarking) is a special-purpose range.
+    outside.add_address(Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+    let port = outside.serve_any(0).await;
+    let only_public = EgressPolicy::INTERNET_ON.with_ranges(
+        vec![net("198.20.0.2/32"), net("198.18.0.0/15")],
+        vec![net("0.0.0.0/0")],
+    );
+    let mut network = create_network(slot(274), &options(only_public))
+        .await
+        .unwrap();
+    let guest = GuestStandIn::attach(&network).await;
+    let reach = |ip: Ipv4Addr| guest.connect(SocketAddrV4::new(ip, port));
+
+    let deny_all = (reach(PUBLIC).await, reach(OTHER).await);
+    let special = reach(Ipv4Addr::new(198, 18, 0, 2)).await;
+    network
+        .set_policy(EgressPolicy::INTERNET_ON.with_ranges(Vec::new(), vec![net("198.21.0.0/16")]))
+        .await
+        .unwrap();
+    let deny_one = (reach(PUBLIC).await, reach(OTHER).await);
+    network
+        .set_policy(EgressPolicy::INTERNET_OFF.with_ranges(vec![net("198.21.0.2/32")], Vec::new()))
+        .await
+        .unwrap();
+    let internet_off = (reach(PUBLIC).await, reach(OTHER).await);
+    network.set_policy(EgressPolicy::INTERNET_ON).await.unwrap();
+    let cleared = (reach(PUBLIC).await, reach(OTHER).await);
+    drop(guest);
+    remove_network(network).await.unwrap();
+    drop(outside);
+
+    assert!(deny_all.0.is_ok() && deny_all.1.is_err(), "{deny_all:?}");
+    assert!(
+        special.is_err(),
+        "allow opened a special-purpose range: {special:?}"
+    );
+    assert!(deny_one.0.is_ok() && deny_one.1.is_err(), "{deny_one:?}");
+    assert!(
+        internet_off.0.is_err() && internet_off.1.is_ok(),
+        "{internet_off:?}"
+    );
+    assert!(cleared.0.is_ok() && cleared.1.is_ok(), "{cleared:?}");
 }

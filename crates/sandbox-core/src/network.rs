@@ -18,10 +18,30 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use netns::EgressPolicy;
+pub use netns::{EgressPolicy, Ipv4Net};
 use netns::{Network, NetworkOptions, Slot, SlotAllocator};
 
 use crate::error::SandboxError;
+
+/// A sandbox's own egress ranges: E2B's `allowOut` and `denyOut` (CIDRs
+/// and single addresses). Allow wins over deny, and allowed ranges pass
+/// with internet off too; `deny: [0.0.0.0/0]` denies all but `allow`. The
+/// special-purpose ranges (the host, private networks, other sandboxes)
+/// stay unreachable whatever they say. Needs a namespace network.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EgressRules {
+    #[serde(default)]
+    pub allow: Vec<Ipv4Net>,
+    #[serde(default)]
+    pub deny: Vec<Ipv4Net>,
+}
+
+impl EgressRules {
+    /// Neither allows nor denies anything of its own.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+}
 
 /// Whether a sandbox gets outbound internet, from what was asked
 /// (`requested`) and how it is networked (`namespaces`: its own namespace
@@ -130,36 +150,47 @@ impl NetworkPool {
         self
     }
 
-    fn options(&self, internet: bool) -> NetworkOptions {
+    /// The pool's limits and SMTP switch with a sandbox's `internet` and
+    /// `rules`.
+    pub fn policy_for(&self, internet: bool, rules: &EgressRules) -> EgressPolicy {
+        self.policy
+            .clone()
+            .with_internet(internet)
+            .with_ranges(rules.allow.clone(), rules.deny.clone())
+    }
+
+    fn options(&self, internet: bool, rules: &EgressRules) -> NetworkOptions {
         NetworkOptions {
-            policy: self.policy.with_internet(internet),
+            policy: self.policy_for(internet, rules),
             ..NetworkOptions::default()
         }
     }
 
     /// A network for a new sandbox: a spare with its egress policy set to
-    /// `internet`, or else a new one in a free slot; nothing is left behind
-    /// on failure.
-    pub async fn create(&self, internet: bool) -> Result<Network, SandboxError> {
-        if let Some(network) = self.take_spare(internet).await {
+    /// `internet` and `rules`, or else a new one in a free slot; nothing is
+    /// left behind on failure.
+    pub async fn create(
+        &self,
+        internet: bool,
+        rules: &EgressRules,
+    ) -> Result<Network, SandboxError> {
+        if let Some(network) = self.take_spare(internet, rules).await {
             return Ok(network);
         }
-        self.make(internet).await
+        self.make(internet, rules).await
     }
 
-    /// A spare with `internet`'s policy, if one is ready (a spare whose
-    /// policy cannot be switched is removed, and `None` returned).
-    async fn take_spare(&self, internet: bool) -> Option<Network> {
+    /// A spare with that policy, if one is ready (a spare whose policy
+    /// cannot be switched is removed, and `None` returned).
+    async fn take_spare(&self, internet: bool, rules: &EgressRules) -> Option<Network> {
         let mut network = lock(&self.spares).pop()?;
         self.spares_taken.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
-        if network.policy().internet == internet {
+        let policy = self.policy_for(internet, rules);
+        if *network.policy() == policy {
             return Some(network);
         }
-        match network
-            .set_policy(self.policy.with_internet(internet))
-            .await
-        {
+        match network.set_policy(policy).await {
             Ok(()) => Some(network),
             Err(err) => {
                 tracing::warn!(slot = %network.slot(), %err, "setting a spare network's policy failed; removing it");
@@ -185,7 +216,7 @@ impl NetworkPool {
     /// asked for; the first failure ends it.
     pub async fn fill_spares(&self) -> Result<(), SandboxError> {
         while self.spares() < self.spare_target {
-            let network = self.make(true).await?;
+            let network = self.make(true, &EgressRules::default()).await?;
             lock(&self.spares).push(network);
         }
         Ok(())
@@ -230,9 +261,9 @@ impl NetworkPool {
     }
 
     /// A new network in a free slot; nothing is left behind on failure.
-    async fn make(&self, internet: bool) -> Result<Network, SandboxError> {
+    async fn make(&self, internet: bool, rules: &EgressRules) -> Result<Network, SandboxError> {
         let slot = self.slots.allocate().map_err(net_err)?;
-        match netns::create_network(slot, &self.options(internet)).await {
+        match netns::create_network(slot, &self.options(internet, rules)).await {
             Ok(network) => Ok(network),
             Err(err) => {
                 let _ = self.slots.release(slot);
@@ -278,10 +309,15 @@ impl NetworkPool {
     }
 
     /// Takes over the network of `slot` made by an earlier agent run.
-    pub async fn adopt(&self, slot: u16, internet: bool) -> Result<Network, SandboxError> {
+    pub async fn adopt(
+        &self,
+        slot: u16,
+        internet: bool,
+        rules: &EgressRules,
+    ) -> Result<Network, SandboxError> {
         let slot = Slot::new(u32::from(slot)).map_err(net_err)?;
         self.slots.reserve(slot).map_err(net_err)?;
-        match netns::adopt_network(slot, &self.options(internet)).await {
+        match netns::adopt_network(slot, &self.options(internet, rules)).await {
             Ok(network) => Ok(network),
             Err(err) => {
                 let _ = self.slots.release(slot);

@@ -107,6 +107,7 @@ pub async fn create(
         auto_pause: body.auto_pause,
         internet: body.internet,
         host_mask: None,
+        egress: sandbox_core::network::EgressRules::default(),
     };
     let info = state.app.manager.create(request).await?;
     tracing::info!(sandbox = %info.id, template = %info.template, "sandbox created over the API");

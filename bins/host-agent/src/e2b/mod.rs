@@ -26,6 +26,7 @@
 
 pub mod error;
 pub mod models;
+pub mod network;
 pub mod proxy;
 pub mod query;
 pub mod sandboxes;

@@ -123,7 +123,22 @@ pub struct SandboxDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     pub allow_internet_access: bool,
+    /// The sandbox's network options, when it has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkInfo>,
     pub lifecycle: Lifecycle,
+}
+
+/// `network` of a `SandboxDetail`: the options the sandbox has.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInfo {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_out: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny_out: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask_request_host: Option<String>,
 }
 
 /// `ListedSandbox` (`GET /v2/sandboxes`, `GET /sandboxes`).

@@ -14,6 +14,7 @@
 //! | `POST /sandboxes/{id}/pause` | pause, memory and disk (204; 409 when paused) |
 //! | `GET /sandboxes/{id}/metrics` | one current sample from the guest's envd |
 //! | `POST /sandboxes/{id}/fork` | 201 `[{sandbox} or {error}]` |
+//! | `PUT /sandboxes/{id}/network` | replace the egress rules (204; see [`super::network`]) |
 //!
 //! E2B shows two states: `running` (ours: running, resuming) and `paused`
 //! (paused, pausing). Sandboxes still starting, stopping or failed are not
@@ -27,7 +28,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
@@ -41,7 +42,7 @@ use super::models::{
 };
 use super::query::{Cursor, decode_metadata_filter, paginate};
 use super::time::{format_rfc3339, parse_rfc3339};
-use super::{Control, ENVD_PORT, parse_body, parse_required};
+use super::{Control, parse_body, parse_required};
 use crate::policy::{settled, ttl};
 
 /// Why `memory: false` (a filesystem-only pause or snapshot, which later
@@ -64,6 +65,7 @@ pub(super) fn routes() -> Router<Control> {
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .route("/sandboxes/{id}/fork", post(fork))
+        .route("/sandboxes/{id}/network", put(super::network::update))
 }
 
 /// E2B's name of a manager state; `None` for states E2B does not show.
@@ -134,6 +136,7 @@ fn detail_of(
         envd_access_token: Some(info.envd_access_token.clone()).filter(|t| !t.is_empty()),
         domain: domain.map(str::to_owned),
         allow_internet_access: info.internet,
+        network: super::network::info_of(info),
         lifecycle: lifecycle_of(info),
     }
 }
@@ -203,71 +206,19 @@ fn check_supported(request: &NewSandbox) -> Result<(), ApiError> {
     if request.iam.as_ref().is_some_and(|v| !v.is_null()) {
         return Err(ApiError::bad_request("iam is not supported"));
     }
-    if let Some(network) = request.network.as_ref().and_then(|n| n.as_object()) {
-        if network.get("allowPublicTraffic") == Some(&serde_json::Value::Bool(false)) {
-            return Err(ApiError::bad_request(
-                "allowPublicTraffic: false is not supported: sandbox ports are reachable through the proxy without a traffic token",
-            ));
-        }
-        let has_rules = ["allowOut", "denyOut", "rules"].iter().any(|key| {
-            network.get(*key).is_some_and(|v| match v {
-                serde_json::Value::Array(items) => !items.is_empty(),
-                serde_json::Value::Object(items) => !items.is_empty(),
-                serde_json::Value::Null => false,
-                _ => true,
-            })
-        });
-        if has_rules {
-            return Err(ApiError::bad_request(
-                "network egress rules (allowOut, denyOut, rules) are not supported yet",
-            ));
-        }
-        for key in ["dnsServers", "egressProxy", "httpsPorts"] {
-            if network.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(ApiError::bad_request(format!(
-                    "network.{key} is not supported yet"
-                )));
-            }
-        }
+    if let Some(network) = &request.network {
+        super::network::check_supported(network)?;
     }
     Ok(())
-}
-
-/// Longest `network.maskRequestHost`.
-const MAX_HOST_MASK: usize = 255;
-
-/// `network.maskRequestHost`: the `Host` header of requests the proxy
-/// sends to the sandbox's ports, `${PORT}` replaced by the port.
-fn host_mask(request: &NewSandbox) -> Result<Option<String>, ApiError> {
-    let Some(mask) = request
-        .network
-        .as_ref()
-        .and_then(|n| n.get("maskRequestHost"))
-        .filter(|v| !v.is_null())
-    else {
-        return Ok(None);
-    };
-    let mask = mask
-        .as_str()
-        .ok_or_else(|| ApiError::bad_request("network.maskRequestHost must be a string"))?;
-    let example = super::proxy::masked_host(mask, ENVD_PORT);
-    if mask.is_empty()
-        || mask.len() > MAX_HOST_MASK
-        || example.contains(['/', ' ', '@', '?', '#'])
-        || http::HeaderValue::from_str(&example).is_err()
-    {
-        return Err(ApiError::bad_request(format!(
-            "network.maskRequestHost must be a host name (1..={MAX_HOST_MASK} characters, `${{PORT}}` allowed), got {mask:?}"
-        )));
-    }
-    Ok(Some(mask.to_owned()))
 }
 
 /// `POST /v2/sandboxes` and the legacy `POST /sandboxes`.
 async fn create(State(control): State<Control>, body: Bytes) -> Result<Response, ApiError> {
     let request: NewSandbox = parse_required(&body)?;
     check_supported(&request)?;
-    let host_mask = host_mask(&request)?;
+    let network = request.network.as_ref();
+    let host_mask = super::network::host_mask(network)?;
+    let egress = super::network::egress_rules(network)?;
     let template = request
         .template_id
         .clone()
@@ -285,6 +236,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
             auto_pause: request.auto_pause.unwrap_or(false),
             internet: request.allow_internet_access,
             host_mask,
+            egress,
             ..CreateSandbox::default()
         })
         .await?;
@@ -803,7 +755,6 @@ mod tests {
         );
         for json in [
             r#"{"templateID":"base","autoResume":{"enabled":true}}"#,
-            r#"{"templateID":"base","network":{"denyOut":["0.0.0.0/0"]}}"#,
             r#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#,
             r#"{"templateID":"base","mcp":{"x":{}}}"#,
             r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#,
@@ -814,35 +765,6 @@ mod tests {
         ] {
             assert!(check_supported(&parse(json)).is_err(), "{json}");
         }
-    }
-
-    #[test]
-    fn host_mask_takes_host_names_with_a_port_placeholder() {
-        let parse = |json: &str| -> NewSandbox { serde_json::from_str(json).unwrap() };
-        let mask = |m: serde_json::Value| {
-            host_mask(&parse(
-                &serde_json::json!({"templateID": "base", "network": {"maskRequestHost": m}})
-                    .to_string(),
-            ))
-        };
-
-        let plain = host_mask(&parse(r#"{"templateID":"base"}"#));
-        let placeholder = mask(serde_json::json!("${PORT}-app.example.test"));
-        let refused: Vec<_> = ["", "a b", "x/y", "u@h", "\n"]
-            .into_iter()
-            .map(|m| mask(serde_json::json!(m)))
-            .chain([
-                mask(serde_json::json!(3)),
-                mask(serde_json::json!("h".repeat(256))),
-            ])
-            .collect();
-
-        assert_eq!(plain.unwrap(), None);
-        assert_eq!(
-            placeholder.unwrap().as_deref(),
-            Some("${PORT}-app.example.test")
-        );
-        assert!(refused.iter().all(Result::is_err), "{refused:?}");
     }
 
     #[test]

@@ -7,6 +7,9 @@ set; `cargo test -p host-agent --test e2b` does all of it.
 """
 
 import os
+import subprocess
+import sys
+import time
 import uuid
 
 import pytest
@@ -37,3 +40,56 @@ def sbx(run_id):
     )
     yield sandbox
     sandbox.kill()
+
+
+# Two "public" addresses (just past 198.18.0.0/15, never routed anywhere but
+# the test's own namespace), each with an HTTP server answering its name.
+OUTSIDE_NS = "petrel-test-e2bout"
+OUTSIDE = {"a": ("198.22.0.1", "198.22.0.2"), "b": ("198.23.0.1", "198.23.0.2")}
+OUTSIDE_PORT = 8080
+
+
+def _ip(*args):
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A namespace the test makes, reached from sandboxes through the
+    host's routing: `{name: ip}` of its servers. Removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("a namespace standing for the internet needs root")
+    _ip("netns", "add", OUTSIDE_NS)
+    servers = []
+    try:
+        _ip("link", "add", "pte2bh", "type", "veth", "peer", "name", "pte2bo",
+            "netns", OUTSIDE_NS)
+        _ip("link", "set", "pte2bh", "up")
+        _ip("-n", OUTSIDE_NS, "link", "set", "pte2bo", "up")
+        _ip("-n", OUTSIDE_NS, "link", "set", "lo", "up")
+        for name, (host_ip, ip) in OUTSIDE.items():
+            _ip("addr", "add", f"{host_ip}/30", "dev", "pte2bh")
+            _ip("-n", OUTSIDE_NS, "addr", "add", f"{ip}/30", "dev", "pte2bo")
+            root = tmp_path / name
+            root.mkdir()
+            (root / "index.html").write_text(name)
+            servers.append(subprocess.Popen(
+                ["ip", "netns", "exec", OUTSIDE_NS, sys.executable, "-m", "http.server",
+                 "--bind", ip, "--directory", str(root), str(OUTSIDE_PORT)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        for name, (_, ip) in OUTSIDE.items():
+            deadline = time.monotonic() + 10
+            while subprocess.run(
+                ["ip", "netns", "exec", OUTSIDE_NS, "curl", "-sf", "-m", "1",
+                 f"http://{ip}:{OUTSIDE_PORT}/"], capture_output=True,
+            ).returncode != 0:
+                assert time.monotonic() < deadline, f"server {name} on {ip} did not start"
+                time.sleep(0.1)
+        yield {name: ip for name, (_, ip) in OUTSIDE.items()}
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "link", "del", "pte2bh"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", OUTSIDE_NS], capture_output=True)

@@ -33,6 +33,7 @@ from e2b import (
     SandboxState,
     Template,
 )
+from e2b.sandbox.network import ALL_TRAFFIC
 
 HOME = "/home/user"
 
@@ -570,6 +571,55 @@ def test_get_host_names_the_proxy_through_the_sandbox_domain(run_id):
     assert connected.sandbox_domain == domain
     assert host == f"8001-{sandbox.sandbox_id}.{domain}"
     assert seen == host
+
+
+def test_allow_out_wins_over_deny_out_and_update_network_changes_the_rules(run_id, outside):
+    a, b = outside["a"], outside["b"]
+    sandbox = Sandbox.create(
+        metadata={"suite": run_id, "role": "egress"},
+        timeout=120,
+        network={"allow_out": [a], "deny_out": [ALL_TRAFFIC]},
+    )
+
+    def reach():
+        answers = []
+        for ip in (a, b):
+            out = sandbox.commands.run(
+                f"curl -s -m 5 http://{ip}:8080/ || echo blocked", timeout=30
+            )
+            answers.append(out.stdout.strip())
+        return tuple(answers)
+
+    try:
+        only_allowed = reach()
+        sandbox.update_network({"deny_out": [f"{b}/32"]})
+        one_denied = reach()
+        shown = sandbox.get_info().network
+        sandbox.update_network({})
+        cleared = reach()
+        sandbox.update_network({"deny_out": [ALL_TRAFFIC]})
+        sandbox.pause()
+        resumed = Sandbox.connect(sandbox.sandbox_id)
+        after_resume = reach()
+    finally:
+        sandbox.kill()
+
+    assert only_allowed == ("a", "blocked")
+    assert one_denied == ("a", "blocked")
+    assert shown.get("deny_out") == [f"{b}/32"] and not shown.get("allow_out"), shown
+    assert cleared == ("a", "b")
+    assert resumed.sandbox_id == sandbox.sandbox_id
+    assert after_resume == ("blocked", "blocked")
+
+
+def test_egress_rules_refuse_domains_and_unknown_sandboxes():
+    with pytest.raises(SandboxException) as domain:
+        Sandbox.create(network={"allow_out": ["example.com"], "deny_out": [ALL_TRAFFIC]})
+    with pytest.raises(Exception) as unknown:
+        Sandbox.update_network("0123456789abcdef", {"deny_out": [ALL_TRAFFIC]})
+
+    assert "domain" in str(domain.value)
+    assert "not found" in str(unknown.value).lower()
 
 
 def test_mask_request_host_must_be_a_host_name():

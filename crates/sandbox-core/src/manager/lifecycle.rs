@@ -62,7 +62,19 @@ impl Manager {
         let internet = crate::network::resolve_internet(request.internet, config.network.is_some())
             .map_err(ManagerError::InvalidRequest)?;
         let timeout = request.timeout.unwrap_or(config.default_timeout);
-        if warm && let Some(warm_dir) = snapshot.as_deref() {
+        if !request.egress.is_empty() && config.network.is_none() {
+            return Err(ManagerError::InvalidRequest(
+                "egress rules need per-sandbox network namespaces (agent running as root, \
+                 network mode \"namespace\")"
+                    .to_string(),
+            ));
+        }
+        // Pooled sandboxes run with no rules of their own: a create with
+        // rules takes the restore path.
+        if warm
+            && request.egress.is_empty()
+            && let Some(warm_dir) = snapshot.as_deref()
+        {
             let wanted = super::pool::Wanted {
                 warm_dir,
                 vcpus,
@@ -123,6 +135,7 @@ impl Manager {
             rootfs_provider,
             network: config.network.clone(),
             internet: Some(internet),
+            egress: request.egress.clone(),
             ..SandboxConfig::new(&id, images, &config.data_dir)
         };
         match Sandbox::boot(self.inner.hypervisor.as_ref(), sandbox_config).await {
@@ -495,5 +508,6 @@ pub(super) fn starting_info(
         timings_ms: BTreeMap::new(),
         paused_at: None,
         host_mask: request.host_mask.clone(),
+        egress: request.egress.clone(),
     }
 }

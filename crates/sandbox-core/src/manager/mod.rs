@@ -13,6 +13,7 @@
 //! ones stay resumable.
 
 mod cancel;
+mod egress;
 mod lifecycle;
 pub use lifecycle::GONE_POLL;
 mod limits;

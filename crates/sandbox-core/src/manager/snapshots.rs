@@ -109,6 +109,7 @@ impl Manager {
                 auto_pause: source.auto_pause,
                 internet: Some(source.internet),
                 host_mask: source.host_mask.clone(),
+                egress: source.egress.clone(),
             };
             forks.push(self.create(request).await);
         }

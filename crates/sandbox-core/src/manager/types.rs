@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SandboxError;
+use crate::network::EgressRules;
 
 /// Lifecycle state of a managed sandbox.
 ///
@@ -88,6 +89,8 @@ pub struct CreateSandbox {
     /// The `Host` header requests proxied to the sandbox's ports carry
     /// (`${PORT}` is replaced by the port); `None`: the caller's.
     pub host_mask: Option<String>,
+    /// The sandbox's own allow and deny ranges (namespace networks only).
+    pub egress: EgressRules,
 }
 
 /// A managed sandbox as callers see it.
@@ -119,6 +122,9 @@ pub struct SandboxInfo {
     /// See [`CreateSandbox::host_mask`].
     #[serde(default)]
     pub host_mask: Option<String>,
+    /// See [`CreateSandbox::egress`].
+    #[serde(default)]
+    pub egress: EgressRules,
 }
 
 /// A saved snapshot.

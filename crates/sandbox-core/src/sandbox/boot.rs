@@ -28,6 +28,12 @@ impl Sandbox {
         config.images.check()?;
         let internet = resolve_internet(config.internet, config.network.is_some())
             .map_err(|why| SandboxError::Network(format!("sandbox {}: {why}", config.id)))?;
+        if !config.egress.is_empty() && config.network.is_none() {
+            return Err(SandboxError::Network(format!(
+                "sandbox {}: egress rules need per-sandbox network namespaces",
+                config.id
+            )));
+        }
         let config = SandboxConfig {
             internet: Some(internet),
             ..config
@@ -110,6 +116,7 @@ impl Sandbox {
                     pool: config.network,
                     net,
                     internet,
+                    egress: config.egress,
                     provider,
                     root_base,
                     extra_drives: config.extra_drives,
@@ -139,7 +146,10 @@ async fn boot_steps(
     crate::crash::point("create.disk_made");
     if let Some(pool) = &config.network {
         // Sandbox::boot resolved `internet` before calling this.
-        made.net = Some(pool.create(config.internet.unwrap_or(true)).await?);
+        made.net = Some(
+            pool.create(config.internet.unwrap_or(true), &config.egress)
+                .await?,
+        );
         undo.push("remove the network", |m: &mut Made| {
             Box::pin(m.remove_network())
         });

@@ -17,7 +17,7 @@ use netns::Network;
 use crate::disk;
 use crate::error::SandboxError;
 use crate::images::GuestImages;
-use crate::network::NetworkPool;
+use crate::network::{EgressRules, NetworkPool};
 use crate::qemu::default_boot_timeout;
 use crate::vmm::Vm;
 
@@ -58,6 +58,8 @@ pub struct SandboxConfig {
     /// off and `Some(true)` is refused. Private ranges, the host and other
     /// sandboxes are unreachable either way.
     pub internet: Option<bool>,
+    /// The sandbox's own allow and deny ranges (namespace networks only).
+    pub egress: EgressRules,
     /// Makes the root disk; `None`: [`disk::choose_provider`]'s choice for
     /// the backend (qcow2 overlay on QEMU).
     pub rootfs_provider: Option<Arc<dyn disk::RootfsProvider>>,
@@ -84,6 +86,7 @@ impl SandboxConfig {
             snapshot: None,
             network: None,
             internet: None,
+            egress: EgressRules::default(),
             rootfs_provider: None,
             extra_drives: Vec::new(),
             extra_kernel_args: String::new(),
@@ -151,6 +154,8 @@ pub struct SandboxRecordConfig {
     #[serde(default = "default_true")]
     pub internet: bool,
     #[serde(default)]
+    pub egress: EgressRules,
+    #[serde(default)]
     pub extra_drives: Vec<PathBuf>,
 }
 
@@ -191,6 +196,7 @@ pub struct Sandbox {
     /// The sandbox's namespace while it runs.
     net: Option<Network>,
     internet: bool,
+    egress: EgressRules,
     /// What made the root disk: releases it at pause, restores it at resume.
     provider: Arc<dyn disk::RootfsProvider>,
     /// The read-only image the root disk is made over (see [`root_base`]).
@@ -238,6 +244,7 @@ impl Sandbox {
                 env_vars: self.env_vars.clone(),
                 snapshot: self.snapshot.clone(),
                 internet: self.internet,
+                egress: self.egress.clone(),
                 extra_drives: self.extra_drives.clone(),
             },
             token: self.token.clone(),
@@ -246,6 +253,35 @@ impl Sandbox {
             envd_addr: (self.state == SandboxState::Running).then(|| self.envd.addr()),
             net_slot: self.net.as_ref().map(|n| n.slot().index()),
         }
+    }
+
+    /// The sandbox's own egress ranges.
+    pub fn egress(&self) -> &EgressRules {
+        &self.egress
+    }
+
+    /// Replaces the sandbox's own egress ranges: at once on its network
+    /// while it runs (connections already open to a range now denied are
+    /// cut), and for every later resume. Needs a namespace network.
+    pub async fn set_egress(&mut self, egress: EgressRules) -> Result<(), SandboxError> {
+        let Some(pool) = &self.pool else {
+            return Err(SandboxError::Network(format!(
+                "sandbox {}: egress rules need per-sandbox network namespaces",
+                self.id
+            )));
+        };
+        if let Some(net) = self.net.as_mut() {
+            net.set_policy(pool.policy_for(self.internet, &egress))
+                .await
+                .map_err(|err| {
+                    SandboxError::Network(format!(
+                        "sandbox {}: setting its egress rules: {err}",
+                        self.id
+                    ))
+                })?;
+        }
+        self.egress = egress;
+        Ok(())
     }
 
     /// The envd access token `/init` gave the guest.

@@ -106,7 +106,7 @@ impl Sandbox {
             Box::pin(s.release_disk())
         });
         let attach = match &self.pool {
-            Some(pool) => match pool.create(self.internet).await {
+            Some(pool) => match pool.create(self.internet, &self.egress).await {
                 Ok(net) => {
                     undo.push("remove the network", |s: &mut Sandbox| {
                         Box::pin(s.release_network())

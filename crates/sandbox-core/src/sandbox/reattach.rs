@@ -31,6 +31,7 @@ impl Sandbox {
             network: pool.clone(),
             // A user-mode sandbox is isolated whatever an older record says.
             internet: Some(rc.internet && pool.is_some()),
+            egress: rc.egress,
             extra_drives: rc.extra_drives,
             ..SandboxConfig::new(rc.id, rc.images, rc.data_dir)
         };
@@ -46,7 +47,10 @@ impl Sandbox {
                 let adopted: Result<_, SandboxError> = async {
                     let attach = match (record.net_slot, &pool) {
                         (Some(slot), Some(pool)) => Attach::Namespace(
-                            net.insert(pool.adopt(slot, config.internet.unwrap_or(true)).await?),
+                            net.insert(
+                                pool.adopt(slot, config.internet.unwrap_or(true), &config.egress)
+                                    .await?,
+                            ),
                         ),
                         (Some(slot), None) => {
                             return Err(SandboxError::Network(format!(
@@ -128,6 +132,7 @@ impl Sandbox {
             pool,
             net,
             internet: config.internet.unwrap_or(false),
+            egress: config.egress,
             provider,
             root_base: base,
             extra_drives: config.extra_drives,
