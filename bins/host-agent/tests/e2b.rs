@@ -10,6 +10,9 @@
 //! - `errors_and_routing`: status codes and bodies the SDKs rely on, the
 //!   legacy paths, and the proxy's routing by header, host name and
 //!   signature, over raw HTTP.
+//! - `egress_rules_hold_after_an_agent_restart`: a sandbox's egress rules
+//!   are in its namespace's chain and its detail before and after the
+//!   agent restarts and adopts it.
 //!
 //! The tests take turns (one agent and its VMs at a time: each boot costs
 //! seconds under TCG).
@@ -613,4 +616,78 @@ async fn errors_and_routing() {
     assert_eq!(status, 404);
 
     agent.stop().await;
+}
+
+/// The `egress` chains of every Petrel sandbox namespace, joined.
+fn egress_chains() -> String {
+    let names = std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| {
+                    n.strip_prefix("petrel-")
+                        .is_some_and(|s| s.parse::<u32>().is_ok())
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    names
+        .iter()
+        .map(|name| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", name, "nft", "list", "chain", "inet"])
+                .args(["petrel_filter", "egress"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_rules_hold_after_an_agent_restart() {
+    let _turn = SERIAL.lock().await;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: egress rules need the agent's network namespaces (root)");
+        return;
+    }
+    let Some(agent) = common::start_agent().await else {
+        return;
+    };
+    let http = Http::new();
+    let key = [("X-API-KEY", common::API_KEY)];
+    // A range no other rule names, so its set element marks this sandbox.
+    let network = json!({"denyOut": ["203.1.0.0/16"], "allowOut": ["203.1.2.3"]});
+
+    let (status, _, body) = http
+        .send(
+            "POST",
+            &format!("{}/v2/sandboxes", agent.url()),
+            &key,
+            Some(json!({"templateID": "base", "timeout": 120, "network": network})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["sandboxID"].as_str().unwrap().to_string();
+    let before = egress_chains();
+    let agent = common::restart(agent).await;
+    let after = egress_chains();
+    let (status, _, detail) = http
+        .send(
+            "GET",
+            &format!("{}/sandboxes/{id}", agent.url()),
+            &key,
+            None,
+        )
+        .await;
+    agent.stop().await;
+
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["network"]["denyOut"], json!(["203.1.0.0/16"]));
+    assert_eq!(detail["network"]["allowOut"], json!(["203.1.2.3/32"]));
+    for chains in [&before, &after] {
+        assert!(chains.contains("203.1.0.0/16"), "{chains}");
+        assert!(chains.contains("203.1.2.3"), "{chains}");
+    }
 }
