@@ -15,12 +15,14 @@
 //! | the VMM missed a QMP deadline (stuck or stopped QEMU) | 504, code `vmm_timeout` |
 //! | exec output (JSON route) | `exec_output_limit` bytes per stream, then `truncated` |
 //! | concurrent uploads | `max_concurrent_uploads`, then 429 `too_many_uploads` |
+//! | egress allow/deny entries | IPv4 CIDRs or addresses, at most [`MAX_EGRESS_ENTRIES`] per list; domains and IPv6 400 |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envd_client::EnvdError;
 use http::StatusCode;
+use sandbox_core::network::Ipv4Net;
 use sandbox_core::{Manager, ManagerError, SandboxError, SandboxInfo, State};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -32,6 +34,9 @@ pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The longest a lifecycle call waits for a sandbox to leave a transitional
 /// state.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Entries an egress allow or deny list may hold.
+pub const MAX_EGRESS_ENTRIES: usize = 256;
 
 /// A request refused by a rule: status, stable code, message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +104,52 @@ pub fn ttl(field: &str, seconds: f64) -> Result<Duration, Refusal> {
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// The `entries` of the request field `field` (an egress allow or deny
+/// list) as IPv4 ranges: `a.b.c.d/n` (host bits cleared) or `a.b.c.d` (a
+/// /32), at most [`MAX_EGRESS_ENTRIES`]. Domain names and IPv6 are refused
+/// with the reason.
+pub fn egress_ranges(field: &str, entries: &[String]) -> Result<Vec<Ipv4Net>, Refusal> {
+    let refuse = |why: String| Refusal::new(StatusCode::BAD_REQUEST, "invalid_request", why);
+    if entries.len() > MAX_EGRESS_ENTRIES {
+        return Err(refuse(format!(
+            "{field} holds {} entries; at most {MAX_EGRESS_ENTRIES}",
+            entries.len()
+        )));
+    }
+    entries
+        .iter()
+        .map(|entry| egress_range(entry).map_err(|why| refuse(format!("{field}: {why}"))))
+        .collect()
+}
+
+/// One egress entry as an IPv4 range, or why it is none.
+fn egress_range(text: &str) -> Result<Ipv4Net, String> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<Ipv4Net>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = text.parse::<std::net::Ipv4Addr>() {
+        return Ok(Ipv4Net::from(ip));
+    }
+    if text.contains(':') {
+        return Err(format!(
+            "{text:?} is IPv6: sandboxes have no IPv6 egress (all of it is denied)"
+        ));
+    }
+    let domain_like = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'));
+    if domain_like && text.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return Err(format!(
+            "{text:?} is a domain name: domain rules are not supported yet (IPv4 CIDRs and addresses are)"
+        ));
+    }
+    Err(format!(
+        "{text:?} is not an IPv4 CIDR (a.b.c.d/n) or address"
+    ))
 }
 
 /// The sandbox once it is out of a transitional state (starting, pausing,

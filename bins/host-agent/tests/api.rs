@@ -385,6 +385,65 @@ async fn a_sandbox_sees_the_vcpus_and_memory_it_asked_for() {
 }
 
 #[tokio::test]
+async fn egress_rules_are_set_at_create_replaced_and_malformed_ones_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: egress rules need the agent's network namespaces (root)");
+        return;
+    }
+    let Some(agent) = common::start_agent().await else {
+        return;
+    };
+    let api = Client::new(agent.url());
+    let put = |path: String, body: Value| {
+        let api = api.clone();
+        async move { api.send(Method::PUT, &path, body.to_string()).await }
+    };
+
+    let created = api
+        .post(
+            "/v1/sandboxes",
+            &sandbox_request(&json!({"allow_out": ["1.1.1.1"], "deny_out": ["0.0.0.0/0"]})),
+        )
+        .await;
+    let sandbox = format!("/v1/sandboxes/{}", id_of(&created));
+    let network = format!("{sandbox}/network");
+    let replaced = put(network.clone(), json!({"deny_out": ["203.1.9.9/16"]})).await;
+    let fetched = api.get(&sandbox).await;
+    let domain = api
+        .post(
+            "/v1/sandboxes",
+            &sandbox_request(&json!({"allow_out": ["example.com"]})),
+        )
+        .await;
+    let ipv6 = put(network.clone(), json!({"deny_out": ["::/0"]})).await;
+    let camel_case = put(network.clone(), json!({"denyOut": []})).await;
+    let unknown = put(
+        "/v1/sandboxes/0123456789abcdef/network".to_string(),
+        json!({}),
+    )
+    .await;
+    let deleted = api.delete(&sandbox).await;
+    agent.stop().await;
+
+    assert_eq!(created.status.as_u16(), 201, "{}", created.text());
+    assert_eq!(created.json()["allow_out"], json!(["1.1.1.1/32"]));
+    assert_eq!(created.json()["deny_out"], json!(["0.0.0.0/0"]));
+    assert_eq!(replaced.status.as_u16(), 200, "{}", replaced.text());
+    assert_eq!(fetched.json()["allow_out"], json!([]));
+    assert_eq!(fetched.json()["deny_out"], json!(["203.1.0.0/16"]));
+    for (refused, says) in [
+        (&domain, "domain"),
+        (&ipv6, "IPv6"),
+        (&camel_case, "denyOut"),
+    ] {
+        assert_eq!(refused.status.as_u16(), 400, "{}", refused.text());
+        assert!(refused.text().contains(says), "{}", refused.text());
+    }
+    assert_eq!(unknown.status.as_u16(), 404, "{}", unknown.text());
+    assert_eq!(deleted.status.as_u16(), 204);
+}
+
+#[tokio::test]
 async fn a_delete_during_an_exec_ends_it_at_once() {
     let Some(agent) = common::start_agent().await else {
         return;

@@ -6,7 +6,8 @@
 //! neither can list a route the other lacks; `tests/openapi.rs` checks the served
 //! document against [`routes`] and the running router.
 //!
-//! - [`sandboxes`]: create, list, get, delete, pause, resume, timeout;
+//! - [`sandboxes`]: create, list, get, delete, pause, resume, timeout,
+//!   egress rules;
 //! - [`exec`]: run a command (JSON result, or Server-Sent Events);
 //! - [`pty`]: an interactive terminal session over a WebSocket;
 //! - [`files`]: upload, download, list a directory;
@@ -156,6 +157,12 @@ fn endpoints() -> Vec<Endpoint> {
             "/v1/sandboxes/{id}/timeout",
             "setSandboxTimeout",
             post(sandboxes::set_timeout),
+        ),
+        endpoint(
+            Method::PUT,
+            "/v1/sandboxes/{id}/network",
+            "setSandboxNetwork",
+            put(sandboxes::set_network),
         ),
         endpoint(
             Method::POST,

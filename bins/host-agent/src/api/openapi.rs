@@ -256,6 +256,13 @@ pub fn operation(operation_id: &str) -> Value {
             "requestBody": json_body("Timeout", true),
             "responses": responses(&[("200", json_response("The sandbox with its new `end_at`.", &sandbox))], &["400", "404", "413", "500"]),
         }),
+        "setSandboxNetwork" => json!({
+            "tags": ["sandboxes"],
+            "summary": "Replace a sandbox's egress rules",
+            "description": "On a running sandbox at once (connections open to a range now denied are cut); on a paused one at its resume. A list left out is cleared. 400 for a domain name, IPv6 or more than 256 entries; needs per-sandbox network namespaces (400 otherwise).",
+            "requestBody": json_body("Network", true),
+            "responses": responses(&[("200", json_response("The sandbox with its new rules.", &sandbox))], &["400", "404", "409", "413", "500"]),
+        }),
         "exec" => json!({
             "tags": ["exec"],
             "summary": "Run a command to completion",
@@ -396,6 +403,10 @@ fn file_query() -> Value {
     ])
 }
 
+fn egress_list(description: &str) -> Value {
+    json!({"type": "array", "maxItems": crate::policy::MAX_EGRESS_ENTRIES, "items": {"type": "string"}, "description": description})
+}
+
 fn string_map() -> Value {
     json!({"type": "object", "additionalProperties": {"type": "string"}})
 }
@@ -428,11 +439,21 @@ fn schemas() -> Value {
                 "metadata": string_map(),
                 "internet": {"type": "boolean", "description": "Outbound internet. Unset: on with per-sandbox network namespaces; off in QEMU user-mode networking, which is always isolated from the host and the internet and refuses true (400)."},
                 "auto_pause": {"type": "boolean", "default": false, "description": "At expiry: pause instead of kill."},
+                "allow_out": egress_list("IPv4 CIDRs or addresses the sandbox may reach even where deny_out covers them or internet is off (allow wins). The host, private ranges and other sandboxes stay unreachable."),
+                "deny_out": egress_list("IPv4 CIDRs or addresses the sandbox may not reach; 0.0.0.0/0 denies all but allow_out."),
+            },
+        },
+        "Network": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "allow_out": egress_list("As on create; left out: none."),
+                "deny_out": egress_list("As on create; left out: none."),
             },
         },
         "Sandbox": {
             "type": "object",
-            "required": ["id", "template", "state", "vcpus", "memory_mb", "created_at", "end_at", "auto_pause", "internet", "metadata", "timings_ms"],
+            "required": ["id", "template", "state", "vcpus", "memory_mb", "created_at", "end_at", "auto_pause", "internet", "allow_out", "deny_out", "metadata", "timings_ms"],
             "properties": {
                 "id": {"type": "string"},
                 "template": {"type": "string"},
@@ -443,6 +464,8 @@ fn schemas() -> Value {
                 "end_at": {"type": "string", "format": "date-time", "description": "When the sandbox is killed (or paused, with auto_pause). RFC 3339."},
                 "auto_pause": {"type": "boolean"},
                 "internet": {"type": "boolean"},
+                "allow_out": {"type": "array", "items": {"type": "string"}, "description": "The sandbox's allowed egress ranges (CIDRs)."},
+                "deny_out": {"type": "array", "items": {"type": "string"}, "description": "The sandbox's denied egress ranges (CIDRs)."},
                 "metadata": string_map(),
                 "envd_url": {"type": "string", "nullable": true, "description": "Where envd answers while running (it requires an access token the API does not give out)."},
                 "error": {"type": "string", "nullable": true, "description": "The last failure."},

@@ -1,5 +1,5 @@
 //! `/v1/sandboxes`: create, list (filters), get, delete, pause, resume,
-//! timeout.
+//! timeout, egress rules.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use safename::SafeName;
+use sandbox_core::network::EgressRules;
 use sandbox_core::{CreateSandbox, ListFilter, SandboxInfo, State as SandboxState};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,33 @@ pub struct CreateBody {
     /// At expiry: pause instead of kill.
     #[serde(default)]
     auto_pause: bool,
+    /// IPv4 CIDRs or addresses the sandbox may reach even where `deny_out`
+    /// covers them or internet is off.
+    #[serde(default)]
+    allow_out: Vec<String>,
+    /// IPv4 CIDRs or addresses the sandbox may not reach (`0.0.0.0/0`: all
+    /// but `allow_out`).
+    #[serde(default)]
+    deny_out: Vec<String>,
+}
+
+/// `PUT /v1/sandboxes/{id}/network`: the sandbox's new egress rules (a
+/// field left out is cleared).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkBody {
+    #[serde(default)]
+    allow_out: Vec<String>,
+    #[serde(default)]
+    deny_out: Vec<String>,
+}
+
+/// The egress rules of a request's `allow_out` and `deny_out`.
+fn egress(allow_out: &[String], deny_out: &[String]) -> Result<EgressRules, ApiError> {
+    Ok(EgressRules {
+        allow: crate::policy::egress_ranges("allow_out", allow_out)?,
+        deny: crate::policy::egress_ranges("deny_out", deny_out)?,
+    })
 }
 
 /// A sandbox as the API shows it: no access token, no env var values.
@@ -51,6 +79,9 @@ pub struct SandboxView {
     end_at: String,
     auto_pause: bool,
     internet: bool,
+    /// The sandbox's own egress rules (CIDRs).
+    allow_out: Vec<String>,
+    deny_out: Vec<String>,
     metadata: BTreeMap<String, String>,
     /// `http://ADDR` of envd while running (it needs the access token,
     /// which the API does not give out).
@@ -72,6 +103,8 @@ impl From<SandboxInfo> for SandboxView {
             end_at: rfc3339(info.end_at),
             auto_pause: info.auto_pause,
             internet: info.internet,
+            allow_out: info.egress.allow.iter().map(ToString::to_string).collect(),
+            deny_out: info.egress.deny.iter().map(ToString::to_string).collect(),
             metadata: info.metadata,
             envd_url: info.envd_addr.map(|addr| format!("http://{addr}")),
             error: info.error,
@@ -97,6 +130,7 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateBody>,
 ) -> Result<Response, ApiError> {
     SafeName::new(&body.template)?;
+    let egress = egress(&body.allow_out, &body.deny_out)?;
     let request = CreateSandbox {
         template: body.template,
         vcpus: body.vcpus,
@@ -107,7 +141,7 @@ pub async fn create(
         auto_pause: body.auto_pause,
         internet: body.internet,
         host_mask: None,
-        egress: sandbox_core::network::EgressRules::default(),
+        egress,
     };
     let info = state.app.manager.create(request).await?;
     tracing::info!(sandbox = %info.id, template = %info.template, "sandbox created over the API");
@@ -208,6 +242,17 @@ pub async fn set_timeout(
         .ok_or_else(|| ApiError::invalid_request("timeout_s is required"))?;
     let ttl = timeout(seconds)?;
     Ok(Json(state.app.manager.set_timeout(&id, ttl)?.into()))
+}
+
+pub async fn set_network(
+    State(state): State<ApiState>,
+    ApiPath(id): ApiPath<String>,
+    JsonBody(body): JsonBody<NetworkBody>,
+) -> Result<Json<SandboxView>, ApiError> {
+    let egress = egress(&body.allow_out, &body.deny_out)?;
+    Ok(Json(
+        state.app.manager.set_egress(&id, egress).await?.into(),
+    ))
 }
 
 #[cfg(test)]

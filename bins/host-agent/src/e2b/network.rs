@@ -23,9 +23,6 @@ use super::{Control, ENVD_PORT, parse_required};
 /// Longest `network.maskRequestHost`.
 const MAX_HOST_MASK: usize = 255;
 
-/// Entries `allowOut` and `denyOut` may hold, each.
-pub const MAX_EGRESS_ENTRIES: usize = 256;
-
 /// Refuses the `network` options (of a create or an update) that are not
 /// implemented.
 pub(super) fn check_supported(network: &Value) -> Result<(), ApiError> {
@@ -98,58 +95,19 @@ pub(super) fn egress_rules(network: Option<&Value>) -> Result<EgressRules, ApiEr
 
 /// The entries of `network[key]` as IPv4 ranges.
 fn ranges(network: &Map<String, Value>, key: &str) -> Result<Vec<Ipv4Net>, ApiError> {
-    let items = match network.get(key) {
+    let not_strings = || ApiError::bad_request(format!("network.{key} must be a list of strings"));
+    let entries: Vec<String> = match network.get(key) {
         None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            return Err(ApiError::bad_request(format!(
-                "network.{key} must be a list of strings"
-            )));
-        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned).ok_or_else(not_strings))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(not_strings()),
     };
-    if items.len() > MAX_EGRESS_ENTRIES {
-        return Err(ApiError::bad_request(format!(
-            "network.{key} holds {} entries; at most {MAX_EGRESS_ENTRIES}",
-            items.len()
-        )));
-    }
-    items
-        .iter()
-        .map(|item| {
-            let text = item.as_str().ok_or_else(|| {
-                ApiError::bad_request(format!("network.{key} must be a list of strings"))
-            })?;
-            range(text).map_err(|why| ApiError::bad_request(format!("network.{key}: {why}")))
-        })
-        .collect()
-}
-
-/// One egress entry: `a.b.c.d/n` or `a.b.c.d` (a /32).
-fn range(text: &str) -> Result<Ipv4Net, String> {
-    let text = text.trim();
-    if let Ok(net) = text.parse::<Ipv4Net>() {
-        return Ok(net.trunc());
-    }
-    if let Ok(ip) = text.parse::<std::net::Ipv4Addr>() {
-        return Ok(Ipv4Net::from(ip));
-    }
-    if text.contains(':') {
-        return Err(format!(
-            "{text:?} is IPv6: sandboxes have no IPv6 egress (all of it is denied)"
-        ));
-    }
-    let domain_like = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'));
-    if domain_like && text.bytes().any(|b| b.is_ascii_alphabetic()) {
-        return Err(format!(
-            "{text:?} is a domain name: domain rules are not supported yet (IPv4 CIDRs and addresses are)"
-        ));
-    }
-    Err(format!(
-        "{text:?} is not an IPv4 CIDR (a.b.c.d/n) or address"
-    ))
+    Ok(crate::policy::egress_ranges(
+        &format!("network.{key}"),
+        &entries,
+    )?)
 }
 
 /// The `network` a sandbox's detail shows; `None` when it has no options.
@@ -233,7 +191,8 @@ mod tests {
         let ipv6 = refused(json!({"denyOut": ["::/0"]}));
         let garbage = refused(json!({"denyOut": ["1.2.3.4/33"]}));
         let not_a_list = refused(json!({"denyOut": "0.0.0.0/0"}));
-        let too_many = refused(json!({"denyOut": vec!["1.1.1.1"; MAX_EGRESS_ENTRIES + 1]}));
+        let too_many =
+            refused(json!({"denyOut": vec!["1.1.1.1"; crate::policy::MAX_EGRESS_ENTRIES + 1]}));
 
         assert!(domain.contains("domain"), "{domain}");
         assert!(wildcard.contains("domain"), "{wildcard}");
