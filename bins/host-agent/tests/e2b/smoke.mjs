@@ -1,11 +1,16 @@
 // Smoke test of the official npm `e2b` SDK against a Petrel host agent:
-// create, run, write/read a file, info, kill. Needs E2B_API_KEY,
+// create with an egress rule, run, write/read a file, info, replace the
+// rule, kill. Needs E2B_API_KEY,
 // E2B_API_URL and E2B_SANDBOX_URL; `cargo test -p host-agent --test e2b`
 // installs the pinned package and runs this from the install directory.
 import assert from 'node:assert/strict'
-import { Sandbox } from 'e2b'
+import { ALL_TRAFFIC, Sandbox } from 'e2b'
 
-const sandbox = await Sandbox.create({ metadata: { smoke: 'npm' }, envs: { SMOKE: 'yes' } })
+const sandbox = await Sandbox.create({
+  metadata: { smoke: 'npm' },
+  envs: { SMOKE: 'yes' },
+  network: { allowOut: ['192.0.2.1'], denyOut: [ALL_TRAFFIC] },
+})
 try {
   const result = await sandbox.commands.run('echo "hello from $(whoami) $SMOKE"')
   assert.equal(result.stdout, 'hello from user yes\n')
@@ -19,6 +24,15 @@ try {
   assert.equal(info.state, 'running')
   assert.deepEqual(info.metadata, { smoke: 'npm' })
   assert.ok(await sandbox.isRunning())
+  assert.deepEqual(info.network?.denyOut, ['0.0.0.0/0'])
+
+  // Denied before it leaves the host: nothing reaches the internet.
+  const out = await sandbox.commands.run('curl -s -m 5 http://1.0.0.1/ || echo blocked')
+  assert.equal(out.stdout, 'blocked\n')
+  await sandbox.updateNetwork({ denyOut: ['203.1.0.0/16'] })
+  const updated = await sandbox.getInfo()
+  assert.deepEqual(updated.network?.denyOut, ['203.1.0.0/16'])
+  assert.ok(!updated.network?.allowOut?.length)
 } finally {
   assert.equal(await sandbox.kill(), true)
 }
