@@ -142,6 +142,7 @@ pub async fn create(
         internet: body.internet,
         host_mask: None,
         egress,
+        private_traffic: false,
     };
     let info = state.app.manager.create(request).await?;
     tracing::info!(sandbox = %info.id, template = %info.template, "sandbox created over the API");

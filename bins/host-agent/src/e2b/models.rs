@@ -80,6 +80,10 @@ pub struct Sandbox {
     pub alias: Option<String>,
     #[serde(rename = "envdAccessToken", skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
+    /// With `allowPublicTraffic: false`: what requests to the sandbox's
+    /// ports send in `e2b-traffic-access-token`.
+    #[serde(rename = "trafficAccessToken", skip_serializing_if = "Option::is_none")]
+    pub traffic_access_token: Option<String>,
     /// The agent's `--sandbox-domain`, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
@@ -139,6 +143,8 @@ pub struct NetworkInfo {
     pub deny_out: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask_request_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_public_traffic: Option<bool>,
 }
 
 /// `ListedSandbox` (`GET /v2/sandboxes`, `GET /sandboxes`).

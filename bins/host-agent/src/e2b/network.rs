@@ -4,9 +4,11 @@
 //!
 //! Egress entries are IPv4 CIDRs or addresses; allow wins over deny, and
 //! `denyOut: ["0.0.0.0/0"]` denies all but `allowOut` (E2B's semantics).
+//! `allowPublicTraffic: false` makes the proxy require the sandbox's
+//! traffic token on requests to its ports (see [`super::proxy`]).
 //! What is not implemented is refused with 400, never ignored: domain
 //! names in `allowOut`, `dnsServers`, `egressProxy`, `httpsPorts`, per-host
-//! `rules`, `allowPublicTraffic: false`.
+//! `rules`.
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -32,11 +34,6 @@ pub(super) fn check_supported(network: &Value) -> Result<(), ApiError> {
         }
         return Err(ApiError::bad_request("network must be an object"));
     };
-    if network.get("allowPublicTraffic") == Some(&Value::Bool(false)) {
-        return Err(ApiError::bad_request(
-            "allowPublicTraffic: false is not supported: sandbox ports are reachable through the proxy without a traffic token",
-        ));
-    }
     let has_rules = network.get("rules").is_some_and(|v| match v {
         Value::Object(items) => !items.is_empty(),
         Value::Null => false,
@@ -55,6 +52,19 @@ pub(super) fn check_supported(network: &Value) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// `network.allowPublicTraffic: false`: requests to the sandbox's ports
+/// through the proxy need its `trafficAccessToken` in the
+/// `e2b-traffic-access-token` header.
+pub(super) fn private_traffic(network: Option<&Value>) -> Result<bool, ApiError> {
+    match network.and_then(|n| n.get("allowPublicTraffic")) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(public)) => Ok(!public),
+        Some(_) => Err(ApiError::bad_request(
+            "network.allowPublicTraffic must be a boolean",
+        )),
+    }
 }
 
 /// `network.maskRequestHost`: the `Host` header of requests the proxy
@@ -117,10 +127,12 @@ pub(super) fn info_of(info: &SandboxInfo) -> Option<NetworkInfo> {
         allow_out: texts(&info.egress.allow),
         deny_out: texts(&info.egress.deny),
         mask_request_host: info.host_mask.clone(),
+        allow_public_traffic: info.traffic_token.is_some().then_some(false),
     };
     let empty = network.allow_out.is_empty()
         && network.deny_out.is_empty()
-        && network.mask_request_host.is_none();
+        && network.mask_request_host.is_none()
+        && network.allow_public_traffic.is_none();
     (!empty).then_some(network)
 }
 
@@ -205,7 +217,6 @@ mod tests {
     #[test]
     fn unsupported_network_options_are_refused() {
         for network in [
-            json!({"allowPublicTraffic": false}),
             json!({"dnsServers": ["1.1.1.1"]}),
             json!({"egressProxy": {"address": "x:1"}}),
             json!({"httpsPorts": [8443]}),

@@ -22,7 +22,9 @@
 //!
 //! Requests to a sandbox's own ports (not envd's) carry its
 //! `maskRequestHost` as `Host` when it was created with one (`${PORT}`
-//! replaced by the port), else the caller's `Host`.
+//! replaced by the port), else the caller's `Host`. A sandbox created with
+//! `allowPublicTraffic: false` answers those only with its traffic token in
+//! `e2b-traffic-access-token` (403 otherwise; the header is not passed on).
 //!
 //! A response still streaming when its sandbox's VM goes away (killed,
 //! timed out, paused) is cut off within [`sandbox_core::GONE_POLL`]: a guest that is gone
@@ -48,6 +50,8 @@ use crate::state::AppState;
 /// The SDKs' routing headers.
 pub const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 pub const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+/// The header carrying a private sandbox's traffic token.
+pub const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 
 #[derive(Debug, Clone)]
 struct Proxy {
@@ -270,6 +274,23 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             "/init is reserved for the host agent",
         );
     }
+    if target.port != ENVD_PORT
+        && let Some(token) = &info.traffic_token
+    {
+        let sent = request
+            .headers()
+            .get(TRAFFIC_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if !sent.is_some_and(|sent| constant_time_eq(sent, token)) {
+            return error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "sandbox {} takes private traffic only: send its trafficAccessToken in the {TRAFFIC_TOKEN_HEADER} header",
+                    target.sandbox_id
+                ),
+            );
+        }
+    }
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts
         .uri
@@ -294,6 +315,8 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(SANDBOX_ID_HEADER);
     parts.headers.remove(SANDBOX_PORT_HEADER);
+    // The guest's servers never see the token.
+    parts.headers.remove(TRAFFIC_TOKEN_HEADER);
     // The Host header stays as the client sent it (apps in the guest may
     // check it), or is the sandbox's `maskRequestHost`; hyper sets the
     // upstream address only when there is none.

@@ -87,6 +87,7 @@ pub fn sandbox_of(info: &SandboxInfo, domain: Option<&str>) -> models::Sandbox {
         envd_version: ENVD_VERSION.to_string(),
         alias: Some(info.template.clone()),
         envd_access_token: Some(info.envd_access_token.clone()).filter(|t| !t.is_empty()),
+        traffic_access_token: info.traffic_token.clone(),
         domain: domain.map(str::to_owned),
     }
 }
@@ -219,6 +220,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
     let network = request.network.as_ref();
     let host_mask = super::network::host_mask(network)?;
     let egress = super::network::egress_rules(network)?;
+    let private_traffic = super::network::private_traffic(network)?;
     let template = request
         .template_id
         .clone()
@@ -237,6 +239,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
             internet: request.allow_internet_access,
             host_mask,
             egress,
+            private_traffic,
             ..CreateSandbox::default()
         })
         .await?;
@@ -758,7 +761,6 @@ mod tests {
             r#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#,
             r#"{"templateID":"base","mcp":{"x":{}}}"#,
             r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#,
-            r#"{"templateID":"base","network":{"allowPublicTraffic":false}}"#,
             r#"{"templateID":"base","network":{"dnsServers":["1.1.1.1"]}}"#,
             r#"{"templateID":"base","network":{"egressProxy":{"address":"x:1"}}}"#,
             r#"{"templateID":"base","network":{"httpsPorts":[8443]}}"#,

@@ -622,6 +622,45 @@ def test_egress_rules_refuse_domains_and_unknown_sandboxes():
     assert "not found" in str(unknown.value).lower()
 
 
+def test_private_traffic_needs_the_traffic_access_token(run_id):
+    if os.geteuid() != 0:
+        pytest.skip("guest ports other than envd's need the agent's namespaces (root)")
+    sandbox = Sandbox.create(
+        metadata={"suite": run_id, "role": "private"},
+        timeout=120,
+        network={"allow_public_traffic": False},
+    )
+    try:
+        sandbox.files.write("/tmp/echo_host.py", ECHO_HOST)
+        sandbox.commands.run("python3 /tmp/echo_host.py", background=True)
+        proxy = os.environ["E2B_SANDBOX_URL"]
+        route = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8001"}
+        token = sandbox.traffic_access_token
+
+        def fetch(headers):
+            response = httpx.get(proxy, headers=headers)
+            return response if response.status_code != 502 else None
+
+        with_token = wait_for(
+            lambda: fetch({**route, "e2b-traffic-access-token": token}),
+            what="the guest server with the token",
+        )
+        without = fetch(route)
+        wrong = fetch({**route, "e2b-traffic-access-token": "0" * 32})
+        info = sandbox.get_info()
+        # envd's own port stays reachable: the SDK itself works.
+        echoed = sandbox.commands.run("echo still-here").stdout
+    finally:
+        sandbox.kill()
+
+    assert token and len(token) >= 32
+    assert with_token.status_code == 200
+    assert without.status_code == 403 and wrong.status_code == 403
+    assert "e2b-traffic-access-token" in without.json()["message"]
+    assert info.network.get("allow_public_traffic") is False
+    assert echoed == "still-here\n"
+
+
 def test_mask_request_host_must_be_a_host_name():
     with pytest.raises(SandboxException) as refused:
         Sandbox.create(network={"mask_request_host": "not a/host"})

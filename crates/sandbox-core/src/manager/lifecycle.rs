@@ -101,6 +101,7 @@ impl Manager {
             &request,
             timeout,
         );
+        info.traffic_token = traffic_token(&request)?;
         let handle: Handle = Arc::new(tokio::sync::Mutex::new(None));
         let mut guard = handle.lock().await;
         {
@@ -479,6 +480,14 @@ fn boot_timings(t: BootTimings) -> BTreeMap<String, u64> {
     .collect()
 }
 
+/// A new traffic token when `request` asks for private traffic.
+pub(super) fn traffic_token(request: &CreateSandbox) -> Result<Option<String>, ManagerError> {
+    Ok(request
+        .private_traffic
+        .then(crate::sandbox::random_token)
+        .transpose()?)
+}
+
 /// The record of a sandbox a create is starting: `request`'s metadata,
 /// env and auto-pause, its TTL from now.
 pub(super) fn starting_info(
@@ -509,5 +518,6 @@ pub(super) fn starting_info(
         paused_at: None,
         host_mask: request.host_mask.clone(),
         egress: request.egress.clone(),
+        traffic_token: None,
     }
 }

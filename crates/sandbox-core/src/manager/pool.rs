@@ -295,6 +295,7 @@ impl Manager {
         let mut guard = handle.lock().await;
         // Taken and entered under the table's lock: the VM slot moves from
         // the pool to the sandbox without a moment counted twice or not at all.
+        let traffic_token = super::lifecycle::traffic_token(request)?;
         let (mut pooled, mut info, stale) = {
             let mut infos = lock(&self.inner.infos);
             let (taken, stale) = self.take_pooled(template, wanted);
@@ -304,7 +305,7 @@ impl Manager {
                 Self::discard_pooled(stale);
                 return Ok(None);
             };
-            let info = super::lifecycle::starting_info(
+            let mut info = super::lifecycle::starting_info(
                 pooled.sandbox.id().to_string(),
                 template.to_string(),
                 (pooled.vcpus, pooled.memory_mib),
@@ -312,6 +313,7 @@ impl Manager {
                 request,
                 timeout,
             );
+            info.traffic_token = traffic_token;
             infos.insert(info.id.clone(), info.clone());
             (pooled, info, stale)
         };

@@ -110,6 +110,7 @@ impl Manager {
                 internet: Some(source.internet),
                 host_mask: source.host_mask.clone(),
                 egress: source.egress.clone(),
+                private_traffic: source.traffic_token.is_some(),
             };
             forks.push(self.create(request).await);
         }

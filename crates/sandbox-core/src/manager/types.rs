@@ -91,6 +91,9 @@ pub struct CreateSandbox {
     pub host_mask: Option<String>,
     /// The sandbox's own allow and deny ranges (namespace networks only).
     pub egress: EgressRules,
+    /// Requests to the sandbox's ports (envd's aside) need its traffic
+    /// token ([`SandboxInfo::traffic_token`], made at create).
+    pub private_traffic: bool,
 }
 
 /// A managed sandbox as callers see it.
@@ -125,6 +128,10 @@ pub struct SandboxInfo {
     /// See [`CreateSandbox::egress`].
     #[serde(default)]
     pub egress: EgressRules,
+    /// With [`CreateSandbox::private_traffic`]: the token requests to the
+    /// sandbox's ports must carry (E2B's `trafficAccessToken`).
+    #[serde(default)]
+    pub traffic_token: Option<String>,
 }
 
 /// A saved snapshot.
