@@ -520,17 +520,22 @@ h.HTTPServer(("0.0.0.0", 8001), H).serve_forever()
 """
 
 
-def test_mask_request_host_is_the_host_guest_servers_see(run_id):
+def echo_host_sandbox(run_id, role, **create):
+    """A sandbox running ECHO_HOST on port 8001 (guest ports other than
+    envd's need the agent's namespaces, so the test is skipped unless root)."""
     if os.geteuid() != 0:
         pytest.skip("guest ports other than envd's need the agent's namespaces (root)")
-    sandbox = Sandbox.create(
-        metadata={"suite": run_id, "role": "mask"},
-        timeout=120,
-        network={"mask_request_host": "${PORT}-masked.example.test"},
+    sandbox = Sandbox.create(metadata={"suite": run_id, "role": role}, timeout=120, **create)
+    sandbox.files.write("/tmp/echo_host.py", ECHO_HOST)
+    sandbox.commands.run("python3 /tmp/echo_host.py", background=True)
+    return sandbox
+
+
+def test_mask_request_host_is_the_host_guest_servers_see(run_id):
+    sandbox = echo_host_sandbox(
+        run_id, "mask", network={"mask_request_host": "${PORT}-masked.example.test"}
     )
     try:
-        sandbox.files.write("/tmp/echo_host.py", ECHO_HOST)
-        sandbox.commands.run("python3 /tmp/echo_host.py", background=True)
         proxy = os.environ["E2B_SANDBOX_URL"]
         headers = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8001"}
 
@@ -546,13 +551,9 @@ def test_mask_request_host_is_the_host_guest_servers_see(run_id):
 
 
 def test_get_host_names_the_proxy_through_the_sandbox_domain(run_id):
-    if os.geteuid() != 0:
-        pytest.skip("guest ports other than envd's need the agent's namespaces (root)")
     domain = os.environ["PETREL_SANDBOX_DOMAIN"]
-    sandbox = Sandbox.create(metadata={"suite": run_id, "role": "domain"}, timeout=120)
+    sandbox = echo_host_sandbox(run_id, "domain")
     try:
-        sandbox.files.write("/tmp/echo_host.py", ECHO_HOST)
-        sandbox.commands.run("python3 /tmp/echo_host.py", background=True)
         host = sandbox.get_host(8001)
         connected = Sandbox.connect(sandbox.sandbox_id)
         proxy = os.environ["E2B_SANDBOX_URL"]
@@ -623,16 +624,8 @@ def test_egress_rules_refuse_domains_and_unknown_sandboxes():
 
 
 def test_private_traffic_needs_the_traffic_access_token(run_id):
-    if os.geteuid() != 0:
-        pytest.skip("guest ports other than envd's need the agent's namespaces (root)")
-    sandbox = Sandbox.create(
-        metadata={"suite": run_id, "role": "private"},
-        timeout=120,
-        network={"allow_public_traffic": False},
-    )
+    sandbox = echo_host_sandbox(run_id, "private", network={"allow_public_traffic": False})
     try:
-        sandbox.files.write("/tmp/echo_host.py", ECHO_HOST)
-        sandbox.commands.run("python3 /tmp/echo_host.py", background=True)
         proxy = os.environ["E2B_SANDBOX_URL"]
         route = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8001"}
         token = sandbox.traffic_access_token
