@@ -15,10 +15,12 @@
 //! The lifecycle itself is [`sandbox_core::Manager`]'s; this module maps
 //! E2B's requests and states onto it (`running`/`paused` only).
 //!
-//! `network.maskRequestHost` is honoured (the `Host` the proxy sends to
-//! the sandbox's ports). Refused rather than silently ignored (400):
-//! `autoResume`, network egress rules, `dnsServers`, `egressProxy`,
-//! `httpsPorts`, `allowPublicTraffic: false`, volume mounts, MCP,
+//! Honoured: `network.maskRequestHost` (the `Host` the proxy sends to the
+//! sandbox's ports), `allowOut`/`denyOut` with IPv4 CIDRs and addresses,
+//! `allowPublicTraffic: false` and `autoResume` (the proxy resumes a paused
+//! sandbox that has it). Refused rather than silently ignored (400):
+//! domain names in `allowOut`, `dnsServers`, `egressProxy`, per-host
+//! `rules`, `httpsPorts`, volume mounts, MCP,
 //! IAM, filesystem-only pauses and snapshots (`memory: false`), connect with
 //! `memory: false` (reboot). Not implemented: `Idempotency-Key` on
 //! create, WebSocket upgrades through the proxy, guest ports other than

@@ -34,13 +34,14 @@
 
 use std::net::SocketAddr;
 
+use crate::policy::settled;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode, Uri};
-use sandbox_core::{ListFilter, State as Phase};
+use sandbox_core::{ListFilter, Manager, SandboxInfo, State as Phase};
 use serde_json::json;
 
 use super::signature::{constant_time_eq, file_signature};
@@ -198,6 +199,36 @@ fn from_signature(app: &AppState, method: &Method, uri: &Uri) -> Option<Target> 
         })
 }
 
+/// The sandbox `id` if it runs, or once it runs again: a paused sandbox
+/// created with `autoResume` is resumed by the request (with the default
+/// TTL), one pausing or resuming is waited for. `None`: unknown, or not
+/// running and not to be resumed.
+async fn running(manager: &Manager, id: &str) -> Option<SandboxInfo> {
+    // A concurrent pause or resume can win the race; look again then.
+    for _ in 0..3 {
+        let info = manager.get(id).ok()?;
+        match info.state {
+            Phase::Running => return Some(info),
+            Phase::Pausing | Phase::Resuming | Phase::Paused if info.auto_resume => {
+                let info = settled(manager, id).await.ok()?;
+                if info.state == Phase::Paused {
+                    match manager.resume(id, None).await {
+                        Ok(info) => {
+                            tracing::info!(sandbox = %id, "e2b proxy: paused sandbox auto-resumed by a request");
+                            return Some(info);
+                        }
+                        Err(err) => {
+                            tracing::debug!(sandbox = %id, %err, "e2b proxy: auto-resume lost a race or failed");
+                        }
+                    }
+                }
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -258,9 +289,8 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             );
         }
     };
-    let info = match proxy.app.manager.get(&target.sandbox_id) {
-        Ok(info) if info.state == Phase::Running => info,
-        _ => return not_found(&target.sandbox_id),
+    let Some(info) = running(&proxy.app.manager, &target.sandbox_id).await else {
+        return not_found(&target.sandbox_id);
     };
     let Some(envd_addr) = info.envd_addr else {
         return not_found(&target.sandbox_id);

@@ -94,7 +94,7 @@ pub fn sandbox_of(info: &SandboxInfo, domain: Option<&str>) -> models::Sandbox {
 
 fn lifecycle_of(info: &SandboxInfo) -> Lifecycle {
     Lifecycle {
-        auto_resume: false,
+        auto_resume: info.auto_resume,
         on_timeout: if info.auto_pause { "pause" } else { "kill" },
     }
 }
@@ -189,11 +189,6 @@ fn check_supported(request: &NewSandbox) -> Result<(), ApiError> {
     if request.auto_pause_memory == Some(false) {
         return Err(ApiError::bad_request(FILESYSTEM_ONLY));
     }
-    if request.auto_resume.as_ref().is_some_and(|a| a.enabled) {
-        return Err(ApiError::bad_request(
-            "autoResume is not supported: resume a paused sandbox with connect",
-        ));
-    }
     if request
         .volume_mounts
         .as_ref()
@@ -236,6 +231,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
             env_vars: request.env_vars.unwrap_or_default(),
             metadata: request.metadata.unwrap_or_default(),
             auto_pause: request.auto_pause.unwrap_or(false),
+            auto_resume: request.auto_resume.as_ref().is_some_and(|a| a.enabled),
             internet: request.allow_internet_access,
             host_mask,
             egress,
@@ -757,7 +753,6 @@ mod tests {
             .is_ok()
         );
         for json in [
-            r#"{"templateID":"base","autoResume":{"enabled":true}}"#,
             r#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#,
             r#"{"templateID":"base","mcp":{"x":{}}}"#,
             r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#,

@@ -438,6 +438,33 @@ def test_auto_pause_at_timeout_then_connect(run_id):
         assert Sandbox.kill(sandbox.sandbox_id) is True
 
 
+def test_auto_resume_wakes_a_timed_out_sandbox_on_its_next_request(run_id):
+    sandbox = Sandbox.create(
+        metadata={"suite": run_id, "role": "auto-resume"},
+        timeout=4,
+        lifecycle={"on_timeout": "pause", "auto_resume": True},
+    )
+    try:
+        lifecycle = sandbox.get_info().lifecycle
+        sandbox.files.write(f"{HOME}/before-pause.txt", "still here")
+        wait_for(
+            lambda: Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED,
+            timeout=30,
+            what="the auto-pause at timeout",
+        )
+        # No connect: the request itself, through the proxy, resumes it.
+        read = sandbox.files.read(f"{HOME}/before-pause.txt")
+        state = Sandbox.get_info(sandbox.sandbox_id).state
+        ran = sandbox.commands.run("echo awake").stdout
+    finally:
+        assert Sandbox.kill(sandbox.sandbox_id) is True
+
+    assert lifecycle == {"on_timeout": "pause", "auto_resume": True}
+    assert read == "still here"
+    assert state == SandboxState.RUNNING
+    assert ran == "awake\n"
+
+
 # ---- snapshots, timeout -------------------------------------------------------
 
 

@@ -508,6 +508,7 @@ pub(super) fn starting_info(
         created_at: now,
         end_at: now + timeout,
         auto_pause: request.auto_pause,
+        auto_resume: request.auto_resume,
         internet,
         metadata: request.metadata.clone(),
         env_vars: request.env_vars.clone(),

@@ -82,6 +82,9 @@ pub struct CreateSandbox {
     pub metadata: BTreeMap<String, String>,
     /// At expiry: pause instead of kill.
     pub auto_pause: bool,
+    /// While paused, the next request for it through a front end (the
+    /// E2B proxy) resumes it.
+    pub auto_resume: bool,
     /// Outbound internet; `None`: the network's default (on in a
     /// namespace; user-mode networking is always isolated and refuses
     /// `Some(true)`: see [`crate::network::resolve_internet`]).
@@ -108,6 +111,9 @@ pub struct SandboxInfo {
     /// When the sandbox is killed (or paused, with `auto_pause`).
     pub end_at: SystemTime,
     pub auto_pause: bool,
+    /// See [`CreateSandbox::auto_resume`].
+    #[serde(default)]
+    pub auto_resume: bool,
     pub internet: bool,
     pub metadata: BTreeMap<String, String>,
     pub env_vars: BTreeMap<String, String>,
