@@ -169,6 +169,43 @@ pub async fn settled(manager: &Manager, id: &str) -> Result<SandboxInfo, Manager
     }
 }
 
+/// What [`wake`] found.
+#[derive(Debug)]
+pub enum Wake {
+    /// It was running already.
+    Running(SandboxInfo),
+    /// It was paused and is running now.
+    Resumed(SandboxInfo),
+    /// Neither running nor paused (stopped, failed).
+    NotResumable,
+    /// Concurrent pauses or resumes won every try.
+    Contended,
+}
+
+/// Sandbox `id` running: transitional states are waited out and a paused
+/// one is resumed (TTL `timeout`, the default when `None`); a resume that
+/// loses a race with a concurrent pause or resume is tried again, 3 tries
+/// in all. Shared by E2B's connect and the proxy's auto-resume.
+pub async fn wake(
+    manager: &Manager,
+    id: &str,
+    timeout: Option<Duration>,
+) -> Result<Wake, ManagerError> {
+    for _ in 0..3 {
+        let info = settled(manager, id).await?;
+        match info.state {
+            State::Running => return Ok(Wake::Running(info)),
+            State::Paused => match manager.resume(id, timeout).await {
+                Ok(info) => return Ok(Wake::Resumed(info)),
+                Err(ManagerError::InvalidState { .. }) => {}
+                Err(err) => return Err(err),
+            },
+            _ => return Ok(Wake::NotResumable),
+        }
+    }
+    Ok(Wake::Contended)
+}
+
 /// The status and code of a manager failure, the same on both APIs.
 pub fn classify(err: &ManagerError) -> (StatusCode, &'static str) {
     match err {

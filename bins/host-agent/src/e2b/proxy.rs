@@ -34,7 +34,7 @@
 
 use std::net::SocketAddr;
 
-use crate::policy::settled;
+use crate::policy::{Wake, wake};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -199,34 +199,40 @@ fn from_signature(app: &AppState, method: &Method, uri: &Uri) -> Option<Target> 
         })
 }
 
-/// The sandbox `id` if it runs, or once it runs again: a paused sandbox
-/// created with `autoResume` is resumed by the request (with the default
-/// TTL), one pausing or resuming is waited for. `None`: unknown, or not
-/// running and not to be resumed.
-async fn running(manager: &Manager, id: &str) -> Option<SandboxInfo> {
-    // A concurrent pause or resume can win the race; look again then.
-    for _ in 0..3 {
-        let info = manager.get(id).ok()?;
-        match info.state {
-            Phase::Running => return Some(info),
-            Phase::Pausing | Phase::Resuming | Phase::Paused if info.auto_resume => {
-                let info = settled(manager, id).await.ok()?;
-                if info.state == Phase::Paused {
-                    match manager.resume(id, None).await {
-                        Ok(info) => {
-                            tracing::info!(sandbox = %id, "e2b proxy: paused sandbox auto-resumed by a request");
-                            return Some(info);
-                        }
-                        Err(err) => {
-                            tracing::debug!(sandbox = %id, %err, "e2b proxy: auto-resume lost a race or failed");
-                        }
-                    }
-                }
-            }
-            _ => return None,
-        }
+/// `info`'s sandbox once it runs: as it is when running; a paused (or
+/// pausing, resuming) one created with `autoResume` is resumed by the
+/// request, with the default TTL. `None`: not running and not to be
+/// resumed.
+async fn running(manager: &Manager, info: SandboxInfo) -> Option<SandboxInfo> {
+    if info.state == Phase::Running {
+        return Some(info);
     }
-    None
+    let resumable = matches!(info.state, Phase::Pausing | Phase::Resuming | Phase::Paused);
+    if !(info.auto_resume && resumable) {
+        return None;
+    }
+    match wake(manager, &info.id, None).await {
+        Ok(Wake::Running(info)) => Some(info),
+        Ok(Wake::Resumed(info)) => {
+            tracing::info!(sandbox = %info.id, "e2b proxy: paused sandbox auto-resumed by a request");
+            Some(info)
+        }
+        Ok(Wake::NotResumable | Wake::Contended) | Err(_) => None,
+    }
+}
+
+/// Whether `request` may reach guest port `port` of the sandbox `info`: a
+/// sandbox with a traffic token (`allowPublicTraffic: false`) takes
+/// requests to its ports (envd's aside) only with that token.
+fn traffic_allowed(info: &SandboxInfo, port: u16, request: &Request) -> bool {
+    let Some(token) = info.traffic_token.as_deref().filter(|_| port != ENVD_PORT) else {
+        return true;
+    };
+    request
+        .headers()
+        .get(TRAFFIC_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|sent| constant_time_eq(sent, token))
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1).
@@ -289,7 +295,20 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             );
         }
     };
-    let Some(info) = running(&proxy.app.manager, &target.sandbox_id).await else {
+    let Ok(info) = proxy.app.manager.get(&target.sandbox_id) else {
+        return not_found(&target.sandbox_id);
+    };
+    // Before any auto-resume: a request without the token wakes nothing.
+    if !traffic_allowed(&info, target.port, &request) {
+        return error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "sandbox {} takes private traffic only: send its trafficAccessToken in the {TRAFFIC_TOKEN_HEADER} header",
+                target.sandbox_id
+            ),
+        );
+    }
+    let Some(info) = running(&proxy.app.manager, info).await else {
         return not_found(&target.sandbox_id);
     };
     let Some(envd_addr) = info.envd_addr else {
@@ -303,23 +322,6 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             StatusCode::FORBIDDEN,
             "/init is reserved for the host agent",
         );
-    }
-    if target.port != ENVD_PORT
-        && let Some(token) = &info.traffic_token
-    {
-        let sent = request
-            .headers()
-            .get(TRAFFIC_TOKEN_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if !sent.is_some_and(|sent| constant_time_eq(sent, token)) {
-            return error(
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "sandbox {} takes private traffic only: send its trafficAccessToken in the {TRAFFIC_TOKEN_HEADER} header",
-                    target.sandbox_id
-                ),
-            );
-        }
     }
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts

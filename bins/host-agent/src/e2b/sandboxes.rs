@@ -43,7 +43,7 @@ use super::models::{
 use super::query::{Cursor, decode_metadata_filter, paginate};
 use super::time::{format_rfc3339, parse_rfc3339};
 use super::{Control, parse_body, parse_required};
-use crate::policy::{settled, ttl};
+use crate::policy::{Wake, settled, ttl, wake};
 
 /// Why `memory: false` (a filesystem-only pause or snapshot, which later
 /// cold-boots) is refused: pauses and snapshots here always keep memory.
@@ -439,31 +439,20 @@ async fn connect(
         Some(t) => ttl("timeout", t)?,
         None => manager.config().default_timeout,
     };
-    // A concurrent pause or resume can win the race; look again then.
-    for _ in 0..3 {
-        let info = settled(manager, &id).await?;
-        let resumed = match info.state {
-            Phase::Running => {
-                let info = manager.extend_timeout(&id, timeout)?;
-                return Ok(
-                    (StatusCode::OK, Json(sandbox_of(&info, domain(&control)))).into_response()
-                );
-            }
-            Phase::Paused => manager.resume(&id, Some(timeout)).await,
-            _ => return Err(ApiError::sandbox_not_found(&id)),
-        };
-        match resumed {
-            Ok(info) => {
-                tracing::info!(sandbox = %id, "e2b: sandbox resumed by connect");
-                return Ok(created(&info, domain(&control)));
-            }
-            Err(ManagerError::InvalidState { .. }) => {}
-            Err(err) => return Err(err.into()),
+    match wake(manager, &id, Some(timeout)).await? {
+        Wake::Running(_) => {
+            let info = manager.extend_timeout(&id, timeout)?;
+            Ok((StatusCode::OK, Json(sandbox_of(&info, domain(&control)))).into_response())
         }
+        Wake::Resumed(info) => {
+            tracing::info!(sandbox = %id, "e2b: sandbox resumed by connect");
+            Ok(created(&info, domain(&control)))
+        }
+        Wake::NotResumable => Err(ApiError::sandbox_not_found(&id)),
+        Wake::Contended => Err(ApiError::conflict(format!(
+            "sandbox {id} kept changing state; try again"
+        ))),
     }
-    Err(ApiError::conflict(format!(
-        "sandbox {id} kept changing state; try again"
-    )))
 }
 
 /// `POST /sandboxes/{id}/resume` (legacy): 201, or 409 when not paused.

@@ -465,6 +465,25 @@ def test_auto_resume_wakes_a_timed_out_sandbox_on_its_next_request(run_id):
     assert ran == "awake\n"
 
 
+def test_a_request_without_the_traffic_token_wakes_no_private_sandbox(run_id):
+    sandbox = Sandbox.create(
+        metadata={"suite": run_id, "role": "private-asleep"},
+        timeout=120,
+        lifecycle={"on_timeout": "pause", "auto_resume": True},
+        network={"allow_public_traffic": False},
+    )
+    try:
+        sandbox.pause()
+        route = {"E2b-Sandbox-Id": sandbox.sandbox_id, "E2b-Sandbox-Port": "8001"}
+        refused = httpx.get(os.environ["E2B_SANDBOX_URL"], headers=route)
+        state = Sandbox.get_info(sandbox.sandbox_id).state
+    finally:
+        assert Sandbox.kill(sandbox.sandbox_id) is True
+
+    assert refused.status_code == 403
+    assert state == SandboxState.PAUSED
+
+
 # ---- snapshots, timeout -------------------------------------------------------
 
 
