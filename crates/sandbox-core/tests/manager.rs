@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::images;
 use envd_client::ExecRequest;
+use sandbox_core::network::EgressRules;
 use sandbox_core::{
     CreateSandbox, GuestImages, ListFilter, Manager, ManagerConfig, ManagerError, QemuBackend,
     State,
@@ -692,7 +693,7 @@ async fn an_old_base_stays_while_a_sandbox_or_snapshot_uses_it() {
 }
 
 #[tokio::test]
-async fn user_mode_create_refuses_internet_and_defaults_to_isolated() {
+async fn user_mode_refuses_internet_and_egress_rules_and_defaults_to_isolated() {
     let Some(images) = images() else { return };
     let dir = tempfile::tempdir().unwrap();
     let manager = open(dir.path(), &images).await;
@@ -704,11 +705,32 @@ async fn user_mode_create_refuses_internet_and_defaults_to_isolated() {
         })
         .await
         .unwrap_err();
+    let rules = EgressRules {
+        deny: vec!["0.0.0.0/0".parse().unwrap()],
+        ..EgressRules::default()
+    };
+    let create_with_rules = manager
+        .create(CreateSandbox {
+            egress: rules.clone(),
+            ..base()
+        })
+        .await
+        .unwrap_err();
     let listed = manager.list(&ListFilter::default()).len();
     let unset = manager.create(base()).await.unwrap();
+    let set_rules = manager.set_egress(&unset.id, rules).await.unwrap_err();
+    let cleared = manager.set_egress(&unset.id, EgressRules::default()).await;
     destroy_all(&manager).await;
 
     assert!(matches!(err, ManagerError::InvalidRequest(_)), "{err}");
+    for refused in [&create_with_rules, &set_rules] {
+        assert!(
+            matches!(refused, ManagerError::InvalidRequest(_)),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("namespaces"), "{refused}");
+    }
+    assert!(cleared.is_ok(), "{cleared:?}");
     assert!(err.to_string().contains("10.0.2.2"), "{err}");
     assert_eq!(listed, 0);
     assert!(!unset.internet);

@@ -13,6 +13,7 @@ impl Manager {
         id: &str,
         egress: EgressRules,
     ) -> Result<SandboxInfo, ManagerError> {
+        self.check_egress(&egress)?;
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
         self.require(
@@ -31,5 +32,18 @@ impl Manager {
         })?;
         tracing::info!(sandbox = %id, allow = info.egress.allow.len(), deny = info.egress.deny.len(), "egress rules set");
         Ok(info)
+    }
+
+    /// Refuses egress rules where sandboxes have no namespace to hold them
+    /// (QEMU's user-mode network); no rules are always fine.
+    pub(super) fn check_egress(&self, egress: &EgressRules) -> Result<(), ManagerError> {
+        if egress.is_empty() || self.config().network.is_some() {
+            return Ok(());
+        }
+        Err(ManagerError::InvalidRequest(
+            "egress rules need per-sandbox network namespaces (agent running as root, \
+             network mode \"namespace\")"
+                .to_string(),
+        ))
     }
 }

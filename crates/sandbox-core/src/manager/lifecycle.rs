@@ -62,13 +62,7 @@ impl Manager {
         let internet = crate::network::resolve_internet(request.internet, config.network.is_some())
             .map_err(ManagerError::InvalidRequest)?;
         let timeout = request.timeout.unwrap_or(config.default_timeout);
-        if !request.egress.is_empty() && config.network.is_none() {
-            return Err(ManagerError::InvalidRequest(
-                "egress rules need per-sandbox network namespaces (agent running as root, \
-                 network mode \"namespace\")"
-                    .to_string(),
-            ));
-        }
+        self.check_egress(&request.egress)?;
         // Pooled sandboxes run with no rules of their own: a create with
         // rules takes the restore path.
         if warm
