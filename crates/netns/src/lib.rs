@@ -87,6 +87,7 @@ mod addressing;
 mod error;
 mod forwarding;
 mod links;
+mod names;
 mod namespace;
 mod network;
 mod nft;
@@ -109,5 +110,8 @@ pub use network::{
     remove_network,
 };
 pub use nft::HOST_LOCK;
-pub use policy::{DENIED_V4, DENIED_V6, EgressPolicy, FILTER_TABLE, Ipv4Net, NAT_TABLE, SMTP_PORT};
+pub use policy::{
+    DENIED_V4, DENIED_V6, DomainRule, EgressPolicy, FILTER_TABLE, Ipv4Net, NAME_PORTS,
+    NAME_PROXY_PORT, NAT_TABLE, SMTP_PORT, is_special_purpose,
+};
 pub use slot::{Slot, SlotAllocator};

@@ -15,6 +15,7 @@ use crate::addressing::{
 use crate::error::{NetError, RemoveError};
 use crate::forwarding::{self, ForwardingFiles};
 use crate::links::Netlink;
+use crate::names;
 use crate::namespace::{self, command_in_netns, run_in_netns};
 use crate::nft;
 use crate::policy::{EgressPolicy, egress_replacement, host_ruleset, namespace_ruleset};
@@ -99,6 +100,8 @@ pub struct Network {
     policy: EgressPolicy,
     netns_path: PathBuf,
     resources: Vec<Resource>,
+    /// Serves the policy's domain rules (none: no proxy).
+    name_proxy: Option<egress_proxy::Proxy>,
 }
 
 impl Network {
@@ -139,6 +142,17 @@ impl Network {
     /// already open too.
     pub async fn set_policy(&mut self, policy: EgressPolicy) -> Result<(), NetError> {
         let start = Instant::now();
+        // The proxy is ready before the redirect sends it anything, and
+        // stops only after the redirect is gone.
+        if !policy.names.is_empty() {
+            names::sync(
+                &mut self.name_proxy,
+                &policy,
+                &self.netns_path,
+                &self.plan.namespace,
+            )
+            .await?;
+        }
         let rules = egress_replacement(&self.plan, &policy, &self.guest.dns);
         let what = format!("egress chain of slot {}", self.plan.slot);
         nft::apply(
@@ -147,7 +161,10 @@ impl Network {
             &rules,
         )
         .await?;
-        tracing::info!(slot = %self.plan.slot, internet = policy.internet, allow = policy.allow.len(), deny = policy.deny.len(), took_us = start.elapsed().as_micros() as u64, "egress policy set");
+        if policy.names.is_empty() {
+            self.name_proxy = None;
+        }
+        tracing::info!(slot = %self.plan.slot, internet = policy.internet, allow = policy.allow.len(), deny = policy.deny.len(), names = policy.names.len(), took_us = start.elapsed().as_micros() as u64, "egress policy set");
         self.policy = policy;
         Ok(())
     }
@@ -390,14 +407,29 @@ pub async fn create_network(slot: Slot, options: &NetworkOptions) -> Result<Netw
         tracing::warn!(slot = %slot, error = %e, rollback_errors = rollback_errors.len(), took_ms = start.elapsed().as_millis() as u64, "create_network failed and was rolled back");
         return Err(e);
     }
-    tracing::info!(slot = %slot, took_ms = start.elapsed().as_millis() as u64, "network created");
-    Ok(Network {
+    let mut network = Network {
         netns_path: plan.netns_path(),
         guest: GuestNetConfig::new(dns),
         policy: options.policy.clone(),
         plan,
         resources,
-    })
+        name_proxy: None,
+    };
+    if let Err(e) = names::sync(
+        &mut network.name_proxy,
+        &network.policy,
+        &network.netns_path,
+        &network.plan.namespace,
+    )
+    .await
+    {
+        if let Err(re) = remove_network(network).await {
+            tracing::error!(slot = %slot, error = %re, "rollback of create_network failed");
+        }
+        return Err(e);
+    }
+    tracing::info!(slot = %slot, took_ms = start.elapsed().as_millis() as u64, "network created");
+    Ok(network)
 }
 
 /// Takes over the network of `slot` that an earlier run of this agent made
@@ -428,6 +460,7 @@ pub async fn adopt_network(slot: Slot, options: &NetworkOptions) -> Result<Netwo
             Resource::HostNft,
         ],
         plan,
+        name_proxy: None,
     };
     net.set_policy(options.policy.clone()).await?;
     tracing::info!(slot = %slot, "network adopted");
@@ -438,6 +471,7 @@ pub async fn adopt_network(slot: Slot, options: &NetworkOptions) -> Result<Netwo
 /// returning all errors met. The VMM should be stopped first.
 pub async fn remove_network(mut network: Network) -> Result<(), RemoveError> {
     let start = Instant::now();
+    network.name_proxy = None;
     let resources = std::mem::take(&mut network.resources);
     let errors = undo(&network.plan, resources).await;
     tracing::info!(slot = %network.plan.slot, errors = errors.len(), took_ms = start.elapsed().as_millis() as u64, "network removed");

@@ -17,8 +17,15 @@
 //!   fe80::/10 included); then the sandbox's `allow` ranges are accepted,
 //!   its `deny` ranges rejected, and the rest is accepted (internet on) or
 //!   rejected (internet off);
-//! - `input`: the guest may ping its gateway and nothing else on the
-//!   namespace's own addresses.
+//! - `egress_names` (nat prerouting, where the policy has domain rules):
+//!   the guest's TCP connections to ports 80 and 443 that the ranges would
+//!   reject (and that are not special-purpose) are redirected to the
+//!   namespace's egress proxy ([`NAME_PROXY_PORT`] on the gateway address),
+//!   which relays those whose HTTP Host or TLS server name a rule allows;
+//!   DNS to the resolvers is then accepted whatever the ranges say;
+//! - `input`: the guest may ping its gateway and reach the egress proxy
+//!   through the redirect, and nothing else on the namespace's own
+//!   addresses.
 //!
 //! On the host (`ip petrel_nat`, `inet petrel_filter`, one tagged rule set per
 //! slot): MASQUERADE of the vpeer address; `input` rejects new connections
@@ -30,6 +37,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+pub use egress_proxy::DomainRule;
 pub use ipnet::Ipv4Net;
 
 use crate::addressing::{GATEWAY_IP, GUEST_IP, SlotPlan, TAP_NAME};
@@ -74,6 +82,23 @@ pub const DENIED_V6: [&str; 3] = ["::1/128", "fc00::/7", "fe80::/10"];
 /// Submission ports (465, 587) need credentials and stay open.
 pub const SMTP_PORT: u16 = 25;
 
+/// TCP ports whose connections domain rules judge (HTTP by `Host`, TLS by
+/// server name); other ports follow the ranges only.
+pub const NAME_PORTS: [u16; 2] = [80, 443];
+
+/// Port the egress proxy listens on, on the namespace's gateway address
+/// (reached only through the redirect: the `input` chain rejects the
+/// guest's direct connections to it).
+pub const NAME_PROXY_PORT: u16 = 15080;
+
+/// Whether `ip` is in one of the special-purpose ranges ([`DENIED_V4`]).
+pub fn is_special_purpose(ip: Ipv4Addr) -> bool {
+    DENIED_V4
+        .iter()
+        .filter_map(|range| range.parse::<Ipv4Net>().ok())
+        .any(|range| range.contains(&ip))
+}
+
 const REJECT: &str = "reject with icmpx admin-prohibited";
 
 /// What a sandbox's guest may reach, and how hard it may hit the network.
@@ -101,6 +126,11 @@ pub struct EgressPolicy {
     /// IPv4 ranges the guest may not reach (E2B's `denyOut`; `0.0.0.0/0`:
     /// everything but `allow`), the sandbox's DNS resolvers included.
     pub deny: Vec<Ipv4Net>,
+    /// Names the guest may reach on ports 80 and 443 ([`NAME_PORTS`]) where
+    /// the ranges would reject the address (E2B's domains in `allowOut`),
+    /// judged by the HTTP Host or TLS server name the client sends. With
+    /// any, the sandbox's resolvers are reachable whatever the ranges say.
+    pub names: Vec<DomainRule>,
 }
 
 impl EgressPolicy {
@@ -116,6 +146,7 @@ impl EgressPolicy {
         new_connections_per_sec: Self::DEFAULT_NEW_CONNECTIONS_PER_SEC,
         allow: Vec::new(),
         deny: Vec::new(),
+        names: Vec::new(),
     };
     pub const INTERNET_OFF: Self = Self {
         internet: false,
@@ -124,6 +155,7 @@ impl EgressPolicy {
         new_connections_per_sec: Self::DEFAULT_NEW_CONNECTIONS_PER_SEC,
         allow: Vec::new(),
         deny: Vec::new(),
+        names: Vec::new(),
     };
 
     /// This policy with internet on or off (limits and SMTP as they are).
@@ -140,6 +172,12 @@ impl EgressPolicy {
             deny,
             ..self
         }
+    }
+
+    /// This policy with the given domain rules.
+    #[must_use]
+    pub fn with_names(self, names: Vec<DomainRule>) -> Self {
+        Self { names, ..self }
     }
 
     /// Whether the guest may reach `ip` as far as `allow`, `deny` and
@@ -196,7 +234,11 @@ fn egress_rules(out: &mut String, plan: &SlotPlan, policy: &EgressPolicy, dns: &
     // The resolvers may be private addresses (the host's own), so they are
     // accepted before the special-purpose ranges are rejected; a sandbox's
     // own rules decide whether it reaches them at all.
-    for server in dns.iter().filter(|server| policy.reaches(**server)) {
+    let resolvers_needed = !policy.names.is_empty();
+    for server in dns
+        .iter()
+        .filter(|server| resolvers_needed || policy.reaches(**server))
+    {
         rule(&format!(
             "ip daddr {server} meta l4proto {{ tcp, udp }} th dport 53 accept"
         ));
@@ -225,6 +267,33 @@ fn egress_rules(out: &mut String, plan: &SlotPlan, policy: &EgressPolicy, dns: &
     rule(if policy.internet { "accept" } else { REJECT });
 }
 
+/// The rules of the namespace's `egress_names` nat chain: what the ranges
+/// would reject on [`NAME_PORTS`] goes to the egress proxy instead.
+fn name_redirect_rules(out: &mut String, plan: &SlotPlan, policy: &EgressPolicy) {
+    if policy.names.is_empty() {
+        return;
+    }
+    let rejected = match (policy.internet, policy.deny.is_empty()) {
+        // Internet on and nothing denied: the ranges reject nothing.
+        (true, true) => return,
+        (true, false) => format!("ip daddr {{ {} }} ", set_elements(&policy.deny)),
+        (false, _) => String::new(),
+    };
+    let allowed = if policy.allow.is_empty() {
+        String::new()
+    } else {
+        format!("ip daddr != {{ {} }} ", set_elements(&policy.allow))
+    };
+    let ports = NAME_PORTS.map(|p| p.to_string()).join(", ");
+    let _ = writeln!(
+        out,
+        "add rule ip {NAT_TABLE} egress_names ip saddr {GUEST_IP} tcp dport {{ {ports} }} \
+         ip daddr != {{ {} }} {rejected}{allowed}redirect to :{NAME_PROXY_PORT} comment \"{}\"",
+        DENIED_V4.join(", "),
+        plan.rule_tag()
+    );
+}
+
 /// The whole ruleset of a fresh sandbox namespace.
 pub(crate) fn namespace_ruleset(
     plan: &SlotPlan,
@@ -245,9 +314,13 @@ pub(crate) fn namespace_ruleset(
     line(format!(
         "add chain ip {NAT_TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}"
     ));
+    line(format!("add chain ip {NAT_TABLE} egress_names"));
     line(format!(
         "add rule ip {NAT_TABLE} prerouting iifname \"{p}\" ip daddr {} dnat to {GUEST_IP} comment \"{tag}\"",
         plan.reachable_ip
+    ));
+    line(format!(
+        "add rule ip {NAT_TABLE} prerouting iifname \"{tap}\" jump egress_names comment \"{tag}\""
     ));
     line(format!(
         "add rule ip {NAT_TABLE} postrouting oifname \"{p}\" ip saddr {GUEST_IP} snat to {} comment \"{tag}\"",
@@ -270,6 +343,12 @@ pub(crate) fn namespace_ruleset(
             "input",
             format!("iifname \"{tap}\" ip daddr {GATEWAY_IP} icmp type echo-request accept"),
         ),
+        (
+            "input",
+            format!(
+                "iifname \"{tap}\" ct status dnat ip daddr {GATEWAY_IP} tcp dport {NAME_PROXY_PORT} accept"
+            ),
+        ),
         ("input", format!("iifname \"{tap}\" {REJECT}")),
         ("forward", "ct status dnat accept".to_string()),
         (
@@ -288,17 +367,24 @@ pub(crate) fn namespace_ruleset(
         ));
     }
     egress_rules(&mut out, plan, policy, dns);
+    name_redirect_rules(&mut out, plan, policy);
     out
 }
 
-/// Replaces the namespace's `egress` chain atomically.
+/// Replaces the namespace's `egress` and `egress_names` chains atomically.
 pub(crate) fn egress_replacement(
     plan: &SlotPlan,
     policy: &EgressPolicy,
     dns: &[Ipv4Addr],
 ) -> String {
-    let mut out = format!("flush chain inet {FILTER_TABLE} egress\n");
+    // `add` first: a namespace made by an older agent has no
+    // `egress_names` chain (nor the jump to it, so its domain rules stay
+    // closed: nothing is redirected and the ranges reject).
+    let mut out = format!(
+        "flush chain inet {FILTER_TABLE} egress\nadd chain ip {NAT_TABLE} egress_names\nflush chain ip {NAT_TABLE} egress_names\n"
+    );
     egress_rules(&mut out, plan, policy, dns);
+    name_redirect_rules(&mut out, plan, policy);
     out
 }
 
@@ -523,5 +609,66 @@ mod tests {
         );
         assert!(text.contains("input iifname \"ptl7h\" reject"), "{text}");
         assert!(text.contains("forward oifname \"ptl7h\" reject"), "{text}");
+    }
+
+    fn redirect_lines(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with("add rule ip petrel_nat egress_names "))
+            .collect()
+    }
+
+    #[test]
+    fn domain_rules_redirect_only_what_the_ranges_reject_on_name_ports() {
+        let names = vec!["example.test".parse::<DomainRule>().unwrap()];
+        let dns = [Ipv4Addr::new(10, 255, 255, 53)];
+        let deny_all = EgressPolicy::INTERNET_ON
+            .with_ranges(
+                vec!["1.2.3.0/24".parse().unwrap()],
+                vec!["0.0.0.0/0".parse().unwrap()],
+            )
+            .with_names(names.clone());
+
+        let text = namespace_ruleset(&plan(), &deny_all, &dns);
+        let open = namespace_ruleset(&plan(), &EgressPolicy::INTERNET_ON.with_names(names), &dns);
+        let none = egress_replacement(&plan(), &EgressPolicy::INTERNET_OFF, &dns);
+
+        let redirect = redirect_lines(&text);
+        assert_eq!(redirect.len(), 1, "{text}");
+        assert!(
+            redirect[0].contains("tcp dport { 80, 443 }"),
+            "{}",
+            redirect[0]
+        );
+        assert!(
+            redirect[0].contains("ip daddr { 0.0.0.0/0 }"),
+            "{}",
+            redirect[0]
+        );
+        assert!(
+            redirect[0].contains("ip daddr != { 1.2.3.0/24 }"),
+            "{}",
+            redirect[0]
+        );
+        assert!(
+            redirect[0].contains("ip daddr != { 0.0.0.0/8, 10.0.0.0/8"),
+            "{}",
+            redirect[0]
+        );
+        assert!(
+            redirect[0].contains("redirect to :15080"),
+            "{}",
+            redirect[0]
+        );
+        // The resolver is reachable although 0.0.0.0/0 is denied.
+        assert!(
+            text.contains("ip daddr 10.255.255.53 meta l4proto { tcp, udp } th dport 53 accept")
+        );
+        assert!(text.contains("ct status dnat ip daddr 169.254.0.22 tcp dport 15080 accept"));
+        assert!(redirect_lines(&open).is_empty(), "{open}");
+        assert!(
+            none.contains("flush chain ip petrel_nat egress_names"),
+            "{none}"
+        );
+        assert!(redirect_lines(&none).is_empty(), "{none}");
     }
 }

@@ -3,16 +3,24 @@
 //! public address works, and the per-sandbox connection and
 //! new-connection-rate limits hold while the host still reaches the guest.
 //! The sandbox's own allow and deny ranges hold, allow winning, and change
-//! on a live network. Slots 270..280, one test at a time (`serial`).
+//! on a live network. Domain rules let HTTP (Host) and TLS (SNI)
+//! connections to allowed names through on ports 80 and 443, and nothing
+//! else. Slots 270..280, one test at a time (`serial`).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::Path;
+use std::time::Duration;
 
 use common::{GuestStandIn, Outside, SlotGuard, connect_host, open_many, serial};
-use netns::{EgressPolicy, NetworkOptions, Slot, create_network, remove_network};
+use netns::{
+    DomainRule, EgressPolicy, NAME_PROXY_PORT, NetworkOptions, Slot, create_network,
+    remove_network, run_in_netns,
+};
 
 fn options(policy: EgressPolicy) -> NetworkOptions {
     NetworkOptions {
@@ -233,4 +241,139 @@ async fn allow_wins_over_deny_and_rules_change_on_a_live_network() {
         "{internet_off:?}"
     );
     assert!(cleared.0.is_ok() && cleared.1.is_ok(), "{cleared:?}");
+}
+
+/// Connects from the namespace at `ns`, sends `first` and returns the line
+/// the server answers; an empty answer (closed or reset) is an error.
+async fn exchange(ns: &Path, to: SocketAddrV4, first: Vec<u8>) -> io::Result<String> {
+    run_in_netns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        stream.write_all(&first)?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line)?;
+        if line.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed without an answer",
+            ));
+        }
+        Ok(line.trim().to_string())
+    })
+    .await
+    .unwrap()
+}
+
+fn http_get(host: &str) -> Vec<u8> {
+    format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: test\r\n\r\n").into_bytes()
+}
+
+/// A minimal TLS ClientHello record naming `name` (what a TLS client sends
+/// first).
+fn client_hello(name: &str) -> Vec<u8> {
+    fn vec16(body: &[u8]) -> Vec<u8> {
+        let mut out = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[1; 32]);
+    body.push(0);
+    body.extend(vec16(&[0x13, 0x01]));
+    body.extend_from_slice(&[1, 0]);
+    let mut entry = vec![0];
+    entry.extend(vec16(name.as_bytes()));
+    let mut extensions = vec![0, 0];
+    extensions.extend(vec16(&vec16(&entry)));
+    body.extend(vec16(&extensions));
+    let mut handshake = vec![1];
+    handshake.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
+    handshake.extend(body);
+    let mut record = vec![22, 3, 1];
+    record.extend(vec16(&handshake));
+    record
+}
+
+fn rules(names: &[&str]) -> Vec<DomainRule> {
+    names.iter().map(|n| n.parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domain_rules_pass_allowed_http_hosts_and_tls_names_and_nothing_else() {
+    let _serial = serial().await;
+    let _guard = SlotGuard(275..276);
+    let outside = Outside::new("ptename", PUBLIC_HOST, PUBLIC);
+    outside.add_address(Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+    for port in [80, 443, 8080] {
+        outside.serve_any(port).await;
+    }
+    let deny_all_but_names = EgressPolicy::INTERNET_ON
+        .with_ranges(Vec::new(), vec![net("0.0.0.0/0")])
+        .with_names(rules(&["allowed.test", "*.wild.test"]));
+    let mut network = create_network(slot(275), &options(deny_all_but_names.clone()))
+        .await
+        .unwrap();
+    let guest = GuestStandIn::attach(&network).await;
+    let ns = guest.ns_path.clone();
+    let at = |port| SocketAddrV4::new(PUBLIC, port);
+
+    let http_allowed = exchange(&ns, at(80), http_get("Allowed.test:80")).await;
+    let http_denied = exchange(&ns, at(80), http_get("denied.test")).await;
+    let tls_wild = exchange(&ns, at(443), client_hello("api.wild.test")).await;
+    let tls_apex = exchange(&ns, at(443), client_hello("wild.test")).await;
+    let other_port = exchange(&ns, at(8080), http_get("allowed.test")).await;
+    let special = exchange(
+        &ns,
+        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), 80),
+        http_get("allowed.test"),
+    )
+    .await;
+    let proxy_direct = exchange(
+        &ns,
+        SocketAddrV4::new(netns::GATEWAY_IP, NAME_PROXY_PORT),
+        http_get("allowed.test"),
+    )
+    .await;
+    network
+        .set_policy(
+            deny_all_but_names
+                .clone()
+                .with_names(rules(&["denied.test"])),
+        )
+        .await
+        .unwrap();
+    let switched = (
+        exchange(&ns, at(80), http_get("allowed.test")).await,
+        exchange(&ns, at(80), http_get("denied.test")).await,
+    );
+    network
+        .set_policy(deny_all_but_names.with_names(Vec::new()))
+        .await
+        .unwrap();
+    let cleared = exchange(&ns, at(80), http_get("denied.test")).await;
+    drop(guest);
+    remove_network(network).await.unwrap();
+    drop(outside);
+
+    assert!(http_allowed.is_ok(), "{http_allowed:?}");
+    assert!(http_denied.is_err(), "{http_denied:?}");
+    assert!(tls_wild.is_ok(), "{tls_wild:?}");
+    assert!(
+        tls_apex.is_err(),
+        "a wildcard matched its apex: {tls_apex:?}"
+    );
+    assert!(
+        other_port.is_err(),
+        "a name opened port 8080: {other_port:?}"
+    );
+    assert!(
+        special.is_err(),
+        "a name opened a special-purpose range: {special:?}"
+    );
+    assert!(
+        proxy_direct.is_err(),
+        "the guest reached the proxy directly: {proxy_direct:?}"
+    );
+    assert!(switched.0.is_err() && switched.1.is_ok(), "{switched:?}");
+    assert!(cleared.is_err(), "{cleared:?}");
 }
