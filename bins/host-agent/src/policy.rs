@@ -15,14 +15,14 @@
 //! | the VMM missed a QMP deadline (stuck or stopped QEMU) | 504, code `vmm_timeout` |
 //! | exec output (JSON route) | `exec_output_limit` bytes per stream, then `truncated` |
 //! | concurrent uploads | `max_concurrent_uploads`, then 429 `too_many_uploads` |
-//! | egress allow/deny entries | IPv4 CIDRs or addresses, at most [`MAX_EGRESS_ENTRIES`] per list; domains and IPv6 400 |
+//! | egress allow/deny entries | IPv4 CIDRs or addresses, and in allow lists domain names (`example.com`, `*.example.com`), at most [`MAX_EGRESS_ENTRIES`] per list; IPv6 and names in deny lists 400 |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envd_client::EnvdError;
 use http::StatusCode;
-use sandbox_core::network::Ipv4Net;
+use sandbox_core::network::{DomainRule, EgressRules, Ipv4Net};
 use sandbox_core::{Manager, ManagerError, SandboxError, SandboxInfo, State};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -106,27 +106,57 @@ pub fn ttl(field: &str, seconds: f64) -> Result<Duration, Refusal> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// The `entries` of the request field `field` (an egress allow or deny
-/// list) as IPv4 ranges: `a.b.c.d/n` (host bits cleared) or `a.b.c.d` (a
-/// /32), at most [`MAX_EGRESS_ENTRIES`]. Domain names and IPv6 are refused
+/// A request's egress allow and deny lists (named `allow_field` and
+/// `deny_field` in errors) as a sandbox's rules. Entries are `a.b.c.d/n`
+/// (host bits cleared) or `a.b.c.d` (a /32), and in the allow list also
+/// domain names (`example.com`, `*.example.com`: see
+/// [`sandbox_core::network::EgressRules`]); at most [`MAX_EGRESS_ENTRIES`]
+/// per list. IPv6, malformed names and names in the deny list are refused
 /// with the reason.
-pub fn egress_ranges(field: &str, entries: &[String]) -> Result<Vec<Ipv4Net>, Refusal> {
+pub fn egress_rules(
+    (allow_field, allow): (&str, &[String]),
+    (deny_field, deny): (&str, &[String]),
+) -> Result<EgressRules, Refusal> {
     let refuse = |why: String| Refusal::new(StatusCode::BAD_REQUEST, "invalid_request", why);
-    if entries.len() > MAX_EGRESS_ENTRIES {
-        return Err(refuse(format!(
-            "{field} holds {} entries; at most {MAX_EGRESS_ENTRIES}",
-            entries.len()
-        )));
+    let mut rules = EgressRules::default();
+    for (field, entries) in [(allow_field, allow), (deny_field, deny)] {
+        if entries.len() > MAX_EGRESS_ENTRIES {
+            return Err(refuse(format!(
+                "{field} holds {} entries; at most {MAX_EGRESS_ENTRIES}",
+                entries.len()
+            )));
+        }
     }
-    entries
-        .iter()
-        .map(|entry| egress_range(entry).map_err(|why| refuse(format!("{field}: {why}"))))
-        .collect()
+    for entry in allow {
+        let entry = entry.trim();
+        if DomainRule::looks_like_domain(entry) && entry.parse::<Ipv4Net>().is_err() {
+            let name = entry
+                .parse::<DomainRule>()
+                .map_err(|err| refuse(format!("{allow_field}: {err}")))?;
+            rules.names.push(name);
+        } else {
+            rules
+                .allow
+                .push(egress_range(entry).map_err(|why| refuse(format!("{allow_field}: {why}")))?);
+        }
+    }
+    for entry in deny {
+        let entry = entry.trim();
+        if DomainRule::looks_like_domain(entry) {
+            return Err(refuse(format!(
+                "{deny_field}: {entry:?} is a domain name: deny lists take IPv4 CIDRs and \
+                 addresses only (deny 0.0.0.0/0 and allow names instead)"
+            )));
+        }
+        rules
+            .deny
+            .push(egress_range(entry).map_err(|why| refuse(format!("{deny_field}: {why}")))?);
+    }
+    Ok(rules)
 }
 
 /// One egress entry as an IPv4 range, or why it is none.
 fn egress_range(text: &str) -> Result<Ipv4Net, String> {
-    let text = text.trim();
     if let Ok(net) = text.parse::<Ipv4Net>() {
         return Ok(net.trunc());
     }
@@ -138,17 +168,8 @@ fn egress_range(text: &str) -> Result<Ipv4Net, String> {
             "{text:?} is IPv6: sandboxes have no IPv6 egress (all of it is denied)"
         ));
     }
-    let domain_like = !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'));
-    if domain_like && text.bytes().any(|b| b.is_ascii_alphabetic()) {
-        return Err(format!(
-            "{text:?} is a domain name: domain rules are not supported yet (IPv4 CIDRs and addresses are)"
-        ));
-    }
     Err(format!(
-        "{text:?} is not an IPv4 CIDR (a.b.c.d/n) or address"
+        "{text:?} is not an IPv4 CIDR (a.b.c.d/n), an address or a domain name"
     ))
 }
 

@@ -407,7 +407,11 @@ async fn egress_rules_are_set_at_create_replaced_and_malformed_ones_refused() {
         .await;
     let sandbox = format!("/v1/sandboxes/{}", id_of(&created));
     let network = format!("{sandbox}/network");
-    let replaced = put(network.clone(), json!({"deny_out": ["203.1.9.9/16"]})).await;
+    let replaced = put(
+        network.clone(),
+        json!({"allow_out": ["*.Example.test"], "deny_out": ["203.1.9.9/16"]}),
+    )
+    .await;
     let fetched = api.get(&sandbox).await;
     let domain = api
         .post(
@@ -416,6 +420,7 @@ async fn egress_rules_are_set_at_create_replaced_and_malformed_ones_refused() {
         )
         .await;
     let ipv6 = put(network.clone(), json!({"deny_out": ["::/0"]})).await;
+    let denied_name = put(network.clone(), json!({"deny_out": ["example.com"]})).await;
     let camel_case = put(network.clone(), json!({"denyOut": []})).await;
     let unknown = put(
         "/v1/sandboxes/0123456789abcdef/network".to_string(),
@@ -429,11 +434,12 @@ async fn egress_rules_are_set_at_create_replaced_and_malformed_ones_refused() {
     assert_eq!(created.json()["allow_out"], json!(["1.1.1.1/32"]));
     assert_eq!(created.json()["deny_out"], json!(["0.0.0.0/0"]));
     assert_eq!(replaced.status.as_u16(), 200, "{}", replaced.text());
-    assert_eq!(fetched.json()["allow_out"], json!([]));
+    assert_eq!(fetched.json()["allow_out"], json!(["*.example.test"]));
     assert_eq!(fetched.json()["deny_out"], json!(["203.1.0.0/16"]));
     for (refused, says) in [
         (&domain, "domain"),
         (&ipv6, "IPv6"),
+        (&denied_name, "deny lists take"),
         (&camel_case, "denyOut"),
     ] {
         assert_eq!(refused.status.as_u16(), 400, "{}", refused.text());

@@ -632,15 +632,31 @@ fn egress_chains() -> String {
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
+    // Per namespace: its egress chain, its domain-rule redirect chain and
+    // the sockets listening on the egress proxy's port.
+    let run = |name: &str, args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", name])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     names
         .iter()
         .map(|name| {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", name, "nft", "list", "chain", "inet"])
-                .args(["petrel_filter", "egress"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            [
+                run(
+                    name,
+                    &["nft", "list", "chain", "inet", "petrel_filter", "egress"],
+                ),
+                run(
+                    name,
+                    &["nft", "list", "chain", "ip", "petrel_nat", "egress_names"],
+                ),
+                run(name, &["ss", "-ltnH", "sport", "=", ":15080"]),
+            ]
+            .concat()
         })
         .collect()
 }
@@ -658,7 +674,7 @@ async fn egress_rules_hold_after_an_agent_restart() {
     let http = Http::new();
     let key = [("X-API-KEY", common::API_KEY)];
     // A range no other rule names, so its set element marks this sandbox.
-    let network = json!({"denyOut": ["203.1.0.0/16"], "allowOut": ["203.1.2.3"]});
+    let network = json!({"denyOut": ["203.1.0.0/16"], "allowOut": ["203.1.2.3", "restart.test"]});
 
     let (status, _, body) = http
         .send(
@@ -685,9 +701,16 @@ async fn egress_rules_hold_after_an_agent_restart() {
 
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["network"]["denyOut"], json!(["203.1.0.0/16"]));
-    assert_eq!(detail["network"]["allowOut"], json!(["203.1.2.3/32"]));
+    assert_eq!(
+        detail["network"]["allowOut"],
+        json!(["203.1.2.3/32", "restart.test"])
+    );
+    // The rules are in force again, and the domain rules' proxy listens
+    // again (the old agent's socket went with it).
     for chains in [&before, &after] {
         assert!(chains.contains("203.1.0.0/16"), "{chains}");
         assert!(chains.contains("203.1.2.3"), "{chains}");
+        assert!(chains.contains("redirect to :15080"), "{chains}");
+        assert!(chains.contains("169.254.0.22:15080"), "{chains}");
     }
 }

@@ -18,14 +18,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use netns::{EgressPolicy, Ipv4Net};
+pub use netns::{DomainRule, EgressPolicy, Ipv4Net};
 use netns::{Network, NetworkOptions, Slot, SlotAllocator};
 
 use crate::error::SandboxError;
 
-/// A sandbox's own egress ranges: E2B's `allowOut` and `denyOut` (CIDRs
-/// and single addresses). Allow wins over deny, and allowed ranges pass
-/// with internet off too; `deny: [0.0.0.0/0]` denies all but `allow`. The
+/// A sandbox's own egress rules: E2B's `allowOut` (CIDRs, single
+/// addresses and domain names) and `denyOut` (CIDRs and addresses). Allow
+/// wins over deny, and allowed ranges pass with internet off too;
+/// `deny: [0.0.0.0/0]` denies all but `allow`. A name lets HTTP (by Host)
+/// and TLS (by server name) connections on ports 80 and 443 through where
+/// the ranges deny their address (see the `egress-proxy` crate). The
 /// special-purpose ranges (the host, private networks, other sandboxes)
 /// stay unreachable whatever they say. Needs a namespace network.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,12 +37,34 @@ pub struct EgressRules {
     pub allow: Vec<Ipv4Net>,
     #[serde(default)]
     pub deny: Vec<Ipv4Net>,
+    /// Allowed names (`example.com`, `*.example.com`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<DomainRule>,
 }
 
 impl EgressRules {
     /// Neither allows nor denies anything of its own.
     pub fn is_empty(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
+        self.allow.is_empty() && self.deny.is_empty() && self.names.is_empty()
+    }
+
+    /// Why these rules make no sense for a sandbox with `internet` as
+    /// given, if they do not: names only matter where the ranges deny.
+    pub fn problem(&self, internet: bool) -> Option<String> {
+        (!self.names.is_empty() && internet && self.deny.is_empty()).then(|| {
+            "domain names in the allow list only let through what the address rules deny: \
+             deny 0.0.0.0/0 too (E2B's ALL_TRAFFIC) or turn internet access off"
+                .to_string()
+        })
+    }
+
+    /// The allow list as given: ranges, then names.
+    pub fn allow_texts(&self) -> Vec<String> {
+        self.allow
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.names.iter().map(ToString::to_string))
+            .collect()
     }
 }
 
@@ -157,6 +182,7 @@ impl NetworkPool {
             .clone()
             .with_internet(internet)
             .with_ranges(rules.allow.clone(), rules.deny.clone())
+            .with_names(rules.names.clone())
     }
 
     fn options(&self, internet: bool, rules: &EgressRules) -> NetworkOptions {

@@ -83,7 +83,9 @@ impl Need {
         ];
         const NETWORK: &[Package] = &[Package::main("iproute2"), Package::main("nftables")];
         const TEST_TOOLS: &[Package] = &[Package::main("curl"), Package::main("procps")];
-        const SDK_TESTS: &[Package] = &[Package::main("python3-venv")];
+        // openssl: the SDK suite's TLS server for domain rules gets a
+        // self-signed certificate from it.
+        const SDK_TESTS: &[Package] = &[Package::main("python3-venv"), Package::main("openssl")];
         const BROWSER: &[Package] = &[Package::main("chromium"), Package::main("chromium-driver")];
         match self {
             Need::Build => BUILD,

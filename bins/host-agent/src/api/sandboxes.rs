@@ -59,10 +59,10 @@ pub struct NetworkBody {
 
 /// The egress rules of a request's `allow_out` and `deny_out`.
 fn egress(allow_out: &[String], deny_out: &[String]) -> Result<EgressRules, ApiError> {
-    Ok(EgressRules {
-        allow: crate::policy::egress_ranges("allow_out", allow_out)?,
-        deny: crate::policy::egress_ranges("deny_out", deny_out)?,
-    })
+    Ok(crate::policy::egress_rules(
+        ("allow_out", allow_out),
+        ("deny_out", deny_out),
+    )?)
 }
 
 /// A sandbox as the API shows it: no access token, no env var values.
@@ -103,7 +103,7 @@ impl From<SandboxInfo> for SandboxView {
             end_at: rfc3339(info.end_at),
             auto_pause: info.auto_pause,
             internet: info.internet,
-            allow_out: info.egress.allow.iter().map(ToString::to_string).collect(),
+            allow_out: info.egress.allow_texts(),
             deny_out: info.egress.deny.iter().map(ToString::to_string).collect(),
             metadata: info.metadata,
             envd_url: info.envd_addr.map(|addr| format!("http://{addr}")),

@@ -16,10 +16,10 @@
 //! E2B's requests and states onto it (`running`/`paused` only).
 //!
 //! Honoured: `network.maskRequestHost` (the `Host` the proxy sends to the
-//! sandbox's ports), `allowOut`/`denyOut` with IPv4 CIDRs and addresses,
-//! `allowPublicTraffic: false` and `autoResume` (the proxy resumes a paused
-//! sandbox that has it). Refused rather than silently ignored (400):
-//! domain names in `allowOut`, `dnsServers`, `egressProxy`, per-host
+//! sandbox's ports), `allowOut`/`denyOut` with IPv4 CIDRs and addresses
+//! and domain names in `allowOut`, `allowPublicTraffic: false` and
+//! `autoResume` (the proxy resumes a paused sandbox that has it). Refused
+//! rather than silently ignored (400): `dnsServers`, `egressProxy`, per-host
 //! `rules`, `httpsPorts`, volume mounts, MCP,
 //! IAM, filesystem-only pauses and snapshots (`memory: false`), connect with
 //! `memory: false` (reboot). Not implemented: `Idempotency-Key` on

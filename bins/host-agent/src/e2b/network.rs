@@ -2,13 +2,15 @@
 //! ports (`maskRequestHost`) and their own egress ranges (`allowOut`,
 //! `denyOut`, on create and `PUT /sandboxes/{id}/network`).
 //!
-//! Egress entries are IPv4 CIDRs or addresses; allow wins over deny, and
-//! `denyOut: ["0.0.0.0/0"]` denies all but `allowOut` (E2B's semantics).
+//! Egress entries are IPv4 CIDRs or addresses, and in `allowOut` domain
+//! names (`example.com`, `*.example.com`: HTTP by Host and TLS by server
+//! name on ports 80 and 443, where the ranges deny the address); allow
+//! wins over deny, and `denyOut: ["0.0.0.0/0"]` denies all but `allowOut`
+//! (E2B's semantics; names need it, or internet access off).
 //! `allowPublicTraffic: false` makes the proxy require the sandbox's
 //! traffic token on requests to its ports (see [`super::proxy`]).
-//! What is not implemented is refused with 400, never ignored: domain
-//! names in `allowOut`, `dnsServers`, `egressProxy`, `httpsPorts`, per-host
-//! `rules`.
+//! What is not implemented is refused with 400, never ignored:
+//! `dnsServers`, `egressProxy`, `httpsPorts`, per-host `rules`.
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -93,38 +95,36 @@ pub(super) fn host_mask(network: Option<&Value>) -> Result<Option<String>, ApiEr
 }
 
 /// `network.allowOut` and `network.denyOut` as the sandbox's egress
-/// ranges (none given: none).
+/// rules (none given: none).
 pub(super) fn egress_rules(network: Option<&Value>) -> Result<EgressRules, ApiError> {
     let empty = Map::new();
     let network = network.and_then(Value::as_object).unwrap_or(&empty);
-    Ok(EgressRules {
-        allow: ranges(network, "allowOut")?,
-        deny: ranges(network, "denyOut")?,
-    })
+    let allow = entries(network, "allowOut")?;
+    let deny = entries(network, "denyOut")?;
+    Ok(crate::policy::egress_rules(
+        ("network.allowOut", &allow),
+        ("network.denyOut", &deny),
+    )?)
 }
 
-/// The entries of `network[key]` as IPv4 ranges.
-fn ranges(network: &Map<String, Value>, key: &str) -> Result<Vec<Ipv4Net>, ApiError> {
+/// The entries of `network[key]`, a list of strings.
+fn entries(network: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError> {
     let not_strings = || ApiError::bad_request(format!("network.{key} must be a list of strings"));
-    let entries: Vec<String> = match network.get(key) {
-        None | Some(Value::Null) => return Ok(Vec::new()),
+    match network.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
             .iter()
             .map(|item| item.as_str().map(str::to_owned).ok_or_else(not_strings))
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err(not_strings()),
-    };
-    Ok(crate::policy::egress_ranges(
-        &format!("network.{key}"),
-        &entries,
-    )?)
+            .collect(),
+        Some(_) => Err(not_strings()),
+    }
 }
 
 /// The `network` a sandbox's detail shows; `None` when it has no options.
 pub(super) fn info_of(info: &SandboxInfo) -> Option<NetworkInfo> {
     let texts = |nets: &[Ipv4Net]| nets.iter().map(ToString::to_string).collect::<Vec<_>>();
     let network = NetworkInfo {
-        allow_out: texts(&info.egress.allow),
+        allow_out: info.egress.allow_texts(),
         deny_out: texts(&info.egress.deny),
         mask_request_host: info.host_mask.clone(),
         allow_public_traffic: info.traffic_token.is_some().then_some(false),
@@ -190,7 +190,22 @@ mod tests {
     }
 
     #[test]
-    fn egress_refuses_domains_ipv6_garbage_and_too_many_entries() {
+    fn egress_takes_names_in_allow_lists_only() {
+        let rules = egress_rules(Some(&json!({
+            "allowOut": ["Example.com", "*.example.org", "1.1.1.1"],
+            "denyOut": ["0.0.0.0/0"],
+        })))
+        .unwrap();
+
+        assert_eq!(
+            rules.allow_texts(),
+            ["1.1.1.1/32", "example.com", "*.example.org"]
+        );
+        assert_eq!(rules.names.len(), 2);
+    }
+
+    #[test]
+    fn egress_refuses_denied_names_bad_names_ipv6_garbage_and_too_many_entries() {
         let refused = |network: Value| {
             egress_rules(Some(&network))
                 .err()
@@ -198,16 +213,16 @@ mod tests {
                 .unwrap_or_default()
         };
 
-        let domain = refused(json!({"allowOut": ["example.com"]}));
-        let wildcard = refused(json!({"allowOut": ["*.example.com"]}));
+        let denied_name = refused(json!({"denyOut": ["example.com"]}));
+        let bad_name = refused(json!({"allowOut": ["a.*.example.com"]}));
         let ipv6 = refused(json!({"denyOut": ["::/0"]}));
         let garbage = refused(json!({"denyOut": ["1.2.3.4/33"]}));
         let not_a_list = refused(json!({"denyOut": "0.0.0.0/0"}));
         let too_many =
             refused(json!({"denyOut": vec!["1.1.1.1"; crate::policy::MAX_EGRESS_ENTRIES + 1]}));
 
-        assert!(domain.contains("domain"), "{domain}");
-        assert!(wildcard.contains("domain"), "{wildcard}");
+        assert!(denied_name.contains("deny lists take"), "{denied_name}");
+        assert!(bad_name.contains("wildcard"), "{bad_name}");
         assert!(ipv6.contains("IPv6"), "{ipv6}");
         assert!(garbage.contains("not an IPv4 CIDR"), "{garbage}");
         assert!(not_a_list.contains("list of strings"), "{not_a_list}");

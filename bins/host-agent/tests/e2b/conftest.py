@@ -43,10 +43,25 @@ def sbx(run_id):
 
 
 # Two "public" addresses (just past 198.18.0.0/15, never routed anywhere but
-# the test's own namespace), each with an HTTP server answering its name.
+# the test's own namespace), each with an HTTP server answering its name;
+# "a" also answers on port 80 (HTTP) and 443 (HTTPS, self-signed), whatever
+# host name a client asks for, for domain rules.
 OUTSIDE_NS = "petrel-test-e2bout"
 OUTSIDE = {"a": ("198.22.0.1", "198.22.0.2"), "b": ("198.23.0.1", "198.23.0.2")}
 OUTSIDE_PORT = 8080
+
+# HTTPS with a certificate made for the run (clients in the test skip its
+# verification: what is tested is which names get through, not TLS).
+TLS_SERVER = """
+import http.server, ssl, sys
+ip, root, cert, key = sys.argv[1:5]
+handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=root, **k)
+server = http.server.ThreadingHTTPServer((ip, 443), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"""
 
 
 def _ip(*args):
@@ -73,18 +88,33 @@ def outside(tmp_path):
             root = tmp_path / name
             root.mkdir()
             (root / "index.html").write_text(name)
-            servers.append(subprocess.Popen(
-                ["ip", "netns", "exec", OUTSIDE_NS, sys.executable, "-m", "http.server",
-                 "--bind", ip, "--directory", str(root), str(OUTSIDE_PORT)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
-        for name, (_, ip) in OUTSIDE.items():
+            ports = [OUTSIDE_PORT] + ([80] if name == "a" else [])
+            for port in ports:
+                servers.append(subprocess.Popen(
+                    ["ip", "netns", "exec", OUTSIDE_NS, sys.executable, "-m", "http.server",
+                     "--bind", ip, "--directory", str(root), str(port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=petrel-test", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )
+        servers.append(subprocess.Popen(
+            ["ip", "netns", "exec", OUTSIDE_NS, sys.executable, "-c", TLS_SERVER,
+             OUTSIDE["a"][1], str(tmp_path / "a"), str(cert), str(key)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        checks = [(name, f"http://{ip}:{OUTSIDE_PORT}/") for name, (_, ip) in OUTSIDE.items()]
+        checks += [("a:80", f"http://{OUTSIDE['a'][1]}/"), ("a:443", f"https://{OUTSIDE['a'][1]}/")]
+        for name, url in checks:
             deadline = time.monotonic() + 10
             while subprocess.run(
-                ["ip", "netns", "exec", OUTSIDE_NS, "curl", "-sf", "-m", "1",
-                 f"http://{ip}:{OUTSIDE_PORT}/"], capture_output=True,
+                ["ip", "netns", "exec", OUTSIDE_NS, "curl", "-skf", "-m", "1", url],
+                capture_output=True,
             ).returncode != 0:
-                assert time.monotonic() < deadline, f"server {name} on {ip} did not start"
+                assert time.monotonic() < deadline, f"server {name} ({url}) did not start"
                 time.sleep(0.1)
         yield {name: ip for name, (_, ip) in OUTSIDE.items()}
     finally:

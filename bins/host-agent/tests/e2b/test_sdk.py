@@ -659,13 +659,56 @@ def test_allow_out_wins_over_deny_out_and_update_network_changes_the_rules(run_i
     assert after_resume == ("blocked", "blocked")
 
 
-def test_egress_rules_refuse_domains_and_unknown_sandboxes():
-    with pytest.raises(SandboxException) as domain:
-        Sandbox.create(network={"allow_out": ["example.com"], "deny_out": [ALL_TRAFFIC]})
+def test_allow_out_names_let_http_and_tls_through_by_host_and_server_name(run_id, outside):
+    a = outside["a"]
+    sandbox = Sandbox.create(
+        metadata={"suite": run_id, "role": "names"},
+        timeout=120,
+        network={"allow_out": ["allowed.test", "*.wild.test"], "deny_out": [ALL_TRAFFIC]},
+    )
+
+    def get(host, scheme="http"):
+        # The name resolves to the outside server; only the name differs.
+        port = 443 if scheme == "https" else 80
+        out = sandbox.commands.run(
+            f"curl -sk -m 5 --resolve {host}:{port}:{a} {scheme}://{host}/ || echo blocked",
+            timeout=30,
+        )
+        return out.stdout.strip()
+
+    try:
+        http_allowed = get("allowed.test")
+        http_denied = get("denied.test")
+        tls_wildcard = get("api.wild.test", "https")
+        tls_apex = get("wild.test", "https")
+        by_address = sandbox.commands.run(
+            f"curl -s -m 5 http://{a}:8080/ || echo blocked", timeout=30
+        ).stdout.strip()
+        shown = sandbox.get_info().network
+        sandbox.update_network({"allow_out": ["denied.test"], "deny_out": [ALL_TRAFFIC]})
+        switched = (get("allowed.test"), get("denied.test", "https"))
+    finally:
+        sandbox.kill()
+
+    assert http_allowed == "a"
+    assert http_denied == "blocked"
+    assert tls_wildcard == "a"
+    assert tls_apex == "blocked"
+    assert by_address == "blocked"
+    assert shown.get("allow_out") == ["allowed.test", "*.wild.test"], shown
+    assert switched == ("blocked", "a")
+
+
+def test_egress_rules_refuse_names_that_cannot_apply_and_unknown_sandboxes():
+    with pytest.raises(SandboxException) as denied_name:
+        Sandbox.create(network={"deny_out": ["example.com"]})
+    with pytest.raises(SandboxException) as nothing_denied:
+        Sandbox.create(network={"allow_out": ["example.com"]})
     with pytest.raises(Exception) as unknown:
         Sandbox.update_network("0123456789abcdef", {"deny_out": [ALL_TRAFFIC]})
 
-    assert "domain" in str(domain.value)
+    assert "deny lists take" in str(denied_name.value)
+    assert "0.0.0.0/0" in str(nothing_denied.value)
     assert "not found" in str(unknown.value).lower()
 
 

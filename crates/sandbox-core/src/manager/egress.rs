@@ -13,7 +13,7 @@ impl Manager {
         id: &str,
         egress: EgressRules,
     ) -> Result<SandboxInfo, ManagerError> {
-        self.check_egress(&egress)?;
+        self.check_egress(&egress, self.get(id)?.internet)?;
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
         self.require(
@@ -30,13 +30,22 @@ impl Manager {
             info: info.clone(),
             record: Some(sandbox.record()),
         })?;
-        tracing::info!(sandbox = %id, allow = info.egress.allow.len(), deny = info.egress.deny.len(), "egress rules set");
+        tracing::info!(sandbox = %id, allow = info.egress.allow.len(), deny = info.egress.deny.len(), names = info.egress.names.len(), "egress rules set");
         Ok(info)
     }
 
     /// Refuses egress rules where sandboxes have no namespace to hold them
-    /// (QEMU's user-mode network); no rules are always fine.
-    pub(super) fn check_egress(&self, egress: &EgressRules) -> Result<(), ManagerError> {
+    /// (QEMU's user-mode network), and names that could let nothing
+    /// through (a sandbox with `internet` whose ranges deny nothing); no
+    /// rules are always fine.
+    pub(super) fn check_egress(
+        &self,
+        egress: &EgressRules,
+        internet: bool,
+    ) -> Result<(), ManagerError> {
+        if let Some(problem) = egress.problem(internet) {
+            return Err(ManagerError::InvalidRequest(problem));
+        }
         if egress.is_empty() || self.config().network.is_some() {
             return Ok(());
         }

@@ -62,7 +62,7 @@ impl Manager {
         let internet = crate::network::resolve_internet(request.internet, config.network.is_some())
             .map_err(ManagerError::InvalidRequest)?;
         let timeout = request.timeout.unwrap_or(config.default_timeout);
-        self.check_egress(&request.egress)?;
+        self.check_egress(&request.egress, internet)?;
         // Pooled sandboxes run with no rules of their own: a create with
         // rules takes the restore path.
         if warm
