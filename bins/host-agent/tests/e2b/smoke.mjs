@@ -1,5 +1,5 @@
 // Smoke test of the official npm `e2b` SDK against a Petrel host agent:
-// create with an egress rule, run, write/read a file, info, replace the
+// create with egress rules (an address and a name), run, write/read a file, info, replace the
 // rule, kill. Needs E2B_API_KEY,
 // E2B_API_URL and E2B_SANDBOX_URL; `cargo test -p host-agent --test e2b`
 // installs the pinned package and runs this from the install directory.
@@ -9,7 +9,7 @@ import { ALL_TRAFFIC, Sandbox } from 'e2b'
 const sandbox = await Sandbox.create({
   metadata: { smoke: 'npm' },
   envs: { SMOKE: 'yes' },
-  network: { allowOut: ['192.0.2.1'], denyOut: [ALL_TRAFFIC] },
+  network: { allowOut: ['192.0.2.1', '*.example.test'], denyOut: [ALL_TRAFFIC] },
 })
 try {
   const result = await sandbox.commands.run('echo "hello from $(whoami) $SMOKE"')
@@ -25,10 +25,15 @@ try {
   assert.deepEqual(info.metadata, { smoke: 'npm' })
   assert.ok(await sandbox.isRunning())
   assert.deepEqual(info.network?.denyOut, ['0.0.0.0/0'])
+  assert.deepEqual(info.network?.allowOut, ['192.0.2.1/32', '*.example.test'])
 
   // Denied before it leaves the host: nothing reaches the internet.
   const out = await sandbox.commands.run('curl -s -m 5 http://1.0.0.1/ || echo blocked')
   assert.equal(out.stdout, 'blocked\n')
+  // A name no rule allows is reset by the agent's proxy, never relayed.
+  const named = await sandbox.commands.run(
+    'curl -s -m 5 --resolve other.test:80:1.0.0.1 http://other.test/ || echo blocked')
+  assert.equal(named.stdout, 'blocked\n')
   await sandbox.updateNetwork({ denyOut: ['203.1.0.0/16'] })
   const updated = await sandbox.getInfo()
   assert.deepEqual(updated.network?.denyOut, ['203.1.0.0/16'])
