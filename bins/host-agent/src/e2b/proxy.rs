@@ -201,8 +201,8 @@ fn from_signature(app: &AppState, method: &Method, uri: &Uri) -> Option<Target> 
 
 /// `info`'s sandbox once it runs: as it is when running; a paused (or
 /// pausing, resuming) one created with `autoResume` is resumed by the
-/// request, with the default TTL. `None`: not running and not to be
-/// resumed.
+/// request, its time to live starting afresh at the one it was created
+/// with (E2B's rule). `None`: not running and not to be resumed.
 async fn running(manager: &Manager, info: SandboxInfo) -> Option<SandboxInfo> {
     if info.state == Phase::Running {
         return Some(info);
@@ -211,7 +211,7 @@ async fn running(manager: &Manager, info: SandboxInfo) -> Option<SandboxInfo> {
     if !(info.auto_resume && resumable) {
         return None;
     }
-    match wake(manager, &info.id, None).await {
+    match wake(manager, &info.id, info.create_timeout).await {
         Ok(Wake::Running(info)) => Some(info),
         Ok(Wake::Resumed(info)) => {
             tracing::info!(sandbox = %info.id, "e2b proxy: paused sandbox auto-resumed by a request");

@@ -441,7 +441,7 @@ def test_auto_pause_at_timeout_then_connect(run_id):
 def test_auto_resume_wakes_a_timed_out_sandbox_on_its_next_request(run_id):
     sandbox = Sandbox.create(
         metadata={"suite": run_id, "role": "auto-resume"},
-        timeout=4,
+        timeout=6,
         lifecycle={"on_timeout": "pause", "auto_resume": True},
     )
     try:
@@ -454,14 +454,18 @@ def test_auto_resume_wakes_a_timed_out_sandbox_on_its_next_request(run_id):
         )
         # No connect: the request itself, through the proxy, resumes it.
         read = sandbox.files.read(f"{HOME}/before-pause.txt")
-        state = Sandbox.get_info(sandbox.sandbox_id).state
+        info = Sandbox.get_info(sandbox.sandbox_id)
+        # The timeout it was created with starts again (E2B's rule), not
+        # the default.
+        left = (info.end_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
         ran = sandbox.commands.run("echo awake").stdout
     finally:
         assert Sandbox.kill(sandbox.sandbox_id) is True
 
     assert lifecycle == {"on_timeout": "pause", "auto_resume": True}
     assert read == "still here"
-    assert state == SandboxState.RUNNING
+    assert info.state == SandboxState.RUNNING
+    assert 0 < left <= 6, left
     assert ran == "awake\n"
 
 

@@ -514,5 +514,6 @@ pub(super) fn starting_info(
         host_mask: request.host_mask.clone(),
         egress: request.egress.clone(),
         traffic_token: None,
+        create_timeout: Some(timeout),
     }
 }

@@ -138,6 +138,10 @@ pub struct SandboxInfo {
     /// sandbox's ports must carry (E2B's `trafficAccessToken`).
     #[serde(default)]
     pub traffic_token: Option<String>,
+    /// The time to live it was created with: an auto-resume starts it
+    /// afresh (E2B's rule). `None` in records written before it was kept.
+    #[serde(default)]
+    pub create_timeout: Option<Duration>,
 }
 
 /// A saved snapshot.
