@@ -561,6 +561,14 @@ async fn root_shell(sandbox: &Sandbox, script: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether a failed test program's output shows an inner guest that
+/// never booted: a sandbox whose envd never answered and whose console
+/// stayed empty (the kernel did not print a line).
+fn inner_boot_lost(stdout: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(stdout);
+    text.contains("EnvdNotReady {") && text.contains("console: \"\"")
+}
+
 async fn run_jobs(
     sandbox: &Sandbox,
     vm: &GuestVm<'_>,
@@ -617,13 +625,31 @@ async fn run_jobs(
         for (key, value) in &job.env {
             request = request.env(key.as_str(), value.as_str());
         }
-        let (exit_code, stdout) =
-            guest_job::stream(sandbox, request, vm.echo_stdout, vm.nesting.stall())
-                .await
-                .with_context(|| format!("running {name} in the guest"))?;
+        let mut attempt = 1;
+        let (exit_code, stdout) = loop {
+            let (exit_code, stdout) =
+                guest_job::stream(sandbox, request.clone(), vm.echo_stdout, vm.nesting.stall())
+                    .await
+                    .with_context(|| format!("running {name} in the guest"))?;
+            if exit_code != 0
+                && vm.nesting == Nesting::Kvm
+                && attempt == 1
+                && inner_boot_lost(&stdout)
+            {
+                eprintln!(
+                    "[vmtest] {name}: exit code {exit_code}: an inner KVM guest never wrote to its \
+                     console (the nested-KVM boot loss of an SVM-emulating TCG host, not a Petrel \
+                     failure; see the README on KVM); running {name} once more"
+                );
+                attempt += 1;
+                continue;
+            }
+            break (exit_code, stdout);
+        };
         eprintln!(
-            "[vmtest] {name}: exit code {exit_code} in {}",
-            demo::ms(start.elapsed())
+            "[vmtest] {name}: exit code {exit_code} in {} ({attempt} run{})",
+            demo::ms(start.elapsed()),
+            if attempt == 1 { "" } else { "s" }
         );
         outputs.push(GuestOutput {
             name,
