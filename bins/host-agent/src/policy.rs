@@ -204,19 +204,21 @@ pub enum Wake {
 }
 
 /// Sandbox `id` running: transitional states are waited out and a paused
-/// one is resumed (TTL `timeout`, the default when `None`); a resume that
+/// one is resumed (TTL `timeout`, the default when `None`; with `reboot`
+/// booted afresh from its disk, see [`Manager::resume_as`]); a resume that
 /// loses a race with a concurrent pause or resume is tried again, 3 tries
 /// in all. Shared by E2B's connect and the proxy's auto-resume.
 pub async fn wake(
     manager: &Manager,
     id: &str,
     timeout: Option<Duration>,
+    reboot: bool,
 ) -> Result<Wake, ManagerError> {
     for _ in 0..3 {
         let info = settled(manager, id).await?;
         match info.state {
             State::Running => return Ok(Wake::Running(info)),
-            State::Paused => match manager.resume(id, timeout).await {
+            State::Paused => match manager.resume_as(id, timeout, reboot).await {
                 Ok(info) => return Ok(Wake::Resumed(info)),
                 Err(ManagerError::InvalidState { .. }) => {}
                 Err(err) => return Err(err),

@@ -435,6 +435,30 @@ impl Vm for QemuInstance {
         self.load(state_dir, &network, own_ram, true, false).await
     }
 
+    async fn boot_fresh(&mut self, network: VmNetwork) -> Result<Duration, SandboxError> {
+        let start = Instant::now();
+        if self.vm.is_some() {
+            return Err(SandboxError::Unsupported {
+                backend: "qemu",
+                what: format!("boot vm {} afresh: it is running", self.config.id),
+            });
+        }
+        // Its own RAM file, as after a resume: a clone started from a
+        // snapshot no longer maps the snapshot's.
+        let config = VmConfig {
+            net: net_config(&network),
+            netns: netns_of(&network),
+            incoming: false,
+            memory_file: Some(self.config.run_dir.join("ram")),
+            memory_shared: true,
+            ..self.config.clone()
+        };
+        let vm = self.spawn(config.clone()).await?;
+        self.config = config;
+        self.vm = Some(vm);
+        Ok(start.elapsed())
+    }
+
     async fn stop(&mut self) -> Result<(), SandboxError> {
         let Some(mut vm) = self.vm.take() else {
             return Ok(());

@@ -151,6 +151,12 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
         network: VmNetwork,
     ) -> Result<Duration, SandboxError>;
 
+    /// Boots the guest afresh from its root disk, as it is, reachable
+    /// through `network`: the resume of a filesystem-only pause (no saved
+    /// state; memory and processes start over). A backend that cannot says
+    /// so ([`SandboxError::Unsupported`]).
+    async fn boot_fresh(&mut self, network: VmNetwork) -> Result<Duration, SandboxError>;
+
     /// Stops the guest and its VMM process (idempotent).
     async fn stop(&mut self) -> Result<(), SandboxError>;
 

@@ -139,6 +139,7 @@ pub async fn create(
         env_vars: body.env,
         metadata: body.metadata,
         auto_pause: body.auto_pause,
+        auto_pause_filesystem: false,
         auto_resume: false,
         internet: body.internet,
         host_mask: None,

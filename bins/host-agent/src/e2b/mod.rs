@@ -21,8 +21,10 @@
 //! `autoResume` (the proxy resumes a paused sandbox that has it). Refused
 //! rather than silently ignored (400): `dnsServers`, `egressProxy`, per-host
 //! `rules`, `httpsPorts`, volume mounts, MCP,
-//! IAM, filesystem-only pauses and snapshots (`memory: false`), connect with
-//! `memory: false` (reboot). Not implemented: `Idempotency-Key` on
+//! IAM, filesystem-only snapshots (`memory: false`), filesystem-only pauses
+//! and reboots on Firecracker. Filesystem-only pauses and connect with
+//! `memory: false` (reboot) boot the guest afresh from its disk. Not
+//! implemented: `Idempotency-Key` on
 //! create, WebSocket upgrades through the proxy, guest ports other than
 //! envd's for sandboxes on QEMU's user-mode network.
 

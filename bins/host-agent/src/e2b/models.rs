@@ -43,7 +43,8 @@ pub struct NewSandbox {
     /// Seconds to live from now.
     pub timeout: Option<f64>,
     pub auto_pause: Option<bool>,
-    /// `false`: a filesystem-only pause at expiry (refused: pauses keep memory).
+    /// `false`: a filesystem-only pause at expiry (memory dropped, the
+    /// resume boots afresh from the disk).
     pub auto_pause_memory: Option<bool>,
     pub auto_resume: Option<AutoResume>,
     #[serde(rename = "allow_internet_access")]
@@ -214,7 +215,7 @@ pub struct SnapshotInfo {
 #[serde(default)]
 pub struct ConnectRequest {
     pub timeout: Option<f64>,
-    /// `false`: cold boot from the disk ("reboot"); unsupported.
+    /// `false`: boot afresh from the disk ("reboot"), memory dropped.
     pub memory: Option<bool>,
 }
 

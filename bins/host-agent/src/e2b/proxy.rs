@@ -211,7 +211,7 @@ async fn running(manager: &Manager, info: SandboxInfo) -> Option<SandboxInfo> {
     if !(info.auto_resume && resumable) {
         return None;
     }
-    match wake(manager, &info.id, info.create_timeout).await {
+    match wake(manager, &info.id, info.create_timeout, false).await {
         Ok(Wake::Running(info)) => Some(info),
         Ok(Wake::Resumed(info)) => {
             tracing::info!(sandbox = %info.id, "e2b proxy: paused sandbox auto-resumed by a request");

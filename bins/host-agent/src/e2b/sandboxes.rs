@@ -45,9 +45,9 @@ use super::time::{format_rfc3339, parse_rfc3339};
 use super::{Control, parse_body, parse_required};
 use crate::policy::{Wake, settled, ttl, wake};
 
-/// Why `memory: false` (a filesystem-only pause or snapshot, which later
-/// cold-boots) is refused: pauses and snapshots here always keep memory.
-pub(super) const FILESYSTEM_ONLY: &str = "memory: false (filesystem-only pause or snapshot) is not supported: pauses and snapshots keep memory and disk; omit the field";
+/// Why `memory: false` on a snapshot (a filesystem-only snapshot, whose
+/// sandboxes would cold-boot) is refused: snapshots here keep memory.
+pub(super) const FILESYSTEM_ONLY_SNAPSHOT: &str = "memory: false (a filesystem-only snapshot) is not supported: snapshots keep memory and disk; omit the field (pauses may drop memory)";
 
 /// Page size when the request gives none, and the most a page may hold.
 const MAX_PAGE: usize = 100;
@@ -187,7 +187,17 @@ fn domain(control: &Control) -> Option<&str> {
 /// than silently ignoring it.
 fn check_supported(request: &NewSandbox) -> Result<(), ApiError> {
     if request.auto_pause_memory == Some(false) {
-        return Err(ApiError::bad_request(FILESYSTEM_ONLY));
+        if request.auto_pause != Some(true) {
+            return Err(ApiError::bad_request(
+                "autoPauseMemory: false (a filesystem-only auto-pause) needs autoPause: true",
+            ));
+        }
+        if request.auto_resume.as_ref().is_some_and(|a| a.enabled) {
+            return Err(ApiError::bad_request(
+                "a filesystem-only auto-pause (autoPauseMemory: false) cannot be combined with \
+                 autoResume: its resume reboots the guest, which a request should not do unseen",
+            ));
+        }
     }
     if request
         .volume_mounts
@@ -231,6 +241,7 @@ async fn create(State(control): State<Control>, body: Bytes) -> Result<Response,
             env_vars: request.env_vars.unwrap_or_default(),
             metadata: request.metadata.unwrap_or_default(),
             auto_pause: request.auto_pause.unwrap_or(false),
+            auto_pause_filesystem: request.auto_pause_memory == Some(false),
             auto_resume: request.auto_resume.as_ref().is_some_and(|a| a.enabled),
             internet: request.allow_internet_access,
             host_mask,
@@ -429,17 +440,13 @@ async fn connect(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ConnectRequest = parse_body(&body)?;
-    if request.memory == Some(false) {
-        return Err(ApiError::bad_request(
-            "memory: false (reboot from the disk alone) is not supported; connect restores memory",
-        ));
-    }
+    let reboot = request.memory == Some(false);
     let manager = &control.app.manager;
     let timeout = match request.timeout {
         Some(t) => ttl("timeout", t)?,
         None => manager.config().default_timeout,
     };
-    match wake(manager, &id, Some(timeout)).await? {
+    match wake(manager, &id, Some(timeout), reboot).await? {
         Wake::Running(_) => {
             let info = manager.extend_timeout(&id, timeout)?;
             Ok((StatusCode::OK, Json(sandbox_of(&info, domain(&control)))).into_response())
@@ -462,11 +469,7 @@ async fn resume(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ResumeRequest = parse_body(&body)?;
-    if request.memory == Some(false) {
-        return Err(ApiError::bad_request(
-            "memory: false (reboot from the disk alone) is not supported",
-        ));
-    }
+    let reboot = request.memory == Some(false);
     if request.auto_pause.is_some() {
         tracing::debug!(sandbox = %id, "e2b: autoPause on resume ignored; it is fixed at create");
     }
@@ -478,7 +481,7 @@ async fn resume(
     let info = settled(manager, &id).await?;
     match info.state {
         Phase::Paused => Ok(created(
-            &manager.resume(&id, Some(timeout)).await?,
+            &manager.resume_as(&id, Some(timeout), reboot).await?,
             domain(&control),
         )),
         Phase::Running => Err(ApiError::conflict(format!(
@@ -522,22 +525,21 @@ async fn refresh(
 }
 
 /// `POST /sandboxes/{id}/pause`: 204; 409 when already paused. A pause
-/// keeps memory and disk; `memory: false` (filesystem only) is refused.
+/// keeps memory and disk; `memory: false` keeps the disk only (the resume
+/// boots afresh).
 async fn pause(
     State(control): State<Control>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let request: PauseRequest = parse_body(&body)?;
-    if request.memory == Some(false) {
-        return Err(ApiError::bad_request(FILESYSTEM_ONLY));
-    }
+    let filesystem_only = request.memory == Some(false);
     let manager = &control.app.manager;
     let info = settled(manager, &id).await?;
     match info.state {
         Phase::Running => {
-            manager.pause(&id).await?;
-            tracing::info!(sandbox = %id, "e2b: sandbox paused");
+            manager.pause_as(&id, filesystem_only).await?;
+            tracing::info!(sandbox = %id, filesystem_only, "e2b: sandbox paused");
             Ok(StatusCode::NO_CONTENT)
         }
         Phase::Paused => Err(ApiError::conflict(format!(

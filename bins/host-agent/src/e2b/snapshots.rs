@@ -62,7 +62,9 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let request: SnapshotRequest = parse_body(&body)?;
     if request.memory == Some(false) {
-        return Err(ApiError::bad_request(super::sandboxes::FILESYSTEM_ONLY));
+        return Err(ApiError::bad_request(
+            super::sandboxes::FILESYSTEM_ONLY_SNAPSHOT,
+        ));
     }
     let name = match request.name.filter(|n| !n.is_empty()) {
         Some(name) => name,

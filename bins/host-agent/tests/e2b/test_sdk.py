@@ -414,6 +414,52 @@ def test_pause_list_and_connect_keep_files_and_processes(sbx, run_id):
     assert not other.is_running()
 
 
+def test_filesystem_only_pause_keeps_files_and_boots_afresh(run_id):
+    sandbox = Sandbox.create(metadata={"suite": run_id, "role": "fs-pause"}, timeout=600)
+    boot_id = "cat /proc/sys/kernel/random/boot_id"
+    try:
+        sandbox.files.write(f"{HOME}/kept.txt", "on disk")
+        sleeper = sandbox.commands.run("sleep 1000", background=True)
+        sleeper.disconnect()
+        first_boot = sandbox.commands.run(boot_id).stdout
+
+        paused = sandbox.pause(mode="filesystem")
+        state = Sandbox.get_info(sandbox.sandbox_id).state
+        resumed = Sandbox.connect(sandbox.sandbox_id, timeout=600)
+        kept = resumed.files.read(f"{HOME}/kept.txt")
+        second_boot = resumed.commands.run(boot_id).stdout
+        sleepers = resumed.commands.run("pgrep -x sleep || echo none").stdout
+        # A pause that kept memory, resumed with a reboot all the same.
+        resumed.commands.run(f"echo again > {HOME}/again.txt && sync")
+        resumed.pause()
+        rebooted = Sandbox.connect(sandbox.sandbox_id, timeout=600, on_resume="reboot")
+        third_boot = rebooted.commands.run(boot_id).stdout
+        again = rebooted.files.read(f"{HOME}/again.txt")
+    finally:
+        assert Sandbox.kill(sandbox.sandbox_id) is True
+
+    assert paused is True
+    assert state == SandboxState.PAUSED
+    assert kept == "on disk"
+    assert len({first_boot, second_boot, third_boot}) == 3
+    assert sleepers == "none\n"
+    assert again == "again\n"
+
+
+def test_filesystem_only_auto_pause_refuses_auto_resume():
+    # Sent as the SDK would, but straight to the API (the SDK may refuse
+    # the combination itself).
+    refused = httpx.post(
+        f"{os.environ['E2B_API_URL']}/sandboxes",
+        headers={"X-API-KEY": os.environ["E2B_API_KEY"]},
+        json={"templateID": "base", "timeout": 60, "autoPause": True,
+              "autoPauseMemory": False, "autoResume": {"enabled": True}},
+    )
+
+    assert refused.status_code == 400, refused.text
+    assert "autoResume" in refused.json()["message"]
+
+
 def test_auto_pause_at_timeout_then_connect(run_id):
     sandbox = Sandbox.create(
         metadata={"suite": run_id, "role": "auto-pause"},

@@ -316,6 +316,17 @@ impl Vm for FirecrackerInstance {
         Ok(stats)
     }
 
+    async fn boot_fresh(&mut self, _network: VmNetwork) -> Result<Duration, SandboxError> {
+        Err(SandboxError::Unsupported {
+            backend: "firecracker",
+            what: format!(
+                "boot vm {} afresh from its disk (a filesystem-only pause or a reboot on \
+                 resume): Firecracker sandboxes pause and resume with their memory",
+                self.spec.id
+            ),
+        })
+    }
+
     async fn resume(
         &mut self,
         state_dir: &Path,

@@ -302,6 +302,19 @@ impl Manager {
 
     /// Saves a running sandbox to disk; it holds no VMM process after this.
     pub async fn pause(&self, id: &str) -> Result<SandboxInfo, ManagerError> {
+        self.pause_as(id, false).await
+    }
+
+    /// [`Manager::pause`]; with `filesystem_only` the guest's memory is
+    /// dropped and only its disk kept (E2B's filesystem-only pause: the
+    /// resume boots afresh, see [`Sandbox::pause_filesystem`]).
+    ///
+    /// [`Sandbox::pause_filesystem`]: crate::Sandbox::pause_filesystem
+    pub async fn pause_as(
+        &self,
+        id: &str,
+        filesystem_only: bool,
+    ) -> Result<SandboxInfo, ManagerError> {
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
         self.transition(id, &[State::Running], State::Pausing, "pause")?;
@@ -313,7 +326,12 @@ impl Manager {
             return Err(err);
         }
         crate::crash::point("pause.recorded");
-        match sandbox.pause().await {
+        let paused = if filesystem_only {
+            sandbox.pause_filesystem().await
+        } else {
+            sandbox.pause().await
+        };
+        match paused {
             Ok(stats) => self.finish(id, sandbox, State::Paused, |info| {
                 info.envd_addr = None;
                 info.paused_at = Some(SystemTime::now());
@@ -329,6 +347,18 @@ impl Manager {
         &self,
         id: &str,
         timeout: Option<Duration>,
+    ) -> Result<SandboxInfo, ManagerError> {
+        self.resume_as(id, timeout, false).await
+    }
+
+    /// [`Manager::resume`]; with `reboot` the guest boots afresh from its
+    /// disk even where its memory was saved (E2B's `memory: false`). A
+    /// sandbox paused filesystem-only always boots afresh.
+    pub async fn resume_as(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+        reboot: bool,
     ) -> Result<SandboxInfo, ManagerError> {
         let handle = self.handle(id)?;
         let mut guard = handle.lock().await;
@@ -352,7 +382,7 @@ impl Manager {
                     source: std::io::Error::other(err.to_string()),
                 })
         };
-        match sandbox.resume_with(&on_running).await {
+        match sandbox.resume_as(reboot, &on_running).await {
             Ok(timings) => {
                 crate::crash::point("resume.ready");
                 let addr = sandbox.envd().addr();
@@ -502,6 +532,7 @@ pub(super) fn starting_info(
         created_at: now,
         end_at: now + timeout,
         auto_pause: request.auto_pause,
+        auto_pause_filesystem: request.auto_pause_filesystem,
         auto_resume: request.auto_resume,
         internet,
         metadata: request.metadata.clone(),

@@ -28,14 +28,14 @@ impl Manager {
     pub async fn reap(&self) {
         self.reap_dead_vmms().await;
         let now = SystemTime::now();
-        let expired: Vec<(String, bool)> = lock(&self.inner.infos)
+        let expired: Vec<(String, bool, bool)> = lock(&self.inner.infos)
             .values()
             .filter(|i| i.state == State::Running && i.end_at <= now)
-            .map(|i| (i.id.clone(), i.auto_pause))
+            .map(|i| (i.id.clone(), i.auto_pause, i.auto_pause_filesystem))
             .collect();
-        for (id, auto_pause) in expired {
+        for (id, auto_pause, filesystem_only) in expired {
             let result = if auto_pause {
-                match self.pause(&id).await {
+                match self.pause_as(&id, filesystem_only).await {
                     Err(err @ ManagerError::Quota { .. }) => {
                         tracing::warn!(sandbox = %id, %err, "cannot auto-pause a timed-out sandbox: destroying it");
                         self.destroy(&id).await

@@ -94,7 +94,8 @@ impl Manager {
             state_saved: self
                 .inner
                 .hypervisor
-                .saved_state_complete(&run_dir.join("state")),
+                .saved_state_complete(&run_dir.join("state"))
+                || crate::sandbox::is_filesystem_only(&run_dir.join("state")),
             guest_ran: entry
                 .record
                 .as_ref()

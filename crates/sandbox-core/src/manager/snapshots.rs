@@ -107,6 +107,7 @@ impl Manager {
                 env_vars: source.env_vars.clone(),
                 metadata: source.metadata.clone(),
                 auto_pause: source.auto_pause,
+                auto_pause_filesystem: source.auto_pause_filesystem,
                 auto_resume: source.auto_resume,
                 internet: Some(source.internet),
                 host_mask: source.host_mask.clone(),

@@ -69,6 +69,8 @@ impl std::fmt::Display for State {
 }
 
 /// What to create.
+// Independent switches of the E2B API, each kept in records by name.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CreateSandbox {
     /// A template name, or a snapshot name (the sandbox then starts from
@@ -82,6 +84,9 @@ pub struct CreateSandbox {
     pub metadata: BTreeMap<String, String>,
     /// At expiry: pause instead of kill.
     pub auto_pause: bool,
+    /// With `auto_pause`: a filesystem-only pause (memory dropped, the
+    /// resume boots afresh from the disk).
+    pub auto_pause_filesystem: bool,
     /// While paused, the next request for it through a front end (the
     /// E2B proxy) resumes it.
     pub auto_resume: bool,
@@ -100,6 +105,8 @@ pub struct CreateSandbox {
 }
 
 /// A managed sandbox as callers see it.
+// Independent switches of the E2B API, each kept in records by name.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxInfo {
     pub id: String,
@@ -111,6 +118,9 @@ pub struct SandboxInfo {
     /// When the sandbox is killed (or paused, with `auto_pause`).
     pub end_at: SystemTime,
     pub auto_pause: bool,
+    /// See [`CreateSandbox::auto_pause_filesystem`].
+    #[serde(default)]
+    pub auto_pause_filesystem: bool,
     /// See [`CreateSandbox::auto_resume`].
     #[serde(default)]
     pub auto_resume: bool,

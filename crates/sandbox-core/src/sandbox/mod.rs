@@ -24,6 +24,7 @@ use crate::vmm::Vm;
 mod attach;
 mod boot;
 mod pause;
+pub(crate) use pause::is_filesystem_only;
 mod reattach;
 
 use attach::{Attach, free_local_port, root_base, vm_spec};

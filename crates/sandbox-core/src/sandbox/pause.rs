@@ -7,7 +7,7 @@ use super::{
 use crate::error::SandboxError;
 use crate::rollback::Rollback;
 use crate::vmm::PauseStats;
-use envd_client::EnvdClient;
+use envd_client::{EnvdClient, ExecRequest};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,37 +39,92 @@ impl Sandbox {
     /// backend syncs them before it ends the VMM).
     pub async fn pause(&mut self) -> Result<PauseStats, SandboxError> {
         self.require(SandboxState::Running, "pause")?;
-        let state_dir = self.run_dir.join("state");
-        // The state of an earlier pause is stale (the guest ran since): a
-        // state directory with its `vmstate.json` is then always this
-        // pause's, complete (recovery relies on it).
-        match std::fs::remove_dir_all(&state_dir) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(SandboxError::Io {
-                    what: "remove the stale saved state",
-                    path: state_dir,
-                    source,
-                });
-            }
-        }
+        let state_dir = self.fresh_state_dir()?;
         let stats = self.vm.pause(&state_dir).await?;
         self.state = SandboxState::Paused;
         crate::crash::point("pause.vm_stopped");
-        // Nor a dm device: its writes are in the CoW file until resume.
+        self.release_paused().await;
+        tracing::info!(sandbox = %self.id, took_ms = stats.took.as_millis() as u64, state_bytes = stats.state_bytes, "sandbox paused");
+        Ok(stats)
+    }
+
+    /// E2B's filesystem-only pause: the guest flushes its files to its
+    /// disk, the VMM process ends, and memory is dropped (the RAM file
+    /// removed); [`Sandbox::resume`] then boots the guest afresh from the
+    /// disk, so files stay and processes start over. Needs a responding
+    /// envd (the flush runs through it); on failure the sandbox keeps
+    /// running.
+    pub async fn pause_filesystem(&mut self) -> Result<PauseStats, SandboxError> {
+        self.require(SandboxState::Running, "pause")?;
+        let start = Instant::now();
+        let state_dir = self.fresh_state_dir()?;
+        let flushed = self
+            .exec(
+                ExecRequest::new("/bin/sync")
+                    .user("root")
+                    .timeout(FLUSH_TIMEOUT),
+            )
+            .await?;
+        if flushed.exit_code != 0 {
+            return Err(SandboxError::Disk {
+                sandbox: self.id.clone(),
+                message: format!(
+                    "flushing its files for a filesystem-only pause: sync in the guest exited {}",
+                    flushed.exit_code
+                ),
+            });
+        }
+        self.vm.stop().await?;
+        self.state = SandboxState::Paused;
+        crate::crash::point("pause_filesystem.vm_stopped");
+        let ram = self.run_dir.join("ram");
+        if let Err(err) = std::fs::remove_file(&ram)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(sandbox = %self.id, %err, "cannot remove the dropped RAM file");
+        }
+        // Disk, then the marker: a state dir with the marker always has
+        // its disk on stable storage (recovery relies on it).
+        crate::durable::sync_dir_contents_blocking(self.run_dir.clone()).await?;
+        mark_filesystem_only(&state_dir).await?;
+        self.release_paused().await;
+        let stats = PauseStats {
+            took: start.elapsed(),
+            state_bytes: 0,
+        };
+        tracing::info!(sandbox = %self.id, took_ms = stats.took.as_millis() as u64, "sandbox paused (filesystem only)");
+        Ok(stats)
+    }
+
+    /// The state dir of a new pause, the stale one of an earlier pause
+    /// removed (the guest ran since): a state directory with its
+    /// `vmstate.json` or filesystem-only marker is then always this
+    /// pause's, complete (recovery relies on it).
+    fn fresh_state_dir(&self) -> Result<std::path::PathBuf, SandboxError> {
+        let state_dir = self.run_dir.join("state");
+        match std::fs::remove_dir_all(&state_dir) {
+            Ok(()) => Ok(state_dir),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(state_dir),
+            Err(source) => Err(SandboxError::Io {
+                what: "remove the stale saved state",
+                path: state_dir,
+                source,
+            }),
+        }
+    }
+
+    /// What a paused sandbox no longer holds: its dm device (its writes
+    /// are in the CoW file until resume) and its network slot.
+    async fn release_paused(&mut self) {
         if let Err(err) = self.provider.release(&self.id, &self.run_dir).await {
             tracing::error!(sandbox = %self.id, %err, "releasing the paused sandbox's root disk failed");
         }
-        // A paused sandbox holds no network slot.
         if let (Some(pool), Some(net)) = (&self.pool, self.net.take())
             && let Err(err) = pool.release(net).await
         {
             tracing::error!(sandbox = %self.id, %err, "removing the paused sandbox's network failed");
         }
         crate::crash::point("pause.released");
-        tracing::info!(sandbox = %self.id, took_ms = stats.took.as_millis() as u64, state_bytes = stats.state_bytes, "sandbox paused");
-        Ok(stats)
     }
 
     /// Continues a paused sandbox in a new VMM process: memory, processes
@@ -79,6 +134,24 @@ impl Sandbox {
         self.resume_with(&|_| Ok(())).await
     }
 
+    /// Whether the sandbox is paused without memory (a filesystem-only
+    /// pause): its resume boots afresh from the disk.
+    pub fn paused_filesystem_only(&self) -> bool {
+        self.state == SandboxState::Paused && is_filesystem_only(&self.run_dir.join("state"))
+    }
+
+    /// [`Sandbox::resume_with`]; with `reboot` the guest boots afresh from
+    /// its disk even where its memory was saved (E2B's `memory: false` on
+    /// connect: the saved memory is dropped once the guest ran).
+    pub async fn resume_as(
+        &mut self,
+        reboot: bool,
+        on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
+    ) -> Result<ResumeTimings, SandboxError> {
+        let reboot = reboot || self.paused_filesystem_only();
+        self.resume_inner(reboot, on_running).await
+    }
+
     /// [`Sandbox::resume`], and `on_running` is called once the restored guest runs, with the record
     /// of the running VM (pid, network), so the caller can make it durable:
     /// from then on the saved state is stale. A failure after that point
@@ -86,6 +159,14 @@ impl Sandbox {
     /// when that fails too, leaves it [`SandboxState::Broken`].
     pub async fn resume_with(
         &mut self,
+        on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
+    ) -> Result<ResumeTimings, SandboxError> {
+        self.resume_as(false, on_running).await
+    }
+
+    async fn resume_inner(
+        &mut self,
+        reboot: bool,
         on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
     ) -> Result<ResumeTimings, SandboxError> {
         self.require(SandboxState::Paused, "resume")?;
@@ -130,7 +211,12 @@ impl Sandbox {
                 s.vm.stop().await
             })
         });
-        if let Err(err) = self.vm.resume(&self.run_dir.join("state"), network).await {
+        let started = if reboot {
+            self.vm.boot_fresh(network).await
+        } else {
+            self.vm.resume(&self.run_dir.join("state"), network).await
+        };
+        if let Err(err) = started {
             return Err(undo.unwind(self, err).await);
         }
         let vm_restore = lap();
@@ -142,10 +228,22 @@ impl Sandbox {
         }
         crate::crash::point("resume.vm_restored");
         // From here on the saved state is stale: a failure saves the guest
-        // again before the VMM, network and disk are let go.
-        undo.push("save the guest again", |s: &mut Sandbox| {
-            Box::pin(s.save_again())
-        });
+        // again before the VMM, network and disk are let go. A guest booted
+        // afresh has nothing in memory worth saving: it is stopped (above),
+        // and its disk, flushed by the kernel as it went, is what a next
+        // resume boots from.
+        if reboot {
+            undo.push("keep the pause filesystem-only", |s: &mut Sandbox| {
+                Box::pin(async move {
+                    let state_dir = s.fresh_state_dir()?;
+                    mark_filesystem_only(&state_dir).await
+                })
+            });
+        } else {
+            undo.push("save the guest again", |s: &mut Sandbox| {
+                Box::pin(s.save_again())
+            });
+        }
         let ready = match self.vm.continue_if_stopped().await {
             Ok(_) => self.resume_guest(envd_addr).await,
             Err(err) => Err(err),
@@ -187,6 +285,7 @@ impl Sandbox {
             envd_ready_ms = timings.envd_ready.as_millis() as u64,
             init_ms = timings.init.as_millis() as u64,
             took_ms = timings.total.as_millis() as u64,
+            reboot,
             "sandbox resumed"
         );
         Ok(timings)
@@ -250,4 +349,30 @@ impl Sandbox {
     async fn release_disk(&mut self) -> Result<(), SandboxError> {
         self.provider.release(&self.id, &self.run_dir).await
     }
+}
+
+/// The marker a filesystem-only pause leaves in the state dir.
+const FILESYSTEM_ONLY: &str = "filesystem-only";
+
+/// Time the guest has to flush its files for a filesystem-only pause.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether `state_dir` is that of a filesystem-only pause.
+pub(crate) fn is_filesystem_only(state_dir: &Path) -> bool {
+    state_dir.join(FILESYSTEM_ONLY).is_file()
+}
+
+/// Leaves the marker of a filesystem-only pause in `state_dir`, durably.
+async fn mark_filesystem_only(state_dir: &Path) -> Result<(), SandboxError> {
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SandboxError::Io { what, path, source }
+    };
+    std::fs::create_dir_all(state_dir).map_err(io("create the state directory", state_dir))?;
+    let marker = state_dir.join(FILESYSTEM_ONLY);
+    std::fs::write(&marker, b"memory dropped; resume boots from the disk\n")
+        .map_err(io("write the filesystem-only marker", &marker))?;
+    let mut dirs = vec![state_dir.to_path_buf()];
+    dirs.extend(state_dir.parent().map(Path::to_path_buf));
+    crate::durable::sync_all(vec![marker], dirs).await
 }
