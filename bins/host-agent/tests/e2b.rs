@@ -714,3 +714,53 @@ async fn egress_rules_hold_after_an_agent_restart() {
         assert!(chains.contains("169.254.0.22:15080"), "{chains}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_only_pause_survives_an_agent_restart_and_boots_afresh() {
+    let _turn = SERIAL.lock().await;
+    let Some(agent) = common::start_agent().await else {
+        return;
+    };
+    let http = Http::new();
+    let key = [("X-API-KEY", common::API_KEY)];
+    let (status, _, body) = http
+        .send(
+            "POST",
+            &format!("{}/v2/sandboxes", agent.url()),
+            &key,
+            Some(json!({"templateID": "base", "timeout": 120})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["sandboxID"].as_str().unwrap().to_string();
+    let sandbox = |path: &str| format!("{}/sandboxes/{id}{path}", agent.url());
+
+    let (paused, _, _) = http
+        .send(
+            "POST",
+            &sandbox("/pause"),
+            &key,
+            Some(json!({"memory": false})),
+        )
+        .await;
+    let agent = common::restart(agent).await;
+    let sandbox = |path: &str| format!("{}/sandboxes/{id}{path}", agent.url());
+    let (_, _, detail) = http.send("GET", &sandbox(""), &key, None).await;
+    let (connected, _, resumed) = http
+        .send(
+            "POST",
+            &sandbox("/connect"),
+            &key,
+            Some(json!({"timeout": 60})),
+        )
+        .await;
+    let (_, _, after) = http.send("GET", &sandbox(""), &key, None).await;
+    let (killed, _, _) = http.send("DELETE", &sandbox(""), &key, None).await;
+    agent.stop().await;
+
+    assert_eq!(paused, 204);
+    assert_eq!(detail["state"], "paused", "{detail}");
+    assert_eq!(connected, 201, "{resumed}");
+    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(killed, 204);
+}

@@ -435,7 +435,11 @@ impl Vm for QemuInstance {
         self.load(state_dir, &network, own_ram, true, false).await
     }
 
-    async fn boot_fresh(&mut self, network: VmNetwork) -> Result<Duration, SandboxError> {
+    async fn boot_fresh(
+        &mut self,
+        network: VmNetwork,
+        kernel_args: String,
+    ) -> Result<Duration, SandboxError> {
         let start = Instant::now();
         if self.vm.is_some() {
             return Err(SandboxError::Unsupported {
@@ -449,6 +453,7 @@ impl Vm for QemuInstance {
             net: net_config(&network),
             netns: netns_of(&network),
             incoming: false,
+            kernel_args,
             memory_file: Some(self.config.run_dir.join("ram")),
             memory_shared: true,
             ..self.config.clone()

@@ -152,10 +152,15 @@ pub trait Vm: Send + Sync + std::fmt::Debug {
     ) -> Result<Duration, SandboxError>;
 
     /// Boots the guest afresh from its root disk, as it is, reachable
-    /// through `network`: the resume of a filesystem-only pause (no saved
-    /// state; memory and processes start over). A backend that cannot says
-    /// so ([`SandboxError::Unsupported`]).
-    async fn boot_fresh(&mut self, network: VmNetwork) -> Result<Duration, SandboxError>;
+    /// through `network`, with kernel command line `kernel_args`: the
+    /// resume of a filesystem-only pause (no saved state; memory and
+    /// processes start over). A backend that cannot says so
+    /// ([`SandboxError::Unsupported`]).
+    async fn boot_fresh(
+        &mut self,
+        network: VmNetwork,
+        kernel_args: String,
+    ) -> Result<Duration, SandboxError>;
 
     /// Stops the guest and its VMM process (idempotent).
     async fn stop(&mut self) -> Result<(), SandboxError>;

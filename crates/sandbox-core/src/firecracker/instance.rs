@@ -316,7 +316,11 @@ impl Vm for FirecrackerInstance {
         Ok(stats)
     }
 
-    async fn boot_fresh(&mut self, _network: VmNetwork) -> Result<Duration, SandboxError> {
+    async fn boot_fresh(
+        &mut self,
+        _network: VmNetwork,
+        _kernel_args: String,
+    ) -> Result<Duration, SandboxError> {
         Err(SandboxError::Unsupported {
             backend: "firecracker",
             what: format!(

@@ -66,6 +66,16 @@ impl Attach<'_> {
     }
 }
 
+/// The guest kernel's command line for sandbox `id` attached as `attach`
+/// (the network part follows the attachment), `extra` appended.
+pub(super) fn guest_kernel_args(id: &str, attach: &Attach<'_>, extra: &str) -> String {
+    format!(
+        "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet tsc=reliable {} petrel.hostname={id}{}{extra}",
+        attach.kernel_args(),
+        if extra.is_empty() { "" } else { " " },
+    )
+}
+
 /// The VM of a sandbox: its overlay disk in `run_dir`, attached as `attach`.
 pub(super) fn vm_spec(config: &SandboxConfig, run_dir: &Path, attach: &Attach<'_>) -> VmSpec {
     VmSpec {
@@ -73,17 +83,7 @@ pub(super) fn vm_spec(config: &SandboxConfig, run_dir: &Path, attach: &Attach<'_
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
         kernel: config.images.kernel.clone(),
-        kernel_args: format!(
-            "console=ttyS0 root=/dev/vda rw init=/sbin/petrel-init panic=-1 quiet tsc=reliable {} petrel.hostname={}{}{}",
-            attach.kernel_args(),
-            config.id,
-            if config.extra_kernel_args.is_empty() {
-                ""
-            } else {
-                " "
-            },
-            config.extra_kernel_args
-        ),
+        kernel_args: guest_kernel_args(&config.id, attach, &config.extra_kernel_args),
         root_disk: disk::locate(run_dir).path,
         root_disk_qcow2: disk::locate(run_dir).is_qcow2(),
         extra_drives: config.extra_drives.clone(),

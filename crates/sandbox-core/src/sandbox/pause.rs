@@ -202,6 +202,10 @@ impl Sandbox {
             },
         };
         let (network, envd_addr) = (attach.vm_network(), attach.envd_addr());
+        // A fresh boot reads its network from the command line, which must
+        // follow this attachment (a sandbox reattached while paused was
+        // given a placeholder one).
+        let kernel_args = super::attach::guest_kernel_args(&self.id, &attach, "");
         let network_took = lap();
         // Until the guest runs, the saved state holds: stopping the new VMM
         // is all it takes.
@@ -212,7 +216,7 @@ impl Sandbox {
             })
         });
         let started = if reboot {
-            self.vm.boot_fresh(network).await
+            self.vm.boot_fresh(network, kernel_args).await
         } else {
             self.vm.resume(&self.run_dir.join("state"), network).await
         };
