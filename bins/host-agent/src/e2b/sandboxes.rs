@@ -743,10 +743,17 @@ mod tests {
             ))
             .is_ok()
         );
+        assert!(
+            check_supported(&parse(
+                r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#
+            ))
+            .is_ok()
+        );
         for json in [
             r#"{"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}"#,
             r#"{"templateID":"base","mcp":{"x":{}}}"#,
-            r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false}"#,
+            r#"{"templateID":"base","autoPauseMemory":false}"#,
+            r#"{"templateID":"base","autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":true}}"#,
             r#"{"templateID":"base","network":{"dnsServers":["1.1.1.1"]}}"#,
             r#"{"templateID":"base","network":{"egressProxy":{"address":"x:1"}}}"#,
             r#"{"templateID":"base","network":{"httpsPorts":[8443]}}"#,
