@@ -551,11 +551,12 @@ async fn errors_and_routing() {
         .await;
     assert_eq!((status, &body["sandboxID"]), (200, &json!(id)));
 
-    // Pause: 204, then 409; legacy resume: 201; filesystem-only: refused.
+    // Pause: 204, then 409; legacy resume: 201; a filesystem-only
+    // snapshot: refused (filesystem-only pauses are the SDK suite's).
     let (status, _, _) = http
         .send(
             "POST",
-            &format!("{api}/sandboxes/{id}/pause"),
+            &format!("{api}/sandboxes/{id}/snapshots"),
             &key,
             Some(json!({"memory": false})),
         )
