@@ -129,7 +129,7 @@ pub fn egress_rules(
     }
     for entry in allow {
         let entry = entry.trim();
-        if DomainRule::looks_like_domain(entry) && entry.parse::<Ipv4Net>().is_err() {
+        if DomainRule::looks_like_domain(entry) {
             let name = entry
                 .parse::<DomainRule>()
                 .map_err(|err| refuse(format!("{allow_field}: {err}")))?;

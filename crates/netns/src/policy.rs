@@ -91,12 +91,16 @@ pub const NAME_PORTS: [u16; 2] = [80, 443];
 /// guest's direct connections to it).
 pub const NAME_PROXY_PORT: u16 = 15080;
 
-/// Whether `ip` is in one of the special-purpose ranges ([`DENIED_V4`]).
+/// Whether `ip` is in one of the special-purpose ranges ([`DENIED_V4`]);
+/// the egress proxy asks for every connection, so they are parsed once.
 pub fn is_special_purpose(ip: Ipv4Addr) -> bool {
-    DENIED_V4
-        .iter()
-        .filter_map(|range| range.parse::<Ipv4Net>().ok())
-        .any(|range| range.contains(&ip))
+    static RANGES: std::sync::LazyLock<Vec<Ipv4Net>> = std::sync::LazyLock::new(|| {
+        DENIED_V4
+            .iter()
+            .filter_map(|range| range.parse().ok())
+            .collect()
+    });
+    RANGES.iter().any(|range| range.contains(&ip))
 }
 
 const REJECT: &str = "reject with icmpx admin-prohibited";
@@ -670,5 +674,16 @@ mod tests {
             "{none}"
         );
         assert!(redirect_lines(&none).is_empty(), "{none}");
+    }
+
+    #[test]
+    fn every_special_purpose_range_parses_and_is_recognised() {
+        for range in DENIED_V4 {
+            let net: Ipv4Net = range.parse().unwrap();
+
+            assert!(is_special_purpose(net.network()), "{range}");
+            assert!(is_special_purpose(net.broadcast()), "{range}");
+        }
+        assert!(!is_special_purpose(Ipv4Addr::new(198, 20, 0, 2)));
     }
 }

@@ -300,6 +300,30 @@ impl QemuInstance {
         crate::durable::sync_all(files, dirs).await
     }
 
+    /// The config of a new QEMU process for this stopped VM, attached to
+    /// `network` with guest RAM in `memory_file`; refused while it runs.
+    fn relaunch(
+        &self,
+        what: &str,
+        network: &VmNetwork,
+        memory_file: PathBuf,
+        memory_shared: bool,
+    ) -> Result<VmConfig, SandboxError> {
+        if self.vm.is_some() {
+            return Err(SandboxError::Unsupported {
+                backend: "qemu",
+                what: format!("{what} vm {}: it is running", self.config.id),
+            });
+        }
+        Ok(VmConfig {
+            net: net_config(network),
+            netns: netns_of(network),
+            memory_file: Some(memory_file),
+            memory_shared,
+            ..self.config.clone()
+        })
+    }
+
     /// Starts QEMU waiting for a migration and loads `dir/vmstate` into it,
     /// with guest RAM from `memory_file` when it is not in the state; the
     /// guest runs after if `run`, else its vCPUs stay stopped.
@@ -312,20 +336,10 @@ impl QemuInstance {
         run: bool,
     ) -> Result<Duration, SandboxError> {
         let start = Instant::now();
-        if self.vm.is_some() {
-            return Err(SandboxError::Unsupported {
-                backend: "qemu",
-                what: format!("restore vm {}: it is running", self.config.id),
-            });
-        }
         let saved: SavedState = read_json(&dir.join("vmstate.json"))?;
         let config = VmConfig {
-            net: net_config(network),
-            netns: netns_of(network),
             incoming: true,
-            memory_file: Some(memory_file),
-            memory_shared,
-            ..self.config.clone()
+            ..self.relaunch("restore", network, memory_file, memory_shared)?
         };
         let mut vm = self.spawn(config.clone()).await?;
         let state = dir.join("vmstate");
@@ -441,22 +455,13 @@ impl Vm for QemuInstance {
         kernel_args: String,
     ) -> Result<Duration, SandboxError> {
         let start = Instant::now();
-        if self.vm.is_some() {
-            return Err(SandboxError::Unsupported {
-                backend: "qemu",
-                what: format!("boot vm {} afresh: it is running", self.config.id),
-            });
-        }
         // Its own RAM file, as after a resume: a clone started from a
         // snapshot no longer maps the snapshot's.
+        let own_ram = self.config.run_dir.join("ram");
         let config = VmConfig {
-            net: net_config(&network),
-            netns: netns_of(&network),
             incoming: false,
             kernel_args,
-            memory_file: Some(self.config.run_dir.join("ram")),
-            memory_shared: true,
-            ..self.config.clone()
+            ..self.relaunch("boot afresh", &network, own_ram, true)?
         };
         let vm = self.spawn(config.clone()).await?;
         self.config = config;

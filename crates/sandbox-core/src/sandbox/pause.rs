@@ -140,18 +140,6 @@ impl Sandbox {
         self.state == SandboxState::Paused && is_filesystem_only(&self.run_dir.join("state"))
     }
 
-    /// [`Sandbox::resume_with`]; with `reboot` the guest boots afresh from
-    /// its disk even where its memory was saved (E2B's `memory: false` on
-    /// connect: the saved memory is dropped once the guest ran).
-    pub async fn resume_as(
-        &mut self,
-        reboot: bool,
-        on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
-    ) -> Result<ResumeTimings, SandboxError> {
-        let reboot = reboot || self.paused_filesystem_only();
-        self.resume_inner(reboot, on_running).await
-    }
-
     /// [`Sandbox::resume`], and `on_running` is called once the restored guest runs, with the record
     /// of the running VM (pid, network), so the caller can make it durable:
     /// from then on the saved state is stale. A failure after that point
@@ -164,12 +152,18 @@ impl Sandbox {
         self.resume_as(false, on_running).await
     }
 
-    async fn resume_inner(
+    /// [`Sandbox::resume_with`]; with `reboot` the guest boots afresh from
+    /// its disk even where its memory was saved (E2B's `memory: false` on
+    /// connect: the saved memory is dropped once the guest ran). A sandbox
+    /// paused filesystem-only always boots afresh; a failure after its
+    /// guest ran leaves it paused filesystem-only.
+    pub async fn resume_as(
         &mut self,
         reboot: bool,
         on_running: &(dyn Fn(&SandboxRecord) -> Result<(), SandboxError> + Send + Sync),
     ) -> Result<ResumeTimings, SandboxError> {
         self.require(SandboxState::Paused, "resume")?;
+        let reboot = reboot || self.paused_filesystem_only();
         let start = Instant::now();
         let mut step = Instant::now();
         let mut lap = move || {
